@@ -1,0 +1,259 @@
+// Package config loads slotkeeper's typed configuration from SLOTKEEPER_* environment
+// variables. It is read once at cold start; Load reports every problem at once so an
+// operator fixes a broken deployment in one pass instead of one variable per deploy.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Prefix is the prefix of every configuration variable.
+const Prefix = "SLOTKEEPER_"
+
+// Config is the validated configuration shared by every function.
+type Config struct {
+	// Cluster names the Kafka cluster; it is the lease table's partition key and the
+	// value of the slotkeeper:cluster tag on every resource slotkeeper manages.
+	Cluster string
+	// ASGName is the Auto Scaling group whose lifecycle events slotkeeper handles.
+	ASGName string
+	// Table is the DynamoDB lease table.
+	Table string
+	// SlotCount is the number of broker slots, numbered 0..SlotCount-1.
+	SlotCount int
+	// Subnets are the slot subnets: slot i lives in Subnets[i mod len(Subnets)].
+	Subnets []string
+	// SecurityGroups are attached to every slot ENI created by slotkeeper.
+	SecurityGroups []string
+	// NodeIDBase is added to the slot number to form the Kafka node id.
+	NodeIDBase int
+	// ENI selects address mode: true gives each slot a fixed secondary ENI; false uses
+	// the holder's primary private IP.
+	ENI bool
+	// Volume describes the data volume created on a slot's first use.
+	Volume VolumeConfig
+	// HeartbeatInterval is how often long waits send RecordLifecycleActionHeartbeat.
+	HeartbeatInterval time.Duration
+	// AttachTimeout bounds every wait for a volume or ENI to detach or attach.
+	AttachTimeout time.Duration
+	// MetricsNamespace is the CloudWatch namespace of the embedded metrics.
+	MetricsNamespace string
+	// LogLevel is the minimum level logged.
+	LogLevel slog.Level
+}
+
+// VolumeConfig is the specification of a slot's data volume.
+type VolumeConfig struct {
+	SizeGiB        int32
+	Type           string
+	IOPS           int32 // 0 = the volume type's default
+	ThroughputMiBs int32 // 0 = the volume type's default (gp3 only)
+	Encrypted      bool
+	KMSKeyID       string // empty = the account's default EBS key
+	Device         string // device name given to AttachVolume, e.g. /dev/sdf
+}
+
+// Var documents one configuration variable; Vars is the reference the README mirrors.
+type Var struct {
+	Name, Default, Meaning string
+}
+
+// Vars lists every variable Load reads, with its default ("" = required) and meaning.
+var Vars = []Var{
+	{"CLUSTER", "", "Cluster name: lease partition key, slotkeeper:cluster tag value, resource name prefix. [a-zA-Z0-9-], at most 40 characters."},
+	{"ASG_NAME", "", "Name of the broker Auto Scaling group; events for any other group are ignored."},
+	{"TABLE", "", "DynamoDB lease table (partition key cluster (S), sort key slot (N))."},
+	{"SLOT_COUNT", "", "Number of broker slots (1..1000)."},
+	{"SUBNETS", "", "Comma-separated subnet ids; slot i lives in subnet[i mod n], which fixes its AZ."},
+	{"SECURITY_GROUPS", "", "Comma-separated security group ids for slot ENIs (required when SLOTKEEPER_ENI=true)."},
+	{"NODE_ID_BASE", "0", "Kafka node.id of slot i is NODE_ID_BASE + i."},
+	{"ENI", "true", "true: each slot owns a secondary ENI with a fixed IP (device index 1). false: the holder's primary IP is used."},
+	{"VOLUME_SIZE_GIB", "100", "Size of a slot's data volume when it is first created."},
+	{"VOLUME_TYPE", "gp3", "EBS volume type: gp2, gp3, io1, io2, st1, sc1."},
+	{"VOLUME_IOPS", "0", "Provisioned IOPS (gp3, io1, io2); 0 = the type's default."},
+	{"VOLUME_THROUGHPUT", "0", "Throughput in MiB/s (gp3 only); 0 = the type's default."},
+	{"VOLUME_ENCRYPTED", "true", "Encrypt new data volumes."},
+	{"VOLUME_KMS_KEY_ID", "", "KMS key for new data volumes; empty = the account's default EBS key."},
+	{"VOLUME_DEVICE", "/dev/sdf", "Device name the data volume is attached at."},
+	{"HEARTBEAT_INTERVAL", "60s", "How often long waits extend the lifecycle action (must be below the hook's heartbeat timeout)."},
+	{"ATTACH_TIMEOUT", "10m", "Upper bound on each wait for a volume or ENI to detach or attach."},
+	{"METRICS_NAMESPACE", "Slotkeeper", "CloudWatch namespace of the embedded-metric-format lines."},
+	{"LOG_LEVEL", "info", "debug, info, warn or error."},
+}
+
+var (
+	clusterRE  = regexp.MustCompile(`^[a-zA-Z0-9-]{1,40}$`)
+	subnetRE   = regexp.MustCompile(`^subnet-[0-9a-f]+$`)
+	sgRE       = regexp.MustCompile(`^sg-[0-9a-f]+$`)
+	deviceRE   = regexp.MustCompile(`^/dev/(sd|xvd)[b-z]$`)
+	volumeType = map[string]bool{"gp2": true, "gp3": true, "io1": true, "io2": true, "st1": true, "sc1": true}
+)
+
+// Load reads the configuration through getenv (os.Getenv in production) and validates
+// it. The returned error joins every problem found.
+func Load(getenv func(string) string) (Config, error) {
+	p := parser{getenv: getenv}
+	defaults := map[string]string{}
+	for _, v := range Vars {
+		defaults[v.Name] = v.Default
+	}
+	p.defaults = defaults
+
+	c := Config{
+		Cluster:           p.str("CLUSTER", true),
+		ASGName:           p.str("ASG_NAME", true),
+		Table:             p.str("TABLE", true),
+		SlotCount:         p.int("SLOT_COUNT", 1, 1000),
+		Subnets:           p.list("SUBNETS", true),
+		NodeIDBase:        p.int("NODE_ID_BASE", 0, 1<<30),
+		ENI:               p.bool("ENI"),
+		HeartbeatInterval: p.duration("HEARTBEAT_INTERVAL", 5*time.Second, 2*time.Hour),
+		AttachTimeout:     p.duration("ATTACH_TIMEOUT", 10*time.Second, 14*time.Minute),
+		MetricsNamespace:  p.str("METRICS_NAMESPACE", true),
+		Volume: VolumeConfig{
+			SizeGiB:        int32(p.int("VOLUME_SIZE_GIB", 1, 65536)),
+			Type:           p.str("VOLUME_TYPE", true),
+			IOPS:           int32(p.int("VOLUME_IOPS", 0, 256000)),
+			ThroughputMiBs: int32(p.int("VOLUME_THROUGHPUT", 0, 2000)),
+			Encrypted:      p.bool("VOLUME_ENCRYPTED"),
+			KMSKeyID:       p.str("VOLUME_KMS_KEY_ID", false),
+			Device:         p.str("VOLUME_DEVICE", true),
+		},
+	}
+	c.SecurityGroups = p.list("SECURITY_GROUPS", c.ENI)
+	if lvl := p.str("LOG_LEVEL", true); lvl != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(lvl)); err != nil {
+			p.fail("LOG_LEVEL", "want debug, info, warn or error, got %q", lvl)
+		}
+	}
+
+	if c.Cluster != "" && !clusterRE.MatchString(c.Cluster) {
+		p.fail("CLUSTER", "%q: use 1-40 characters of [a-zA-Z0-9-]", c.Cluster)
+	}
+	for _, s := range c.Subnets {
+		if !subnetRE.MatchString(s) {
+			p.fail("SUBNETS", "%q is not a subnet id", s)
+		}
+	}
+	for _, s := range c.SecurityGroups {
+		if !sgRE.MatchString(s) {
+			p.fail("SECURITY_GROUPS", "%q is not a security group id", s)
+		}
+	}
+	if c.Volume.Type != "" && !volumeType[c.Volume.Type] {
+		p.fail("VOLUME_TYPE", "%q: want one of gp2, gp3, io1, io2, st1, sc1", c.Volume.Type)
+	}
+	if c.Volume.IOPS > 0 && !(c.Volume.Type == "gp3" || c.Volume.Type == "io1" || c.Volume.Type == "io2") {
+		p.fail("VOLUME_IOPS", "provisioned IOPS apply to gp3, io1 and io2 only, not %s", c.Volume.Type)
+	}
+	if (c.Volume.Type == "io1" || c.Volume.Type == "io2") && c.Volume.IOPS == 0 {
+		p.fail("VOLUME_IOPS", "required for volume type %s", c.Volume.Type)
+	}
+	if c.Volume.ThroughputMiBs > 0 && c.Volume.Type != "gp3" {
+		p.fail("VOLUME_THROUGHPUT", "throughput applies to gp3 only, not %s", c.Volume.Type)
+	}
+	if c.Volume.KMSKeyID != "" && !c.Volume.Encrypted {
+		p.fail("VOLUME_KMS_KEY_ID", "set, but SLOTKEEPER_VOLUME_ENCRYPTED is false")
+	}
+	if c.Volume.Device != "" && !deviceRE.MatchString(c.Volume.Device) {
+		p.fail("VOLUME_DEVICE", "%q: want /dev/sd[b-z] or /dev/xvd[b-z]", c.Volume.Device)
+	}
+	if c.HeartbeatInterval > 0 && c.AttachTimeout > 0 && c.HeartbeatInterval >= c.AttachTimeout {
+		p.fail("HEARTBEAT_INTERVAL", "%s must be shorter than SLOTKEEPER_ATTACH_TIMEOUT (%s)", c.HeartbeatInterval, c.AttachTimeout)
+	}
+	if err := errors.Join(p.errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid slotkeeper configuration:\n%w", err)
+	}
+	return c, nil
+}
+
+// SubnetOf returns the subnet slot lives in.
+func (c Config) SubnetOf(slot int) string { return c.Subnets[slot%len(c.Subnets)] }
+
+// NodeID returns the Kafka node id of slot.
+func (c Config) NodeID(slot int) int { return c.NodeIDBase + slot }
+
+type parser struct {
+	getenv   func(string) string
+	defaults map[string]string
+	errs     []error
+}
+
+func (p *parser) fail(name, format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf("%s%s: %s", Prefix, name, fmt.Sprintf(format, args...)))
+}
+
+func (p *parser) raw(name string) string {
+	if v := strings.TrimSpace(p.getenv(Prefix + name)); v != "" {
+		return v
+	}
+	return p.defaults[name]
+}
+
+func (p *parser) str(name string, required bool) string {
+	v := p.raw(name)
+	if v == "" && required {
+		p.fail(name, "required")
+	}
+	return v
+}
+
+func (p *parser) list(name string, required bool) []string {
+	var out []string
+	for _, s := range strings.Split(p.raw(name), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 && required {
+		p.fail(name, "required (comma-separated list)")
+	}
+	return out
+}
+
+func (p *parser) int(name string, lo, hi int) int {
+	v := p.raw(name)
+	if v == "" {
+		p.fail(name, "required")
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		p.fail(name, "%q is not an integer", v)
+		return 0
+	}
+	if n < lo || n > hi {
+		p.fail(name, "%d is outside [%d, %d]", n, lo, hi)
+		return 0
+	}
+	return n
+}
+
+func (p *parser) bool(name string) bool {
+	v := p.raw(name)
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.fail(name, "%q is not a boolean (true/false)", v)
+	}
+	return b
+}
+
+func (p *parser) duration(name string, lo, hi time.Duration) time.Duration {
+	v := p.raw(name)
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		p.fail(name, "%q is not a duration (e.g. 30s, 5m)", v)
+		return 0
+	}
+	if d < lo || d > hi {
+		p.fail(name, "%s is outside [%s, %s]", d, lo, hi)
+		return 0
+	}
+	return d
+}

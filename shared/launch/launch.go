@@ -1,0 +1,366 @@
+// Package launch turns a newly launched instance into broker N: it claims a slot in the
+// instance's AZ, attaches the slot's ENI and data volume, tags the instance with its
+// identity, binds the lease and completes the launch lifecycle action.
+//
+// Every path ends the lifecycle action exactly once, with CONTINUE when the instance is
+// now a slot's broker or ABANDON when it cannot become one (the ASG then replaces it).
+// The one exception is an error a retry may fix (throttling past the SDK's retries, a
+// 5xx, a crash): Handle returns it, Lambda redelivers the event, and the redelivery
+// resumes where the last attempt stopped, because every step is idempotent. Should
+// every retry fail, the hook's default result (ABANDON) applies when it times out.
+package launch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/shared/lifecycle"
+	"github.com/slotkeeper/slotkeeper/shared/obs"
+	"github.com/slotkeeper/slotkeeper/shared/resources"
+	"github.com/slotkeeper/slotkeeper/shared/slot"
+)
+
+// Outcomes of one invocation (metric dimension Outcome and log field outcome).
+const (
+	OutcomeContinue  = "continue"
+	OutcomeAbandon   = "abandon"
+	OutcomeIgnored   = "ignored"
+	OutcomeMalformed = "malformed"
+	OutcomeRetry     = "retry"
+)
+
+// Handler handles launch lifecycle events. Build it with New; the zero value is not usable.
+type Handler struct {
+	cfg     config.Config
+	ec2     awsapi.EC2
+	asg     awsapi.AutoScaling
+	db      awsapi.DynamoDB
+	log     *slog.Logger
+	metrics io.Writer
+
+	// Poll bounds and paces every wait for an instance, volume or ENI.
+	Poll resources.Poll
+	// HeartbeatInterval is how often a running invocation extends the lifecycle action.
+	HeartbeatInterval time.Duration
+	// Order ranks claim candidates (slot.Rendezvous).
+	Order slot.Order
+
+	mu     sync.Mutex
+	subnet map[string]string // subnet id -> AZ, learnt once per container
+}
+
+// New returns a launch handler. metrics receives the embedded-metric-format lines
+// (os.Stdout in Lambda).
+func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.DynamoDB, log *slog.Logger, metrics io.Writer) *Handler {
+	return &Handler{
+		cfg: cfg, ec2: ec2, asg: asg, db: db, log: log, metrics: metrics,
+		Poll:              resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Order:             slot.Rendezvous,
+	}
+}
+
+// Result says what one invocation did.
+type Result struct {
+	Outcome string
+	Slot    int // -1 when no slot is involved
+	Reason  string
+}
+
+// Handle is the Lambda entry point: it runs Run and flushes the invocation's metrics.
+func (h *Handler) Handle(ctx context.Context, raw json.RawMessage) error {
+	_, err := h.Run(ctx, raw)
+	return err
+}
+
+// invocation is the state of one Run.
+type invocation struct {
+	*Handler
+	o       *obs.Obs
+	store   *lease.Store
+	res     *resources.Manager
+	actions *lifecycle.Actions
+	inst    resources.Instance
+}
+
+// Run handles one event and reports what it did. A returned error means the event should
+// be delivered again (transient failure) or was malformed; no lifecycle action was
+// completed by an invocation that returns an error.
+func (h *Handler) Run(ctx context.Context, raw json.RawMessage) (res Result, err error) {
+	start := time.Now()
+	m := obs.NewMetrics(h.metrics, h.cfg.MetricsNamespace, map[string]string{"Cluster": h.cfg.Cluster, "Function": "launch"})
+	o := &obs.Obs{Log: h.log.With(obs.KeyFunction, "launch", obs.KeyCluster, h.cfg.Cluster), Metrics: m}
+	defer func() {
+		outcome := res.Outcome
+		if err != nil && outcome == "" {
+			outcome = OutcomeRetry
+		}
+		m.Count("Invocations", 1, "Outcome", outcome)
+		m.Duration("InvocationDuration", time.Since(start))
+		if ferr := m.Flush(); ferr != nil {
+			o.Log.WarnContext(ctx, "flushing metrics", obs.KeyErr, ferr.Error())
+		}
+	}()
+
+	ev, err := lifecycle.Parse(raw)
+	if err != nil {
+		o.Log.ErrorContext(ctx, "rejecting launch event", obs.KeyOutcome, OutcomeMalformed, obs.KeyErr, err.Error())
+		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: err.Error()}, err
+	}
+	if ok, why := ev.Relevant(h.cfg.ASGName, lifecycle.DetailTypeLaunch, lifecycle.TransitionLaunch); !ok {
+		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why, obs.KeyEvent, ev.ID)
+		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
+	}
+	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
+	inv := &invocation{Handler: h, o: o}
+	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
+	inv.store.Actor = actor(ctx)
+	inv.res = &resources.Manager{
+		EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: o.Log,
+	}
+	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
+	res, err = inv.run(ctx)
+	if err != nil {
+		o.Log.WarnContext(ctx, "launch failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
+	}
+	return res, err
+}
+
+func actor(ctx context.Context) string {
+	if lc, ok := lambdacontext.FromContext(ctx); ok {
+		return "launch/" + lc.AwsRequestID
+	}
+	return "launch"
+}
+
+func (inv *invocation) run(ctx context.Context) (Result, error) {
+	id := inv.actions.Action.EC2InstanceID
+
+	// 1. Describe the instance, waiting for it to be running (attachments need it).
+	var found bool
+	err := inv.o.Step(ctx, "describe-instance", func(ctx context.Context) error {
+		var err error
+		inv.inst, found, err = inv.res.DescribeInstance(ctx, id)
+		if err != nil || !found || inv.inst.State != slot.Pending {
+			return err
+		}
+		stop := inv.actions.KeepAlive(ctx, inv.HeartbeatInterval)
+		defer stop()
+		return inv.res.WaitInstance(ctx, id, func(i resources.Instance) bool { return i.State != slot.Pending }, &inv.inst)
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	if !found || inv.inst.State != slot.Running {
+		return inv.abandon(ctx, nil, fmt.Sprintf("instance %s is %s, not running", id, orGone(found, inv.inst.State)))
+	}
+
+	// 2. Which slots live in the instance's AZ.
+	azSlots, err := inv.slotsIn(ctx, inv.inst.AZ)
+	if errors.Is(err, resources.ErrPermanent) {
+		return inv.abandon(ctx, nil, err.Error())
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if len(azSlots) == 0 {
+		return inv.abandon(ctx, nil, fmt.Sprintf("no slot lives in %s (check SLOTKEEPER_SUBNETS and the ASG's subnets)", inv.inst.AZ))
+	}
+
+	// 3. Claim a slot (or find the one this instance already holds).
+	claimer := &slot.Claimer{Store: inv.store, States: inv.res.InstanceStates, Order: inv.Order}
+	var c slot.Claimed
+	err = inv.o.Step(ctx, "claim", func(ctx context.Context) error {
+		var err error
+		c, err = claimer.Claim(ctx, id, inv.inst.AZ, azSlots, "launch of "+id)
+		return err
+	})
+	inv.o.Metrics.Count("ClaimWrites", float64(c.Writes))
+	if errors.Is(err, slot.ErrNoFreeSlot) {
+		return inv.abandon(ctx, nil, err.Error())
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	l := c.Lease
+	inv.o = inv.o.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version)
+	inv.o.Log.InfoContext(ctx, "holding slot", "reused", c.Reused, obs.KeyReason, c.Reason, "writes", c.Writes)
+
+	// 4–6. Attach, tag, bind. Each step is idempotent; a redelivery resumes here.
+	if l, err = inv.becomeBroker(ctx, l); err != nil {
+		if errors.Is(err, resources.ErrPermanent) || errors.Is(err, lease.ErrFenced) {
+			return inv.abandon(ctx, &l, err.Error())
+		}
+		return Result{}, err
+	}
+
+	// 7. CONTINUE.
+	if err := inv.complete(ctx, lifecycle.Continue); err != nil {
+		return Result{}, err
+	}
+	inv.o.Log.InfoContext(ctx, "instance is now the slot's broker", obs.KeyOutcome, OutcomeContinue,
+		"node_id", inv.cfg.NodeID(l.Slot), "eni", l.ENIID, "ip", l.IP, "volume", l.VolumeID)
+	return Result{Outcome: OutcomeContinue, Slot: l.Slot, Reason: c.Reason}, nil
+}
+
+// becomeBroker attaches the slot's ENI and volume, tags the instance and binds the
+// lease. On a fencing or permanent error it returns the lease it holds, for release.
+func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	if l.State == lease.Bound {
+		return l, nil // a redelivery after the bind: only the completion is left
+	}
+	id, az, s := inv.inst.ID, inv.inst.AZ, l.Slot
+	stop := inv.actions.KeepAlive(ctx, inv.HeartbeatInterval)
+	defer stop()
+
+	var b lease.Binding
+	if inv.cfg.ENI {
+		err := inv.o.Step(ctx, "attach-eni", func(ctx context.Context) error {
+			if err := inv.fence(ctx, l); err != nil {
+				return err
+			}
+			e, _, err := inv.res.EnsureENI(ctx, s, inv.cfg.SubnetOf(s), l.Version)
+			if err != nil {
+				return err
+			}
+			if err := inv.fence(ctx, l); err != nil {
+				return err
+			}
+			e, err = inv.res.AttachENI(ctx, e, id, az)
+			b.ENIID, b.IP = e.ID, e.IP
+			return err
+		})
+		if err != nil {
+			return l, err
+		}
+	} else {
+		b.IP = inv.inst.PrivateIP
+	}
+	err := inv.o.Step(ctx, "attach-volume", func(ctx context.Context) error {
+		if err := inv.fence(ctx, l); err != nil {
+			return err
+		}
+		v, _, err := inv.res.EnsureVolume(ctx, s, az, l.Version)
+		if err != nil {
+			return err
+		}
+		if err := inv.fence(ctx, l); err != nil {
+			return err
+		}
+		v, err = inv.res.AttachVolume(ctx, v, id, az, inv.cfg.Volume.Device)
+		b.VolumeID = v.ID
+		return err
+	})
+	if err != nil {
+		return l, err
+	}
+	err = inv.o.Step(ctx, "tag-instance", func(ctx context.Context) error {
+		if err := inv.fence(ctx, l); err != nil {
+			return err
+		}
+		return inv.res.TagInstance(ctx, id, s, inv.cfg.NodeID(s), l.Version)
+	})
+	if err != nil {
+		return l, err
+	}
+	var bound lease.Lease
+	err = inv.o.Step(ctx, "bind", func(ctx context.Context) error {
+		var err error
+		bound, err = inv.store.Bind(ctx, l, b, fmt.Sprintf("%s attached ENI %s (%s) and volume %s", id, b.ENIID, b.IP, b.VolumeID))
+		return err
+	})
+	if err != nil {
+		return l, err
+	}
+	return bound, nil
+}
+
+// fence checks that l is still the slot's current lease before a mutation made on its
+// behalf, so that a late retry of an old invocation never acts on a slot that moved on.
+func (inv *invocation) fence(ctx context.Context, l lease.Lease) error {
+	cur, err := inv.store.Get(ctx, l.Slot)
+	if err != nil {
+		return err
+	}
+	if cur.Version != l.Version || cur.Holder != l.Holder || cur.State == lease.Free {
+		return fmt.Errorf("slot %d is now at version %d held by %q (%s), not version %d held by %s: %w",
+			l.Slot, cur.Version, cur.Holder, cur.State, l.Version, l.Holder, lease.ErrFenced)
+	}
+	return nil
+}
+
+// abandon gives up on the instance: it detaches what this instance got of the slot,
+// releases the lease it holds (fenced), and completes the action with ABANDON so the
+// ASG replaces the instance.
+func (inv *invocation) abandon(ctx context.Context, l *lease.Lease, reason string) (Result, error) {
+	res := Result{Outcome: OutcomeAbandon, Slot: -1, Reason: reason}
+	if l != nil && l.HeldBy(inv.actions.Action.EC2InstanceID) {
+		res.Slot = l.Slot
+		err := inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
+			if err := inv.res.DetachFrom(ctx, l.Slot, inv.actions.Action.EC2InstanceID); err != nil {
+				inv.o.Log.WarnContext(ctx, "could not detach the slot's resources before abandoning; the next holder will", obs.KeyErr, err.Error())
+			}
+			_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)
+			if errors.Is(err, lease.ErrFenced) {
+				return nil // the slot has already moved on: nothing of ours to release
+			}
+			return err
+		})
+		if err != nil {
+			return Result{}, err
+		}
+	}
+	if err := inv.complete(ctx, lifecycle.Abandon); err != nil {
+		return Result{}, err
+	}
+	inv.o.Log.WarnContext(ctx, "abandoned launch: the Auto Scaling group will replace the instance",
+		obs.KeyOutcome, OutcomeAbandon, obs.KeyReason, reason)
+	inv.o.Metrics.Count("Abandons", 1)
+	return res, nil
+}
+
+func (inv *invocation) complete(ctx context.Context, result string) error {
+	return inv.o.Step(ctx, "complete-"+result, func(ctx context.Context) error {
+		_, err := inv.actions.Complete(ctx, result)
+		return err
+	})
+}
+
+// slotsIn returns the slots whose subnet is in az. Subnet AZs never change, so they
+// are looked up once per container.
+func (inv *invocation) slotsIn(ctx context.Context, az string) ([]int, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if inv.subnet == nil {
+		azs, err := inv.res.SubnetAZs(ctx, inv.cfg.Subnets)
+		if err != nil {
+			return nil, err
+		}
+		inv.subnet = azs
+	}
+	var slots []int
+	for s := 0; s < inv.cfg.SlotCount; s++ {
+		if inv.subnet[inv.cfg.SubnetOf(s)] == az {
+			slots = append(slots, s)
+		}
+	}
+	return slots, nil
+}
+
+func orGone(found bool, state string) string {
+	if !found {
+		return "gone"
+	}
+	return state
+}

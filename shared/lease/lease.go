@@ -1,0 +1,334 @@
+// Package lease is the DynamoDB store of slot leases: who holds which broker slot.
+//
+// One item per (cluster, slot). Every transition is a conditional write. Claim
+// increments the slot's version, the fencing token; every later mutation made on
+// behalf of that claim (bind, drain, release) is conditioned on the version and holder
+// it was given, so a late retry of an old invocation cannot act on a slot that has since
+// moved on. Each item carries its recent transitions (who, when, why) for operators.
+//
+// Item layout (attribute names are part of the public contract):
+//
+//	cluster (S, partition key)   slot (N, sort key)
+//	state      free | claimed | bound | draining
+//	version    fencing token, incremented by every claim and release
+//	holder     instance id holding the slot (absent when free)
+//	holder_az  availability zone of the holder
+//	last_holder  the previous holder, kept after release
+//	eni_id, volume_id, ip  the slot's resources, recorded at bind
+//	claimed_at, updated_at RFC 3339 timestamps
+//	history    list of {at, from, to, version, instance, actor, reason}, newest last
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+)
+
+// State is a lease state.
+type State string
+
+// Lease states, in lifecycle order.
+const (
+	Free     State = "free"
+	Claimed  State = "claimed"
+	Bound    State = "bound"
+	Draining State = "draining"
+)
+
+// HistoryLimit is how many transitions an item keeps; older ones are dropped at claim.
+const HistoryLimit = 50
+
+// ErrFenced means the lease changed since it was read (another claim, a release, a
+// newer version): the caller's view is stale and it must not act on the slot.
+var ErrFenced = errors.New("lease fenced: the slot changed since it was read")
+
+// Lease is one slot's lease. A slot that has never been claimed is Free at version 0.
+type Lease struct {
+	Cluster    string       `dynamodbav:"cluster"`
+	Slot       int          `dynamodbav:"slot"`
+	State      State        `dynamodbav:"state"`
+	Version    int64        `dynamodbav:"version"`
+	Holder     string       `dynamodbav:"holder,omitempty"`
+	HolderAZ   string       `dynamodbav:"holder_az,omitempty"`
+	LastHolder string       `dynamodbav:"last_holder,omitempty"`
+	ENIID      string       `dynamodbav:"eni_id,omitempty"`
+	VolumeID   string       `dynamodbav:"volume_id,omitempty"`
+	IP         string       `dynamodbav:"ip,omitempty"`
+	ClaimedAt  string       `dynamodbav:"claimed_at,omitempty"`
+	UpdatedAt  string       `dynamodbav:"updated_at,omitempty"`
+	History    []Transition `dynamodbav:"history,omitempty"`
+}
+
+// Transition is one entry of a slot's history.
+type Transition struct {
+	At       string `dynamodbav:"at"`
+	From     State  `dynamodbav:"from"`
+	To       State  `dynamodbav:"to"`
+	Version  int64  `dynamodbav:"version"`
+	Instance string `dynamodbav:"instance,omitempty"`
+	Actor    string `dynamodbav:"actor,omitempty"`
+	Reason   string `dynamodbav:"reason"`
+}
+
+// Exists reports whether the lease has ever been written.
+func (l Lease) Exists() bool { return l.UpdatedAt != "" }
+
+// HeldBy reports whether instance holds the lease in a non-free state.
+func (l Lease) HeldBy(instance string) bool { return l.State != Free && l.Holder == instance }
+
+// Binding is what Bind records about the slot's resources.
+type Binding struct{ ENIID, VolumeID, IP string }
+
+// Store reads and writes one cluster's leases.
+type Store struct {
+	db      awsapi.DynamoDB
+	table   string
+	cluster string
+	// Actor names who writes (function name and request id) in the history.
+	Actor string
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+	// Writes counts conditional writes attempted, for benchmarks and metrics.
+	Writes func()
+}
+
+// NewStore returns a store for cluster's leases in table.
+func NewStore(db awsapi.DynamoDB, table, cluster string) *Store {
+	return &Store{db: db, table: table, cluster: cluster, Now: time.Now}
+}
+
+func (s *Store) key(slot int) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{
+		"cluster": &types.AttributeValueMemberS{Value: s.cluster},
+		"slot":    &types.AttributeValueMemberN{Value: strconv.Itoa(slot)},
+	}
+}
+
+// Get returns slot's lease, read consistently. A never-claimed slot is Free, version 0.
+func (s *Store) Get(ctx context.Context, slot int) (Lease, error) {
+	out, err := s.db.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: &s.table, Key: s.key(slot), ConsistentRead: aws.Bool(true),
+	})
+	if err != nil {
+		return Lease{}, fmt.Errorf("reading lease of slot %d: %w", slot, err)
+	}
+	if out.Item == nil {
+		return Lease{Cluster: s.cluster, Slot: slot, State: Free}, nil
+	}
+	return decode(out.Item)
+}
+
+// List returns every lease item of the cluster that exists, by slot, read consistently.
+// Slots never claimed have no item and are absent.
+func (s *Store) List(ctx context.Context) ([]Lease, error) {
+	in := &dynamodb.QueryInput{
+		TableName:                 &s.table,
+		KeyConditionExpression:    aws.String("#c = :c"),
+		ExpressionAttributeNames:  map[string]string{"#c": "cluster"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":c": &types.AttributeValueMemberS{Value: s.cluster}},
+		ConsistentRead:            aws.Bool(true),
+	}
+	var leases []Lease
+	for p := dynamodb.NewQueryPaginator(s.db, in); p.HasMorePages(); {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing leases of cluster %s: %w", s.cluster, err)
+		}
+		for _, item := range page.Items {
+			l, err := decode(item)
+			if err != nil {
+				return nil, err
+			}
+			leases = append(leases, l)
+		}
+	}
+	return leases, nil
+}
+
+// Claim makes instance the holder of the slot that cur describes, in state claimed,
+// with version cur.Version+1. It succeeds only if the item is exactly as read (same
+// version and update time, or still absent), so of two claimers of one slot exactly one
+// wins; the loser gets ErrFenced.
+func (s *Store) Claim(ctx context.Context, cur Lease, instance, az, reason string) (Lease, error) {
+	now := s.stamp()
+	next := cur
+	next.Cluster, next.State, next.Version = s.cluster, Claimed, cur.Version+1
+	next.Holder, next.HolderAZ, next.ClaimedAt, next.UpdatedAt = instance, az, now, now
+	if cur.Holder != "" && cur.Holder != instance {
+		next.LastHolder = cur.Holder
+	}
+	next.ENIID, next.VolumeID, next.IP = cur.ENIID, cur.VolumeID, cur.IP
+	hist := cur.History
+	if len(hist) >= HistoryLimit {
+		hist = hist[len(hist)-HistoryLimit+1:]
+	}
+	next.History = append(append([]Transition(nil), hist...), s.transition(cur.State, Claimed, next.Version, instance, reason, now))
+
+	item, err := attributevalue.MarshalMap(next)
+	if err != nil {
+		return Lease{}, fmt.Errorf("encoding lease of slot %d: %w", cur.Slot, err)
+	}
+	in := &dynamodb.PutItemInput{TableName: &s.table, Item: item}
+	if cur.Exists() {
+		in.ConditionExpression = aws.String("#v = :v AND #u = :u")
+		in.ExpressionAttributeNames = map[string]string{"#v": "version", "#u": "updated_at"}
+		in.ExpressionAttributeValues = map[string]types.AttributeValue{
+			":v": num(cur.Version), ":u": &types.AttributeValueMemberS{Value: cur.UpdatedAt},
+		}
+	} else {
+		in.ConditionExpression = aws.String("attribute_not_exists(#c)")
+		in.ExpressionAttributeNames = map[string]string{"#c": "cluster"}
+	}
+	if err := s.put(ctx, in); err != nil {
+		return Lease{}, fmt.Errorf("claiming slot %d for %s at version %d: %w", cur.Slot, instance, next.Version, err)
+	}
+	return next, nil
+}
+
+// Bind marks a claimed lease bound and records the slot's resources. Repeating a bind
+// that already happened (same holder and version) returns the bound lease unchanged.
+func (s *Store) Bind(ctx context.Context, l Lease, b Binding, reason string) (Lease, error) {
+	if l.State == Bound {
+		return l, nil
+	}
+	sets := map[string]types.AttributeValue{
+		"eni_id": str(b.ENIID), "volume_id": str(b.VolumeID), "ip": str(b.IP),
+	}
+	out, err := s.transit(ctx, l, Bound, []State{Claimed}, sets, nil, reason)
+	if errors.Is(err, ErrFenced) {
+		cur, gerr := s.Get(ctx, l.Slot)
+		if gerr == nil && cur.State == Bound && cur.Version == l.Version && cur.Holder == l.Holder {
+			return cur, nil
+		}
+	}
+	return out, err
+}
+
+// Drain marks a bound lease draining: a planned termination is in progress.
+func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error) {
+	if l.State == Draining {
+		return l, nil
+	}
+	return s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason)
+}
+
+// Release frees the lease held at l.Version by l.Holder: state free, holder moved to
+// last_holder, version incremented so that anything still acting on the old version is
+// fenced off. Releasing a lease that has already moved on returns ErrFenced.
+func (s *Store) Release(ctx context.Context, l Lease, reason string) (Lease, error) {
+	sets := map[string]types.AttributeValue{
+		"last_holder": str(l.Holder),
+		"version":     num(l.Version + 1),
+	}
+	return s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason)
+}
+
+// transit moves l to state `to`, conditioned on its version, holder and one of the
+// states `from`, appending a history entry. It returns the item as written.
+func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason string) (Lease, error) {
+	now := s.stamp()
+	version := l.Version
+	if v, ok := sets["version"]; ok {
+		version, _ = strconv.ParseInt(v.(*types.AttributeValueMemberN).Value, 10, 64)
+	}
+	entry, err := attributevalue.Marshal([]Transition{s.transition(l.State, to, version, l.Holder, reason, now)})
+	if err != nil {
+		return Lease{}, fmt.Errorf("encoding history entry: %w", err)
+	}
+	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at"}
+	values := map[string]types.AttributeValue{
+		":v": num(l.Version), ":h": str(l.Holder), ":to": str(string(to)), ":now": str(now),
+		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}},
+	}
+	update := "SET #s = :to, #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
+	i := 0
+	for k, v := range sets {
+		i++
+		nk, vk := fmt.Sprintf("#x%d", i), fmt.Sprintf(":x%d", i)
+		names[nk], values[vk] = k, v
+		update += fmt.Sprintf(", %s = %s", nk, vk)
+	}
+	if len(removes) > 0 {
+		update += " REMOVE "
+		for j, k := range removes {
+			nk := fmt.Sprintf("#r%d", j)
+			names[nk] = k
+			if j > 0 {
+				update += ", "
+			}
+			update += nk
+		}
+	}
+	cond := "#v = :v AND #h = :h AND #s IN ("
+	for j, st := range from {
+		vk := fmt.Sprintf(":f%d", j)
+		values[vk] = str(string(st))
+		if j > 0 {
+			cond += ", "
+		}
+		cond += vk
+	}
+	cond += ")"
+	if s.Writes != nil {
+		s.Writes()
+	}
+	out, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: &s.table, Key: s.key(l.Slot),
+		UpdateExpression: &update, ConditionExpression: &cond,
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+		ReturnValues: types.ReturnValueAllNew,
+	})
+	if awsapi.IsConditionFailed(err) {
+		return Lease{}, fmt.Errorf("moving slot %d (holder %s, version %d) to %s: %w", l.Slot, l.Holder, l.Version, to, ErrFenced)
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("moving slot %d (holder %s, version %d) to %s: %w", l.Slot, l.Holder, l.Version, to, err)
+	}
+	return decode(out.Attributes)
+}
+
+func (s *Store) put(ctx context.Context, in *dynamodb.PutItemInput) error {
+	if s.Writes != nil {
+		s.Writes()
+	}
+	_, err := s.db.PutItem(ctx, in)
+	if awsapi.IsConditionFailed(err) {
+		return ErrFenced
+	}
+	return err
+}
+
+func (s *Store) transition(from, to State, version int64, instance, reason, at string) Transition {
+	if from == "" {
+		from = Free
+	}
+	return Transition{At: at, From: from, To: to, Version: version, Instance: instance, Actor: s.Actor, Reason: reason}
+}
+
+func (s *Store) stamp() string { return s.Now().UTC().Format(time.RFC3339Nano) }
+
+func decode(item map[string]types.AttributeValue) (Lease, error) {
+	var l Lease
+	if err := attributevalue.UnmarshalMap(item, &l); err != nil {
+		return Lease{}, fmt.Errorf("decoding lease item: %w", err)
+	}
+	if l.State == "" {
+		l.State = Free
+	}
+	return l, nil
+}
+
+func str(s string) types.AttributeValue { return &types.AttributeValueMemberS{Value: s} }
+func num(n int64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(n, 10)}
+}

@@ -1,0 +1,165 @@
+package resources
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/slot"
+)
+
+// detachMode says how a resource attached to another instance may be freed.
+// DESIGN: detach, force only once that instance is shutting-down, terminated or gone;
+// and never take a slot's data away from a live (pending or running) instance.
+func (m *Manager) detachMode(ctx context.Context, holder string) (force bool, err error) {
+	states, err := m.InstanceStates(ctx, []string{holder})
+	if err != nil {
+		return false, err
+	}
+	st := states[holder]
+	switch {
+	case slot.Alive(st):
+		return false, fmt.Errorf("%w: the slot's resource is attached to %s, which is %s; refusing to take it from a live instance", ErrPermanent, holder, st)
+	case slot.Dead(st):
+		return true, nil
+	default: // stopping or stopped: the instance is not using it; a plain detach is enough
+		return false, nil
+	}
+}
+
+// AttachVolume makes v attached to instance at device, first detaching it from any
+// other instance (see detachMode) and waiting until it is available. Repeating it when
+// the volume is already attached to instance only waits for the attachment.
+func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, device string) (Volume, error) {
+	if v.AZ != az {
+		return v, fmt.Errorf("%w: volume %s is in %s, instance %s in %s", ErrPermanent, v.ID, v.AZ, instance, az)
+	}
+	if v.AttachedTo != "" && v.AttachedTo != instance {
+		force, err := m.detachMode(ctx, v.AttachedTo)
+		if err != nil {
+			return v, err
+		}
+		m.Log.Info("detaching slot volume from previous holder", "volume", v.ID, "from", v.AttachedTo, "force", force)
+		_, err = m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{
+			VolumeId: &v.ID, InstanceId: aws.String(v.AttachedTo), Force: aws.Bool(force),
+		})
+		if err != nil && !awsapi.IsIncorrectState(err) {
+			return v, fmt.Errorf("detaching volume %s from %s: %w", v.ID, v.AttachedTo, err)
+		}
+		if v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
+			return v, err
+		}
+	}
+	if v.AttachedTo != instance {
+		if v.State != "available" {
+			var err error
+			if v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
+				return v, err
+			}
+		}
+		_, err := m.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Device: &device})
+		if err != nil {
+			return v, fmt.Errorf("attaching volume %s to %s at %s: %w", v.ID, instance, device, permanentIf(err))
+		}
+		m.Log.Info("attached slot volume", "volume", v.ID, "instance", instance, "device", device)
+	}
+	return m.waitVolume(ctx, v.ID, "attached to "+instance, func(v Volume) bool {
+		return v.AttachedTo == instance && v.AttachmentState == "attached"
+	})
+}
+
+// AttachENI makes e attached to instance at ENIDeviceIndex, first detaching it from any
+// other instance (see detachMode). Repeating it only waits for the attachment.
+func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (ENI, error) {
+	if e.AZ != az {
+		return e, fmt.Errorf("%w: ENI %s is in %s, instance %s in %s", ErrPermanent, e.ID, e.AZ, instance, az)
+	}
+	if e.AttachedTo != "" && e.AttachedTo != instance {
+		force, err := m.detachMode(ctx, e.AttachedTo)
+		if err != nil {
+			return e, err
+		}
+		m.Log.Info("detaching slot ENI from previous holder", "eni", e.ID, "from", e.AttachedTo, "force", force)
+		_, err = m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID, Force: aws.Bool(force)})
+		if err != nil && !awsapi.IsNotFound(err) && !awsapi.IsIncorrectState(err) {
+			return e, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, e.AttachedTo, err)
+		}
+		if e, err = m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" }); err != nil {
+			return e, err
+		}
+	}
+	if e.AttachedTo != instance {
+		_, err := m.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+			NetworkInterfaceId: &e.ID, InstanceId: &instance, DeviceIndex: aws.Int32(ENIDeviceIndex),
+		})
+		if err != nil {
+			return e, fmt.Errorf("attaching ENI %s to %s at device index %d: %w", e.ID, instance, ENIDeviceIndex, permanentIf(err))
+		}
+		m.Log.Info("attached slot ENI", "eni", e.ID, "instance", instance, "ip", e.IP)
+	}
+	return m.waitENI(ctx, e.ID, "attached to "+instance, func(e ENI) bool {
+		return e.AttachedTo == instance && e.AttachmentStatus == "attached"
+	})
+}
+
+// DetachFrom detaches the slot's volume and ENI from instance if they are attached to
+// it (plain detach: used on paths where instance is not running a broker on them yet or
+// any more) and waits until both are available.
+func (m *Manager) DetachFrom(ctx context.Context, s int, instance string) error {
+	if v, err := m.FindVolume(ctx, s); err != nil {
+		return err
+	} else if v != nil && v.AttachedTo == instance {
+		if _, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance}); err != nil && !awsapi.IsIncorrectState(err) {
+			return fmt.Errorf("detaching volume %s from %s: %w", v.ID, instance, err)
+		}
+		if _, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
+			return err
+		}
+	}
+	if e, err := m.FindENI(ctx, s); err != nil {
+		return err
+	} else if e != nil && e.AttachedTo == instance {
+		if _, err := m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID}); err != nil && !awsapi.IsNotFound(err) && !awsapi.IsIncorrectState(err) {
+			return fmt.Errorf("detaching ENI %s from %s: %w", e.ID, instance, err)
+		}
+		if _, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Manager) waitVolume(ctx context.Context, id, what string, ok func(Volume) bool) (Volume, error) {
+	var v Volume
+	err := m.wait(ctx, "volume "+id+" "+what, func(ctx context.Context) (bool, error) {
+		out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+		if err != nil {
+			return false, fmt.Errorf("describing volume %s: %w", id, err)
+		}
+		if len(out.Volumes) == 0 {
+			return false, fmt.Errorf("volume %s vanished", id)
+		}
+		v = toVolume(out.Volumes[0])
+		return ok(v), nil
+	})
+	return v, err
+}
+
+func (m *Manager) waitENI(ctx context.Context, id, what string, ok func(ENI) bool) (ENI, error) {
+	var e ENI
+	err := m.wait(ctx, "ENI "+id+" "+what, func(ctx context.Context) (bool, error) {
+		out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+		if err != nil {
+			return false, fmt.Errorf("describing ENI %s: %w", id, err)
+		}
+		if len(out.NetworkInterfaces) == 0 {
+			return false, fmt.Errorf("ENI %s vanished", id)
+		}
+		e = toENI(out.NetworkInterfaces[0])
+		return ok(e), nil
+	})
+	return e, err
+}

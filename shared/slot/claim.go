@@ -1,0 +1,140 @@
+package slot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+)
+
+// ErrNoFreeSlot means no slot of the instance's AZ can be claimed now.
+var ErrNoFreeSlot = errors.New("no claimable slot in the availability zone")
+
+// Claimer claims a slot for an instance: read the leases, decide, and try the
+// candidates with conditional writes until one succeeds.
+type Claimer struct {
+	Store *lease.Store
+	// States returns the EC2 state of each instance id it knows; ids it does not know
+	// are absent from the map (Gone).
+	States func(ctx context.Context, ids []string) (map[string]string, error)
+	// Order ranks candidates; Rendezvous when nil.
+	Order Order
+	// Rounds bounds how often the leases are re-read after every candidate was lost to
+	// a concurrent claimer; 3 when zero.
+	Rounds int
+}
+
+// Claimed is the outcome of a successful Claim.
+type Claimed struct {
+	Lease lease.Lease
+	// Reused is true when the instance already held the slot (a redelivered event).
+	Reused bool
+	// Writes is the number of conditional writes this claim attempted.
+	Writes int
+	// Reason says why this slot was claimable.
+	Reason string
+}
+
+// Claim returns the slot lease instance holds after claiming one of azSlots, or
+// ErrNoFreeSlot. It is idempotent: an instance that already holds a slot gets it back
+// without a write. Two concurrent claims for one instance (a duplicate delivery) both
+// end with the same single slot: the extra claim is released.
+func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int, reason string) (Claimed, error) {
+	order, rounds := c.Order, c.Rounds
+	if order == nil {
+		order = Rendezvous
+	}
+	if rounds <= 0 {
+		rounds = 3
+	}
+	writes := 0
+	for round := 0; round < rounds; round++ {
+		leases, states, err := c.read(ctx, instance)
+		if err != nil {
+			return Claimed{}, err
+		}
+		d := Decide(instance, azSlots, leases, states, order)
+		if d.Held != nil {
+			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
+		}
+		if len(d.Candidates) == 0 {
+			return Claimed{Writes: writes}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
+		}
+		for _, cand := range d.Candidates {
+			_, why := Claimable(cand, states[cand.Holder])
+			writes++
+			l, err := c.Store.Claim(ctx, cand, instance, az, reason+": "+why)
+			if errors.Is(err, lease.ErrFenced) {
+				continue // another claimer was faster; try the next candidate
+			}
+			if err != nil {
+				return Claimed{Writes: writes}, err
+			}
+			kept, err := c.dedupe(ctx, instance, l)
+			if err != nil {
+				return Claimed{Writes: writes}, err
+			}
+			return Claimed{Lease: kept, Reused: kept.Slot != l.Slot, Writes: writes, Reason: why}, nil
+		}
+	}
+	return Claimed{Writes: writes}, fmt.Errorf("%w %s: lost every candidate to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
+}
+
+// read returns the cluster's leases by slot and the EC2 state of their holders.
+func (c *Claimer) read(ctx context.Context, instance string) (map[int]lease.Lease, map[string]string, error) {
+	list, err := c.Store.List(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	leases := make(map[int]lease.Lease, len(list))
+	var holders []string
+	for _, l := range list {
+		leases[l.Slot] = l
+		if l.State != lease.Free && l.Holder != instance && !slices.Contains(holders, l.Holder) {
+			holders = append(holders, l.Holder)
+		}
+	}
+	states := map[string]string{}
+	if len(holders) > 0 {
+		if states, err = c.States(ctx, holders); err != nil {
+			return nil, nil, fmt.Errorf("describing lease holders: %w", err)
+		}
+	}
+	return leases, states, nil
+}
+
+// dedupe handles a duplicate delivery racing with itself: if instance now holds more
+// than one slot, it keeps the bound one (else the lowest) and releases the other claims.
+// Both racers compute the same answer, so they converge.
+func (c *Claimer) dedupe(ctx context.Context, instance string, mine lease.Lease) (lease.Lease, error) {
+	list, err := c.Store.List(ctx)
+	if err != nil {
+		return lease.Lease{}, err
+	}
+	var held []lease.Lease
+	for _, l := range list {
+		if l.HeldBy(instance) {
+			held = append(held, l)
+		}
+	}
+	if len(held) <= 1 {
+		return mine, nil
+	}
+	keep := held[0]
+	for _, l := range held {
+		if l.State == lease.Bound || (keep.State != lease.Bound && l.Slot < keep.Slot) {
+			keep = l
+		}
+	}
+	for _, l := range held {
+		if l.Slot == keep.Slot || l.State != lease.Claimed {
+			continue
+		}
+		if _, err := c.Store.Release(ctx, l, fmt.Sprintf("duplicate claim: %s keeps slot %d", instance, keep.Slot)); err != nil && !errors.Is(err, lease.ErrFenced) {
+			return lease.Lease{}, err
+		}
+	}
+	return keep, nil
+}

@@ -1,0 +1,148 @@
+// Package slot holds the claim decision: which slot an instance should take, in which
+// order to try the candidates, and the claim procedure over the lease store.
+//
+// The decision is pure (Decide); Claimer adds the reads and conditional writes.
+package slot
+
+import (
+	"cmp"
+	"hash/fnv"
+	"slices"
+	"strconv"
+
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+)
+
+// Instance states as EC2 reports them, plus Gone for an instance EC2 no longer knows.
+const (
+	Pending      = "pending"
+	Running      = "running"
+	Stopping     = "stopping"
+	Stopped      = "stopped"
+	ShuttingDown = "shutting-down"
+	Terminated   = "terminated"
+	Gone         = ""
+)
+
+// Alive reports whether an instance in state may still be (or become) a live broker.
+func Alive(state string) bool { return state == Pending || state == Running }
+
+// Dead reports whether an instance in state will never run again.
+func Dead(state string) bool { return state == ShuttingDown || state == Terminated || state == Gone }
+
+// Order ranks the candidate slots for an instance; the first is tried first.
+type Order func(instance string, slots []int) []int
+
+// Rendezvous orders slots by a hash of (instance, slot), highest first. Instances
+// launching together each get a different, effectively random, first choice, so a claim
+// costs about one conditional write instead of racing for the lowest free slot.
+func Rendezvous(instance string, slots []int) []int {
+	type ranked struct {
+		slot  int
+		score uint64
+	}
+	r := make([]ranked, len(slots))
+	for i, s := range slots {
+		h := fnv.New64a()
+		h.Write([]byte(instance))
+		h.Write([]byte{0})
+		h.Write([]byte(strconv.Itoa(s)))
+		r[i] = ranked{s, mix(h.Sum64())}
+	}
+	slices.SortFunc(r, func(a, b ranked) int {
+		if c := cmp.Compare(b.score, a.score); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.slot, b.slot)
+	})
+	out := make([]int, len(r))
+	for i := range r {
+		out[i] = r[i].slot
+	}
+	return out
+}
+
+// mix is a 64-bit finalizer (from SplitMix64) that spreads FNV's low-entropy output.
+func mix(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+// LowestFirst is the naive order, lowest slot number first. It is the baseline the
+// benchmark compares Rendezvous against.
+func LowestFirst(_ string, slots []int) []int {
+	out := slices.Clone(slots)
+	slices.Sort(out)
+	return out
+}
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	// Held is set when the instance already holds a slot: reuse it, claim nothing.
+	Held *lease.Lease
+	// Candidates are the claimable slots' leases, in the order to try them.
+	Candidates []lease.Lease
+}
+
+// Claimable reports whether l may be claimed by another instance, given the EC2 state
+// of its holder (Gone when EC2 does not know it), and says why.
+//
+//   - free: yes.
+//   - claimed but never bound: only once the claimer is no longer pending or running.
+//   - bound or draining: only once the holder is shutting down, terminated or gone.
+//     A running (or merely stopped) holder is never dispossessed.
+func Claimable(l lease.Lease, holderState string) (bool, string) {
+	switch l.State {
+	case lease.Free:
+		return true, "slot free"
+	case lease.Claimed:
+		if Alive(holderState) {
+			return false, "claimer " + l.Holder + " is " + holderState
+		}
+		return true, "claimer " + l.Holder + " is " + stateName(holderState) + " and never bound the slot"
+	case lease.Bound, lease.Draining:
+		if Dead(holderState) {
+			return true, "holder " + l.Holder + " is " + stateName(holderState)
+		}
+		return false, "holder " + l.Holder + " is " + stateName(holderState)
+	}
+	return false, "unknown lease state " + string(l.State)
+}
+
+func stateName(s string) string {
+	if s == Gone {
+		return "gone"
+	}
+	return s
+}
+
+// Decide returns what instance should do given the slots of its AZ (azSlots), the
+// cluster's current leases by slot (absent = never claimed), and the EC2 state of every
+// holder in leases (absent = Gone).
+func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states map[string]string, order Order) Decision {
+	// Reuse wins over everything: a redelivered event must not claim a second slot.
+	// Look at every slot, not only this AZ's, so a reuse is found whatever the config.
+	held := make([]int, 0, 1)
+	for s, l := range leases {
+		if l.HeldBy(instance) {
+			held = append(held, s)
+		}
+	}
+	if len(held) > 0 {
+		slices.Sort(held)
+		l := leases[held[0]]
+		return Decision{Held: &l}
+	}
+	var d Decision
+	for _, s := range order(instance, azSlots) {
+		l, ok := leases[s]
+		if !ok {
+			l = lease.Lease{Slot: s, State: lease.Free}
+		}
+		if ok, _ := Claimable(l, states[l.Holder]); ok {
+			d.Candidates = append(d.Candidates, l)
+		}
+	}
+	return d
+}
