@@ -1,0 +1,184 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+)
+
+// Subnet is one subnet of a World.
+type Subnet struct{ ID, AZ, CIDR string }
+
+// World is the network and lease table a slotkeeper cluster lives in.
+type World struct {
+	// VPCID is the VPC (10.0.0.0/16).
+	VPCID string
+	// Subnets are one per AZ: 10.0.1.0/24 us-east-1a, 10.0.2.0/24 us-east-1b,
+	// 10.0.3.0/24 us-east-1c, in that order.
+	Subnets []Subnet
+	// SecurityGroupID is a security group in the VPC.
+	SecurityGroupID string
+	// Table is the DynamoDB lease table.
+	Table string
+	// AMI is an image to launch instances from (one of moto's built-in images).
+	AMI string
+}
+
+// worldSubnets is the subnet layout of every World.
+var worldSubnets = []Subnet{
+	{AZ: "us-east-1a", CIDR: "10.0.1.0/24"},
+	{AZ: "us-east-1b", CIDR: "10.0.2.0/24"},
+	{AZ: "us-east-1c", CIDR: "10.0.3.0/24"},
+}
+
+// setupTimeout bounds each world-building helper.
+const setupTimeout = 30 * time.Second
+
+// NewWorld creates, directly at moto (uncounted, unfaulted), a VPC 10.0.0.0/16 with
+// three subnets (see World.Subnets), a security group, and the lease table `table`
+// (PAY_PER_REQUEST; key "cluster" (S) HASH, "slot" (N) RANGE). Each call creates a
+// new VPC; table names must be unique per harness.
+func (h *Harness) NewWorld(t testing.TB, table string) *World {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	cfg := h.DirectConfig()
+	ec2c := ec2.NewFromConfig(cfg)
+	w := &World{Table: table}
+
+	vpc, err := ec2c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
+	if err != nil {
+		t.Fatalf("creating world VPC: %v", err)
+	}
+	w.VPCID = aws.ToString(vpc.Vpc.VpcId)
+
+	for _, s := range worldSubnets {
+		out, err := ec2c.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+			VpcId:            vpc.Vpc.VpcId,
+			CidrBlock:        aws.String(s.CIDR),
+			AvailabilityZone: aws.String(s.AZ),
+		})
+		if err != nil {
+			t.Fatalf("creating subnet %s in %s: %v", s.CIDR, s.AZ, err)
+		}
+		s.ID = aws.ToString(out.Subnet.SubnetId)
+		w.Subnets = append(w.Subnets, s)
+	}
+
+	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+		GroupName:   aws.String("slotkeeper-brokers"),
+		Description: aws.String("slotkeeper test brokers"),
+		VpcId:       vpc.Vpc.VpcId,
+	})
+	if err != nil {
+		t.Fatalf("creating security group in %s: %v", w.VPCID, err)
+	}
+	w.SecurityGroupID = aws.ToString(sg.GroupId)
+
+	w.AMI, err = pickAMI(ctx, ec2c)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+
+	ddb := dynamodb.NewFromConfig(cfg)
+	if _, err := ddb.CreateTable(ctx, &dynamodb.CreateTableInput{
+		TableName:   aws.String(table),
+		BillingMode: ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{
+			{AttributeName: aws.String("cluster"), AttributeType: ddbtypes.ScalarAttributeTypeS},
+			{AttributeName: aws.String("slot"), AttributeType: ddbtypes.ScalarAttributeTypeN},
+		},
+		KeySchema: []ddbtypes.KeySchemaElement{
+			{AttributeName: aws.String("cluster"), KeyType: ddbtypes.KeyTypeHash},
+			{AttributeName: aws.String("slot"), KeyType: ddbtypes.KeyTypeRange},
+		},
+	}); err != nil {
+		t.Fatalf("creating lease table %s: %v", table, err)
+	}
+	// moto creates tables ACTIVE at once; the waiter keeps this correct if that changes.
+	if err := dynamodb.NewTableExistsWaiter(ddb, func(o *dynamodb.TableExistsWaiterOptions) {
+		o.MinDelay = 50 * time.Millisecond
+		o.MaxDelay = 200 * time.Millisecond
+	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, setupTimeout); err != nil {
+		t.Fatalf("waiting for lease table %s: %v", table, err)
+	}
+	return w
+}
+
+// pickAMI returns one of moto's built-in images: an Amazon Linux 2 one if present
+// (the full list is 1300 images, slow to describe), else any.
+func pickAMI(ctx context.Context, ec2c *ec2.Client) (string, error) {
+	for _, filters := range [][]ec2types.Filter{
+		{{Name: aws.String("name"), Values: []string{"amzn2-ami-hvm-*-x86_64-gp2"}}},
+		nil,
+	} {
+		out, err := ec2c.DescribeImages(ctx, &ec2.DescribeImagesInput{Filters: filters})
+		if err != nil {
+			return "", fmt.Errorf("describing images: %w", err)
+		}
+		if len(out.Images) > 0 {
+			return aws.ToString(out.Images[0].ImageId), nil
+		}
+	}
+	return "", errors.New("moto has no images to launch instances from")
+}
+
+// RunInstance launches one t3.large instance of the world's AMI and security group in
+// subnetID, directly at moto, and returns its id. moto reports it "running" at once.
+func (h *Harness) RunInstance(t testing.TB, w *World, subnetID string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	out, err := ec2.NewFromConfig(h.DirectConfig()).RunInstances(ctx, &ec2.RunInstancesInput{
+		ImageId:          aws.String(w.AMI),
+		InstanceType:     ec2types.InstanceTypeT3Large,
+		SubnetId:         aws.String(subnetID),
+		SecurityGroupIds: []string{w.SecurityGroupID},
+		MinCount:         aws.Int32(1),
+		MaxCount:         aws.Int32(1),
+	})
+	if err != nil {
+		t.Fatalf("running an instance in %s: %v", subnetID, err)
+	}
+	return aws.ToString(out.Instances[0].InstanceId)
+}
+
+// TerminateInstance terminates instance id directly at moto.
+//
+// What moto 5.2.5 does on termination, unlike AWS in places (checked by
+// the harness tests):
+//   - The instance is "terminated" at once (TerminateInstances answers
+//     "shutting-down"; the next describe says "terminated"); there is no
+//     shutting-down period.
+//   - Every attached volume is detached at once and is "available" with no
+//     attachments; those with DeleteOnTermination (the root volume) are deleted.
+//   - ENIs are NOT detached, unlike AWS: a secondary ENI with DeleteOnTermination=false
+//     stays "in-use" with its attachment still naming the terminated instance
+//     (AWS would make it "available"). The primary ENI also survives, because moto
+//     creates it with DeleteOnTermination=false. DetachNetworkInterface with that old
+//     attachment id still works, and AttachNetworkInterface to a new instance
+//     succeeds even while the ENI is "in-use" (AWS would refuse), replacing the stale
+//     attachment.
+//
+// Other moto behaviour worth knowing when reading test results: AttachVolume does
+// not check that the volume is available or in the instance's AZ (attaching an in-use
+// volume to a second instance "succeeds"); DetachVolume without InstanceId fails with
+// HTTP 500 (moto needs the instance id); detaching and attaching are instant.
+func (h *Harness) TerminateInstance(t testing.TB, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if _, err := ec2.NewFromConfig(h.DirectConfig()).TerminateInstances(ctx, &ec2.TerminateInstancesInput{
+		InstanceIds: []string{id},
+	}); err != nil {
+		t.Fatalf("terminating instance %s: %v", id, err)
+	}
+}
