@@ -1,0 +1,114 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[strings.TrimPrefix(k, Prefix)] }
+}
+
+func valid() map[string]string {
+	return map[string]string{
+		"CLUSTER": "kafka-prod", "ASG_NAME": "kafka-prod", "TABLE": "slotkeeper-leases", "SLOT_COUNT": "6",
+		"SUBNETS": "subnet-0a, subnet-0b,subnet-0c", "SECURITY_GROUPS": "sg-01",
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(valid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SlotCount != 6 || len(c.Subnets) != 3 || c.Subnets[1] != "subnet-0b" {
+		t.Errorf("slots/subnets: %+v", c)
+	}
+	if !c.ENI || c.Volume.SizeGiB != 100 || c.Volume.Type != "gp3" || !c.Volume.Encrypted || c.Volume.Device != "/dev/sdf" {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.HeartbeatInterval != time.Minute || c.AttachTimeout != 10*time.Minute || c.MetricsNamespace != "Slotkeeper" {
+		t.Errorf("durations/namespace: %+v", c)
+	}
+	if got := c.SubnetOf(4); got != "subnet-0b" {
+		t.Errorf("SubnetOf(4) = %s, want subnet-0b", got)
+	}
+	if got := c.NodeID(4); got != 4 {
+		t.Errorf("NodeID(4) = %d", got)
+	}
+}
+
+func TestLoadReportsEveryProblemAtOnce(t *testing.T) {
+	_, err := Load(env(map[string]string{
+		"SLOT_COUNT": "zero", "SUBNETS": "subnet-0a,vpc-1", "VOLUME_TYPE": "gp9", "HEARTBEAT_INTERVAL": "soon",
+	}))
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{
+		"SLOTKEEPER_CLUSTER: required", "SLOTKEEPER_ASG_NAME: required", "SLOTKEEPER_TABLE: required",
+		`SLOTKEEPER_SLOT_COUNT: "zero" is not an integer`, `"vpc-1" is not a subnet id`,
+		"SLOTKEEPER_SECURITY_GROUPS: required", `SLOTKEEPER_VOLUME_TYPE: "gp9"`, `SLOTKEEPER_HEARTBEAT_INTERVAL: "soon"`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestLoadRules(t *testing.T) {
+	tests := []struct {
+		name    string
+		set     map[string]string
+		wantErr string // "" = valid
+	}{
+		{"instance mode needs no security groups", map[string]string{"ENI": "false", "SECURITY_GROUPS": ""}, ""},
+		{"ENI mode needs security groups", map[string]string{"SECURITY_GROUPS": ""}, "SECURITY_GROUPS: required"},
+		{"cluster charset", map[string]string{"CLUSTER": "kafka_prod"}, "CLUSTER"},
+		{"slot count bound", map[string]string{"SLOT_COUNT": "0"}, "outside [1, 1000]"},
+		{"iops on gp2", map[string]string{"VOLUME_TYPE": "gp2", "VOLUME_IOPS": "3000"}, "VOLUME_IOPS"},
+		{"io2 needs iops", map[string]string{"VOLUME_TYPE": "io2"}, "required for volume type io2"},
+		{"io2 with iops", map[string]string{"VOLUME_TYPE": "io2", "VOLUME_IOPS": "4000"}, ""},
+		{"throughput only gp3", map[string]string{"VOLUME_TYPE": "io1", "VOLUME_IOPS": "100", "VOLUME_THROUGHPUT": "250"}, "VOLUME_THROUGHPUT"},
+		{"gp3 throughput", map[string]string{"VOLUME_THROUGHPUT": "250", "VOLUME_IOPS": "6000"}, ""},
+		{"kms without encryption", map[string]string{"VOLUME_ENCRYPTED": "false", "VOLUME_KMS_KEY_ID": "alias/x"}, "VOLUME_KMS_KEY_ID"},
+		{"device name", map[string]string{"VOLUME_DEVICE": "/dev/nvme1n1"}, "VOLUME_DEVICE"},
+		{"heartbeat below attach timeout", map[string]string{"HEARTBEAT_INTERVAL": "5m", "ATTACH_TIMEOUT": "2m"}, "shorter than"},
+		{"bad bool", map[string]string{"ENI": "yes please"}, "not a boolean"},
+		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{"debug log level", map[string]string{"LOG_LEVEL": "debug"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := valid()
+			for k, v := range tt.set {
+				m[k] = v
+			}
+			_, err := Load(env(m))
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("error %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestVarsDocumentEveryVariableRead(t *testing.T) {
+	read := map[string]bool{}
+	_, _ = Load(func(k string) string { read[strings.TrimPrefix(k, Prefix)] = true; return "" })
+	documented := map[string]bool{}
+	for _, v := range Vars {
+		documented[v.Name] = true
+		if !read[v.Name] {
+			t.Errorf("SLOTKEEPER_%s is documented but never read", v.Name)
+		}
+	}
+	for k := range read {
+		if !documented[k] {
+			t.Errorf("SLOTKEEPER_%s is read but not documented in Vars", k)
+		}
+	}
+}

@@ -1,0 +1,152 @@
+package slot
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+)
+
+func TestClaimable(t *testing.T) {
+	tests := []struct {
+		state  lease.State
+		holder string // EC2 state of the holder
+		want   bool
+	}{
+		{lease.Free, Gone, true},
+		{lease.Claimed, Pending, false},
+		{lease.Claimed, Running, false},
+		{lease.Claimed, Stopping, true},
+		{lease.Claimed, Stopped, true},
+		{lease.Claimed, ShuttingDown, true},
+		{lease.Claimed, Terminated, true},
+		{lease.Claimed, Gone, true},
+		{lease.Bound, Running, false},
+		{lease.Bound, Pending, false},
+		{lease.Bound, Stopped, false}, // a stopped broker may come back: never dispossess it
+		{lease.Bound, Stopping, false},
+		{lease.Bound, ShuttingDown, true},
+		{lease.Bound, Terminated, true},
+		{lease.Bound, Gone, true},
+		{lease.Draining, Running, false},
+		{lease.Draining, Terminated, true},
+		{lease.State("weird"), Gone, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%s", tt.state, stateName(tt.holder)), func(t *testing.T) {
+			got, why := Claimable(lease.Lease{State: tt.state, Holder: "i-0000000a"}, tt.holder)
+			if got != tt.want || why == "" {
+				t.Errorf("Claimable = %v (%q), want %v with a reason", got, why, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecide(t *testing.T) {
+	const me = "i-000000000000000aa"
+	azSlots := []int{1, 4, 7}
+	bound := func(s int, holder string) lease.Lease {
+		return lease.Lease{Slot: s, State: lease.Bound, Holder: holder, Version: 3}
+	}
+	claimed := func(s int, holder string) lease.Lease {
+		return lease.Lease{Slot: s, State: lease.Claimed, Holder: holder, Version: 1}
+	}
+	tests := []struct {
+		name      string
+		leases    []lease.Lease
+		states    map[string]string
+		wantHeld  int   // -1 = none
+		wantCands []int // in LowestFirst order
+	}{
+		{"empty table: every AZ slot", nil, nil, -1, []int{1, 4, 7}},
+		{"already holds a bound slot: reuse", []lease.Lease{bound(4, me)}, nil, 4, nil},
+		{"already holds a claim in another AZ's slot: reuse, never a second", []lease.Lease{claimed(2, me)}, nil, 2, nil},
+		{"holds two (duplicate race): the lowest", []lease.Lease{claimed(7, me), claimed(4, me)}, nil, 4, nil},
+		{"released lease is free", []lease.Lease{{Slot: 1, State: lease.Free, Version: 2, LastHolder: "i-0000000b"}}, nil, -1, []int{1, 4, 7}},
+		{"running holders keep their slots", []lease.Lease{bound(1, "i-0000000b"), bound(7, "i-0000000c")},
+			map[string]string{"i-0000000b": Running, "i-0000000c": Running}, -1, []int{4}},
+		{"terminated holder's slot is claimable", []lease.Lease{bound(1, "i-0000000b")},
+			map[string]string{"i-0000000b": Terminated}, -1, []int{1, 4, 7}},
+		{"holder gone from EC2", []lease.Lease{bound(1, "i-0000000b")}, map[string]string{}, -1, []int{1, 4, 7}},
+		{"stale claim of a dead claimer", []lease.Lease{claimed(4, "i-0000000b")},
+			map[string]string{"i-0000000b": Terminated}, -1, []int{1, 4, 7}},
+		{"claim in progress by a running claimer", []lease.Lease{claimed(4, "i-0000000b")},
+			map[string]string{"i-0000000b": Running}, -1, []int{1, 7}},
+		{"AZ full", []lease.Lease{bound(1, "i-b"), bound(4, "i-c"), bound(7, "i-d")},
+			map[string]string{"i-b": Running, "i-c": Running, "i-d": Pending}, -1, nil},
+		{"other AZs' free slots are not candidates", []lease.Lease{bound(1, "i-b"), bound(4, "i-c"), bound(7, "i-d")},
+			map[string]string{"i-b": Running, "i-c": Running, "i-d": Running}, -1, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[int]lease.Lease{}
+			for _, l := range tt.leases {
+				m[l.Slot] = l
+			}
+			d := Decide(me, azSlots, m, tt.states, LowestFirst)
+			if tt.wantHeld >= 0 {
+				if d.Held == nil || d.Held.Slot != tt.wantHeld || len(d.Candidates) != 0 {
+					t.Fatalf("want reuse of slot %d, got %+v", tt.wantHeld, d)
+				}
+				return
+			}
+			if d.Held != nil {
+				t.Fatalf("unexpected reuse of slot %d", d.Held.Slot)
+			}
+			var got []int
+			for _, c := range d.Candidates {
+				got = append(got, c.Slot)
+			}
+			if !slices.Equal(got, tt.wantCands) {
+				t.Fatalf("candidates %v, want %v", got, tt.wantCands)
+			}
+		})
+	}
+}
+
+func TestDecideKeepsVersionOfCandidates(t *testing.T) {
+	m := map[int]lease.Lease{4: {Slot: 4, State: lease.Free, Version: 9, UpdatedAt: "t"}}
+	d := Decide("i-0000000a", []int{4}, m, nil, LowestFirst)
+	if len(d.Candidates) != 1 || d.Candidates[0].Version != 9 || d.Candidates[0].UpdatedAt != "t" {
+		t.Fatalf("a candidate must carry the version it was read at (the claim is conditioned on it): %+v", d.Candidates)
+	}
+}
+
+func TestRendezvousIsAPermutationAndStable(t *testing.T) {
+	slots := []int{0, 3, 6, 9, 12}
+	a := Rendezvous("i-0123456789abcdef0", slots)
+	b := Rendezvous("i-0123456789abcdef0", slices.Clone(slots))
+	if !slices.Equal(a, b) {
+		t.Fatalf("not deterministic: %v vs %v", a, b)
+	}
+	sorted := slices.Clone(a)
+	slices.Sort(sorted)
+	if !slices.Equal(sorted, slots) {
+		t.Fatalf("not a permutation of %v: %v", slots, a)
+	}
+}
+
+// Instances launching together should mostly start with different slots: with 10
+// slots and 10 instances, count how many distinct first choices there are over many
+// simulated launches. Lowest-first always gives 1; a uniform random choice gives
+// about 6.5 (10·(1-(9/10)^10)).
+func TestRendezvousSpreadsFirstChoices(t *testing.T) {
+	slots := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+	total := 0
+	const rounds = 200
+	for r := 0; r < rounds; r++ {
+		first := map[int]bool{}
+		for i := 0; i < 10; i++ {
+			first[Rendezvous(fmt.Sprintf("i-%08x%09x", r, i), slots)[0]] = true
+		}
+		total += len(first)
+	}
+	avg := float64(total) / rounds
+	if avg < 5.5 {
+		t.Fatalf("average distinct first choices %.2f, want ≈6.5 (random); rendezvous is not spreading", avg)
+	}
+	if got := LowestFirst("i-1", []int{7, 2, 5})[0]; got != 2 {
+		t.Fatalf("LowestFirst first = %d", got)
+	}
+}
