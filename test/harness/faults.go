@@ -65,6 +65,11 @@ type Fault struct {
 	Code string
 	// Latency is the delay a Latency fault adds.
 	Latency time.Duration
+	// Every, when above 1, applies the fault to one matching call in Every (the
+	// first, then every Every-th) and lets the others through. With Every 2 and a
+	// Throttle, every logical call is throttled once and then succeeds on the SDK's
+	// retry: "throttling on every call".
+	Every int
 }
 
 // faultState is an injected fault and how far it has got.
@@ -84,7 +89,7 @@ func (h *Harness) Inject(f Fault) {
 		panic("harness: Fault.Action is empty (use \"*\" for every action)")
 	case f.Kind < Throttle || f.Kind > Crash:
 		panic(fmt.Sprintf("harness: invalid Fault.Kind %v", f.Kind))
-	case f.Times < 0 || f.Skip < 0 || f.Latency < 0:
+	case f.Times < 0 || f.Skip < 0 || f.Latency < 0 || f.Every < 0:
 		panic(fmt.Sprintf("harness: negative Times, Skip or Latency in %+v", f))
 	}
 	h.mu.Lock()
@@ -110,6 +115,9 @@ func (h *Harness) matchFault(action string) (Fault, bool) {
 		}
 		fs.seen++
 		if fs.seen <= fs.Skip {
+			continue
+		}
+		if fs.Every > 1 && (fs.seen-fs.Skip-1)%fs.Every != 0 {
 			continue
 		}
 		fs.applied++

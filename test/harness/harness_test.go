@@ -898,6 +898,19 @@ func TestHarness(t *testing.T) {
 		}
 	})
 
+	t.Run("every other call: each logical call is throttled once, then retried through", func(t *testing.T) {
+		fresh(t)
+		h.Inject(Fault{Action: "*", Kind: Throttle, Every: 2})
+		for i := range 3 {
+			if _, err := proxied.ec2.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{}); err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+		}
+		if got := h.Calls("DescribeVpcs"); got != 6 {
+			t.Errorf("Calls(DescribeVpcs) = %d, want 6 (3 throttled + 3 retries)", got)
+		}
+	})
+
 	t.Run("throttle and server error have no side effect", func(t *testing.T) {
 		for _, kind := range []FaultKind{Throttle, ServerError} {
 			fresh(t)

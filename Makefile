@@ -1,0 +1,131 @@
+# slotkeeper: build, test and lint entry points. `make help` lists the targets.
+#
+# Needs GNU make, bash, Go (the version in go.mod) and python3 (the test tools
+# live in a local virtual environment, .venv, created by `make venv`).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+GO ?= go
+
+# Lambda functions: one per directory functions/<name>/ holding a main.go.
+# Adding a function is adding its directory: `make build` and the SAM target
+# build-<Name>Function (see below) follow from it.
+FUNCTIONS_DIR := functions
+FUNCTIONS := $(sort $(patsubst $(FUNCTIONS_DIR)/%/main.go,%,$(wildcard $(FUNCTIONS_DIR)/*/main.go)))
+
+BUILD_DIR := build
+
+# Lambda runs the functions as `bootstrap` on provided.al2023 / arm64.
+#   lambda.norpc  leaves out the legacy Go 1.x RPC entry point (not used on provided.al2023).
+#   -trimpath, -buildvcs=false
+#                 make the binary depend on the sources only, not on the checkout path
+#                 or commit: an unchanged function builds to the same bytes, so a
+#                 deploy has no reason to update it.
+#   -s -w         strip the symbol table and DWARF (smaller zip, faster cold start).
+GO_BUILD_ENV := CGO_ENABLED=0 GOOS=linux GOARCH=arm64
+GO_BUILD_FLAGS := -tags lambda.norpc -trimpath -buildvcs=false -ldflags='-s -w'
+
+# go_build,<function>,<output file>: the command that builds one function.
+go_build = $(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -o "$(2)" ./$(FUNCTIONS_DIR)/$(1)
+
+# Python test tools (moto server, cfn-lint), pinned in test/requirements.txt.
+VENV := .venv
+PY_REQUIREMENTS := test/requirements.txt
+
+# Go files checked by gofmt: tracked and new (untracked, not ignored) files that
+# exist; outside a git checkout, every .go file except those in .venv and SAM's
+# build directory.
+GO_FILES = $(filter-out $(VENV)/% .aws-sam/% $(BUILD_DIR)/%,$(wildcard $(shell \
+	git ls-files --cached --others --exclude-standard -- '*.go' 2>/dev/null || \
+	find . \( -path ./$(VENV) -o -path ./.aws-sam -o -path ./.git \) -prune -o -name '*.go' -print | sed 's|^\./||')))
+
+# The X-Ray SDK logs an error for every segment it cannot find when code runs
+# outside Lambda; tests that care configure X-Ray themselves.
+test bench: export AWS_XRAY_CONTEXT_MISSING := IGNORE_ERROR
+
+.PHONY: help
+help: ## List the targets
+	@echo "Targets:"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "SAM custom-build targets (sam build calls them with ARTIFACTS_DIR set):"
+	@$(if $(SAM_TARGETS),printf '  %s\n' $(SAM_TARGETS),echo "  (none: no $(FUNCTIONS_DIR)/*/main.go yet)")
+
+.PHONY: build
+build: ## Build every function to build/<name>/bootstrap (linux/arm64)
+	@$(if $(FUNCTIONS),,echo "build: no $(FUNCTIONS_DIR)/*/main.go found" >&2; exit 1)
+	@for f in $(FUNCTIONS); do \
+		echo "==> build $$f -> $(BUILD_DIR)/$$f/bootstrap"; \
+		mkdir -p "$(BUILD_DIR)/$$f"; \
+		$(call go_build,$$f,$(BUILD_DIR)/$$f/bootstrap); \
+	done
+
+# SAM custom builds (Metadata: BuildMethod: makefile, CodeUri: .): for each
+# function, `sam build` runs `make build-<LogicalId> ARTIFACTS_DIR=<dir>` and
+# packages <dir>/bootstrap. The logical id is the directory name with its first
+# letter upper-cased plus "Function": launch -> LaunchFunction.
+sam_logical_id = $(shell printf '%s' '$(1)' | awk '{ print toupper(substr($$0, 1, 1)) substr($$0, 2) }')Function
+
+# SAM_BUILD_RULE,<function>,<logical id>
+define SAM_BUILD_RULE
+.PHONY: build-$(2)
+build-$(2):
+	@test -n "$$(ARTIFACTS_DIR)" || { echo "build-$(2): ARTIFACTS_DIR is not set (sam build sets it)" >&2; exit 1; }
+	@mkdir -p "$$(ARTIFACTS_DIR)"
+	$$(call go_build,$(1),$$(ARTIFACTS_DIR)/bootstrap)
+endef
+
+SAM_TARGETS := $(foreach f,$(FUNCTIONS),build-$(call sam_logical_id,$(f)))
+$(foreach f,$(FUNCTIONS),$(eval $(call SAM_BUILD_RULE,$(f),$(call sam_logical_id,$(f)))))
+
+.PHONY: venv
+venv: ## Create or update .venv with the pinned Python test tools
+	@bash scripts/venv.sh $(VENV) $(PY_REQUIREMENTS)
+
+.PHONY: fmt
+fmt: ## Format the Go sources in place (gofmt -w)
+	@$(if $(GO_FILES),gofmt -w $(GO_FILES),true)
+
+.PHONY: fmt-check
+fmt-check: ## Fail, listing them, if any Go file is not gofmt-formatted
+	@echo "==> gofmt"
+	@$(if $(GO_FILES),,exit 0;) \
+	unformatted="$$(gofmt -l $(GO_FILES))"; \
+	if [[ -n "$$unformatted" ]]; then \
+		echo "These files are not gofmt-formatted (run 'make fmt'):" >&2; \
+		echo "$$unformatted" >&2; \
+		exit 1; \
+	fi
+
+.PHONY: vet
+vet: ## Run go vet
+	@echo "==> go vet"
+	$(GO) vet ./...
+
+.PHONY: test
+test: venv fmt-check vet ## Check formatting, vet, and run all tests with the race detector
+	@echo "==> go test"
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: lint
+lint: venv fmt-check vet ## gofmt, go vet, golangci-lint (if installed) and cfn-lint on template.yaml
+	@echo "==> golangci-lint"
+	@if command -v golangci-lint >/dev/null; then \
+		golangci-lint run ./...; \
+	else \
+		echo "golangci-lint is not on PATH; skipped (install v2: go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest)"; \
+	fi
+	@echo "==> cfn-lint"
+	$(VENV)/bin/cfn-lint template.yaml
+
+.PHONY: bench
+bench: venv ## Run the benchmarks (figures also written to bench.txt)
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 20m ./... | tee bench.txt
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf $(BUILD_DIR) .aws-sam bench.txt coverage.out coverage.html
