@@ -86,6 +86,7 @@ type Harness struct {
 
 	mu         sync.Mutex
 	counts     map[string]int
+	tokens     map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
 	mutating   []string
 	faults     []*faultState
 	lifecycle  map[lifecycleKey]bool // true once the lifecycle action was completed

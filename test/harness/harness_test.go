@@ -1282,3 +1282,57 @@ func putAlarm(ctx context.Context, c *cloudwatch.Client, name string) error {
 	})
 	return err
 }
+
+// The proxy provides EC2's ClientToken idempotency, which moto lacks: a repeated
+// token returns the first resource, even after a crash and for concurrent calls.
+func TestClientTokenIdempotency(t *testing.T) {
+	h := Start(t)
+	w := h.NewWorld(t, "tokens")
+	ctx := context.Background()
+	c := ec2.NewFromConfig(h.AWSConfig())
+	create := func(token string) (string, error) {
+		out, err := c.CreateVolume(ctx, &ec2.CreateVolumeInput{
+			AvailabilityZone: aws.String(w.Subnets[0].AZ), Size: aws.Int32(1), ClientToken: aws.String(token),
+		})
+		if err != nil {
+			return "", err
+		}
+		return aws.ToString(out.VolumeId), nil
+	}
+	h.Inject(Fault{Action: "CreateVolume", Kind: Crash, Times: 1})
+	if _, err := create("t1"); errorCode(err) != "InjectedCrash" {
+		t.Fatalf("want the crash, got %v", err)
+	}
+	ids := make([]string, 4)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := create("t1")
+			if err != nil {
+				t.Error(err)
+			}
+			ids[i] = id
+		}()
+	}
+	wg.Wait()
+	other, err := create("t2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ec2.NewFromConfig(h.DirectConfig()).DescribeVolumes(ctx, &ec2.DescribeVolumesInput{
+		Filters: []ec2types.Filter{{Name: aws.String("availability-zone"), Values: []string{w.Subnets[0].AZ}}, {Name: aws.String("size"), Values: []string{"1"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Volumes) != 2 {
+		t.Fatalf("%d volumes at moto, want 2 (one per token)", len(out.Volumes))
+	}
+	for _, id := range ids {
+		if id != ids[0] || id == other {
+			t.Fatalf("ids %v (token t1) and %s (token t2): want one id for t1, another for t2", ids, other)
+		}
+	}
+}

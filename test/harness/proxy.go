@@ -75,6 +75,10 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
 		next = func(w http.ResponseWriter, _ *http.Request) { h.serveLifecycle(w, c) }
 	}
+	if token := c.form.Get("ClientToken"); c.protocol == protocolQuery && c.service == "ec2" && token != "" {
+		base := next
+		next = func(w http.ResponseWriter, r *http.Request) { h.idempotent(w, r, c.action+"/"+token, base) }
+	}
 	if !faulted {
 		next(w, r)
 		return
