@@ -34,7 +34,7 @@ func main() {
 	}
 	log := obs.NewLogger(os.Stdout, cfg.LogLevel)
 	h := launch.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), log, os.Stdout)
-	lambda.Start(h.Handle)
+	lambda.Start(h)
 }
 
 // fail reports a cold-start error in the Lambda log and exits; Lambda reports the

@@ -23,6 +23,7 @@ var notFound = map[string]bool{
 	"InvalidVolume.NotFound":             true,
 	"InvalidNetworkInterfaceID.NotFound": true,
 	"InvalidAttachmentID.NotFound":       true,
+	"InvalidAttachment.NotFound":         true,
 	"InvalidSubnetID.NotFound":           true,
 	"ResourceNotFoundException":          true,
 }

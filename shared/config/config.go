@@ -64,7 +64,9 @@ type Var struct {
 	Name, Default, Meaning string
 }
 
-// Vars lists every variable Load reads, with its default ("" = required) and meaning.
+// Vars lists every variable Load reads, with its default and meaning. An empty
+// default means no default: the variable is required unless its meaning says when it
+// may be left out (SECURITY_GROUPS, VOLUME_KMS_KEY_ID).
 var Vars = []Var{
 	{"CLUSTER", "", "Cluster name: lease partition key, slotkeeper:cluster tag value, resource name prefix. [a-zA-Z0-9-], at most 40 characters."},
 	{"ASG_NAME", "", "Name of the broker Auto Scaling group; events for any other group are ignored."},
@@ -82,7 +84,7 @@ var Vars = []Var{
 	{"VOLUME_KMS_KEY_ID", "", "KMS key for new data volumes; empty = the account's default EBS key."},
 	{"VOLUME_DEVICE", "/dev/sdf", "Device name the data volume is attached at."},
 	{"HEARTBEAT_INTERVAL", "60s", "How often long waits extend the lifecycle action (must be below the hook's heartbeat timeout)."},
-	{"ATTACH_TIMEOUT", "10m", "Upper bound on each wait for a volume or ENI to detach or attach."},
+	{"ATTACH_TIMEOUT", "4m", "Upper bound on each wait for a volume or ENI to detach or attach."},
 	{"METRICS_NAMESPACE", "Slotkeeper", "CloudWatch namespace of the embedded-metric-format lines."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
 }
@@ -114,7 +116,7 @@ func Load(getenv func(string) string) (Config, error) {
 		NodeIDBase:        p.int("NODE_ID_BASE", 0, 1<<30),
 		ENI:               p.bool("ENI"),
 		HeartbeatInterval: p.duration("HEARTBEAT_INTERVAL", 5*time.Second, 2*time.Hour),
-		AttachTimeout:     p.duration("ATTACH_TIMEOUT", 10*time.Second, 14*time.Minute),
+		AttachTimeout:     p.duration("ATTACH_TIMEOUT", 10*time.Second, 6*time.Minute),
 		MetricsNamespace:  p.str("METRICS_NAMESPACE", true),
 		Volume: VolumeConfig{
 			SizeGiB:        int32(p.int("VOLUME_SIZE_GIB", 1, 65536)),

@@ -28,7 +28,7 @@ func TestLoadDefaults(t *testing.T) {
 	if !c.ENI || c.Volume.SizeGiB != 100 || c.Volume.Type != "gp3" || !c.Volume.Encrypted || c.Volume.Device != "/dev/sdf" {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.HeartbeatInterval != time.Minute || c.AttachTimeout != 10*time.Minute || c.MetricsNamespace != "Slotkeeper" {
+	if c.HeartbeatInterval != time.Minute || c.AttachTimeout != 4*time.Minute || c.MetricsNamespace != "Slotkeeper" {
 		t.Errorf("durations/namespace: %+v", c)
 	}
 	if got := c.SubnetOf(4); got != "subnet-0b" {

@@ -73,15 +73,20 @@ func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.Dy
 
 // Result says what one invocation did.
 type Result struct {
-	Outcome string
-	Slot    int // -1 when no slot is involved
-	Reason  string
+	Outcome string `json:"outcome"`
+	Slot    int    `json:"slot"` // -1 when no slot is involved
+	Reason  string `json:"reason,omitempty"`
 }
 
-// Handle is the Lambda entry point: it runs Run and flushes the invocation's metrics.
-func (h *Handler) Handle(ctx context.Context, raw json.RawMessage) error {
-	_, err := h.Run(ctx, raw)
-	return err
+// Invoke is the Lambda entry point (it makes Handler a lambda.Handler): it takes the
+// raw event, so that even a payload that is not JSON gets a clear error and log line,
+// and answers with the Result as JSON for whoever invoked it by hand.
+func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	res, err := h.Run(ctx, payload)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(res)
 }
 
 // invocation is the state of one Run.
@@ -97,7 +102,7 @@ type invocation struct {
 // Run handles one event and reports what it did. A returned error means the event should
 // be delivered again (transient failure) or was malformed; no lifecycle action was
 // completed by an invocation that returns an error.
-func (h *Handler) Run(ctx context.Context, raw json.RawMessage) (res Result, err error) {
+func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	start := time.Now()
 	m := obs.NewMetrics(h.metrics, h.cfg.MetricsNamespace, map[string]string{"Cluster": h.cfg.Cluster, "Function": "launch"})
 	o := &obs.Obs{Log: h.log.With(obs.KeyFunction, "launch", obs.KeyCluster, h.cfg.Cluster), Metrics: m}
@@ -300,33 +305,49 @@ func (inv *invocation) fence(ctx context.Context, l lease.Lease) error {
 	return nil
 }
 
-// abandon gives up on the instance: it detaches what this instance got of the slot,
-// releases the lease it holds (fenced), and completes the action with ABANDON so the
-// ASG replaces the instance.
+// abandon gives up on the instance: it completes the action with ABANDON, so the ASG
+// replaces the instance, and then gives back what this instance got of the slot
+// (detach, release the lease, fenced).
+//
+// The completion comes first. If it finds no pending action, another delivery of the
+// same event has completed it already, perhaps with CONTINUE after succeeding where
+// this one failed, and the slot is then not ours to give back. If this invocation dies
+// between the completion and the give-back, the claim is left to an instance that is
+// going away; it becomes claimable as soon as that instance stops running.
 func (inv *invocation) abandon(ctx context.Context, l *lease.Lease, reason string) (Result, error) {
 	res := Result{Outcome: OutcomeAbandon, Slot: -1, Reason: reason}
-	if l != nil && l.HeldBy(inv.actions.Action.EC2InstanceID) {
-		res.Slot = l.Slot
-		err := inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
-			if err := inv.res.DetachFrom(ctx, l.Slot, inv.actions.Action.EC2InstanceID); err != nil {
-				inv.o.Log.WarnContext(ctx, "could not detach the slot's resources before abandoning; the next holder will", obs.KeyErr, err.Error())
-			}
-			_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)
-			if errors.Is(err, lease.ErrFenced) {
-				return nil // the slot has already moved on: nothing of ours to release
-			}
-			return err
-		})
-		if err != nil {
-			return Result{}, err
-		}
-	}
-	if err := inv.complete(ctx, lifecycle.Abandon); err != nil {
+	var done bool
+	err := inv.o.Step(ctx, "complete-"+lifecycle.Abandon, func(ctx context.Context) error {
+		var err error
+		done, err = inv.actions.Complete(ctx, lifecycle.Abandon)
+		return err
+	})
+	if err != nil {
 		return Result{}, err
 	}
 	inv.o.Log.WarnContext(ctx, "abandoned launch: the Auto Scaling group will replace the instance",
-		obs.KeyOutcome, OutcomeAbandon, obs.KeyReason, reason)
+		obs.KeyOutcome, OutcomeAbandon, obs.KeyReason, reason, "completed", done)
 	inv.o.Metrics.Count("Abandons", 1)
+	id := inv.actions.Action.EC2InstanceID
+	if !done || l == nil || !l.HeldBy(id) {
+		return res, nil
+	}
+	res.Slot = l.Slot
+	err = inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
+		if err := inv.res.DetachFrom(ctx, l.Slot, id); err != nil {
+			inv.o.Log.WarnContext(ctx, "could not detach the slot's resources; the next holder will once this instance is gone", obs.KeyErr, err.Error())
+		}
+		_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)
+		if errors.Is(err, lease.ErrFenced) {
+			return nil // the slot has already moved on: nothing of ours to release
+		}
+		return err
+	})
+	if err != nil {
+		// The action is completed: retrying the event would find nothing to do. The
+		// claim is left to an instance that is going away (see above).
+		inv.o.Log.WarnContext(ctx, "could not release the claim of an abandoned instance", obs.KeyErr, err.Error())
+	}
 	return res, nil
 }
 

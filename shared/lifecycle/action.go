@@ -37,7 +37,7 @@ func (a *Actions) Complete(ctx context.Context, result string) (done bool, err e
 		LifecycleActionResult: &result,
 	})
 	if awsapi.IsNoActiveLifecycleAction(err) {
-		a.Log.Info("lifecycle action already completed or expired", "result", result, "error", err.Error())
+		a.Log.InfoContext(ctx, "lifecycle action already completed or expired", "result", result, "error", err.Error())
 		return false, nil
 	}
 	if err != nil {
@@ -77,7 +77,7 @@ func (a *Actions) KeepAlive(ctx context.Context, interval time.Duration) (stop f
 				return
 			case <-t.C:
 				if err := a.Heartbeat(ctx); err != nil && ctx.Err() == nil {
-					a.Log.Warn("lifecycle heartbeat failed", "error", err.Error())
+					a.Log.WarnContext(ctx, "lifecycle heartbeat failed", "error", err.Error())
 				}
 			}
 		}

@@ -42,29 +42,26 @@ func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, devi
 		if err != nil {
 			return v, err
 		}
-		m.Log.Info("detaching slot volume from previous holder", "volume", v.ID, "from", v.AttachedTo, "force", force)
+		m.Log.InfoContext(ctx, "detaching slot volume from previous holder", "volume", v.ID, "from", v.AttachedTo, "force", force)
 		_, err = m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{
 			VolumeId: &v.ID, InstanceId: aws.String(v.AttachedTo), Force: aws.Bool(force),
 		})
-		if err != nil && !awsapi.IsIncorrectState(err) {
+		if err != nil && !awsapi.IsIncorrectState(err) && !awsapi.IsNotFound(err) { // else: already detached
 			return v, fmt.Errorf("detaching volume %s from %s: %w", v.ID, v.AttachedTo, err)
 		}
-		if v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
-			return v, err
-		}
+	}
+	// Wait until the volume is free, or until a concurrent delivery of the same event
+	// has attached it to this instance already.
+	v, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" || v.AttachedTo == instance })
+	if err != nil {
+		return v, err
 	}
 	if v.AttachedTo != instance {
-		if v.State != "available" {
-			var err error
-			if v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
-				return v, err
-			}
-		}
 		_, err := m.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Device: &device})
-		if err != nil {
+		if err != nil && !m.volumeOn(ctx, v.ID, instance) {
 			return v, fmt.Errorf("attaching volume %s to %s at %s: %w", v.ID, instance, device, permanentIf(err))
 		}
-		m.Log.Info("attached slot volume", "volume", v.ID, "instance", instance, "device", device)
+		m.Log.InfoContext(ctx, "attached slot volume", "volume", v.ID, "instance", instance, "device", device)
 	}
 	return m.waitVolume(ctx, v.ID, "attached to "+instance, func(v Volume) bool {
 		return v.AttachedTo == instance && v.AttachmentState == "attached"
@@ -82,23 +79,24 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 		if err != nil {
 			return e, err
 		}
-		m.Log.Info("detaching slot ENI from previous holder", "eni", e.ID, "from", e.AttachedTo, "force", force)
+		m.Log.InfoContext(ctx, "detaching slot ENI from previous holder", "eni", e.ID, "from", e.AttachedTo, "force", force)
 		_, err = m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID, Force: aws.Bool(force)})
 		if err != nil && !awsapi.IsNotFound(err) && !awsapi.IsIncorrectState(err) {
 			return e, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, e.AttachedTo, err)
 		}
-		if e, err = m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" }); err != nil {
-			return e, err
-		}
+	}
+	e, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" || e.AttachedTo == instance })
+	if err != nil {
+		return e, err
 	}
 	if e.AttachedTo != instance {
 		_, err := m.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
 			NetworkInterfaceId: &e.ID, InstanceId: &instance, DeviceIndex: aws.Int32(ENIDeviceIndex),
 		})
-		if err != nil {
+		if err != nil && !m.eniOn(ctx, e.ID, instance) {
 			return e, fmt.Errorf("attaching ENI %s to %s at device index %d: %w", e.ID, instance, ENIDeviceIndex, permanentIf(err))
 		}
-		m.Log.Info("attached slot ENI", "eni", e.ID, "instance", instance, "ip", e.IP)
+		m.Log.InfoContext(ctx, "attached slot ENI", "eni", e.ID, "instance", instance, "ip", e.IP)
 	}
 	return m.waitENI(ctx, e.ID, "attached to "+instance, func(e ENI) bool {
 		return e.AttachedTo == instance && e.AttachmentStatus == "attached"
@@ -112,7 +110,7 @@ func (m *Manager) DetachFrom(ctx context.Context, s int, instance string) error 
 	if v, err := m.FindVolume(ctx, s); err != nil {
 		return err
 	} else if v != nil && v.AttachedTo == instance {
-		if _, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance}); err != nil && !awsapi.IsIncorrectState(err) {
+		if _, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance}); err != nil && !awsapi.IsIncorrectState(err) && !awsapi.IsNotFound(err) {
 			return fmt.Errorf("detaching volume %s from %s: %w", v.ID, instance, err)
 		}
 		if _, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
@@ -162,4 +160,17 @@ func (m *Manager) waitENI(ctx context.Context, id, what string, ok func(ENI) boo
 		return ok(e), nil
 	})
 	return e, err
+}
+
+// volumeOn and eniOn tell whether a failed attach lost a race with a concurrent
+// delivery of the same event that attached the resource to the same instance: then
+// the failure is success.
+func (m *Manager) volumeOn(ctx context.Context, id, instance string) bool {
+	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+	return err == nil && len(out.Volumes) == 1 && toVolume(out.Volumes[0]).AttachedTo == instance
+}
+
+func (m *Manager) eniOn(ctx context.Context, id, instance string) bool {
+	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+	return err == nil && len(out.NetworkInterfaces) == 1 && toENI(out.NetworkInterfaces[0]).AttachedTo == instance
 }

@@ -117,7 +117,7 @@ func (m *Manager) FindENI(ctx context.Context, s int) (*ENI, error) {
 	}
 	slices.SortFunc(enis, func(a, b ENI) int { return strings.Compare(a.ID, b.ID) })
 	if len(enis) > 1 {
-		m.Log.Warn("slot has several ENIs; using the lowest id", "slot", s, "eni", enis[0].ID, "extra", len(enis)-1)
+		m.Log.WarnContext(ctx, "slot has several ENIs; using the lowest id", "slot", s, "eni", enis[0].ID, "extra", len(enis)-1)
 	}
 	return &enis[0], nil
 }
@@ -144,7 +144,7 @@ func (m *Manager) EnsureENI(ctx context.Context, s int, subnet string, version i
 		return ENI{}, false, fmt.Errorf("creating ENI of slot %d in %s: %w", s, subnet, permanentIf(err))
 	}
 	e := toENI(*out.NetworkInterface)
-	m.Log.Info("created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
+	m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
 	return e, true, nil
 }
 
@@ -163,7 +163,7 @@ func (m *Manager) FindVolume(ctx context.Context, s int) (*Volume, error) {
 	}
 	slices.SortFunc(vols, func(a, b Volume) int { return strings.Compare(a.ID, b.ID) })
 	if len(vols) > 1 {
-		m.Log.Warn("slot has several volumes; using the lowest id", "slot", s, "volume", vols[0].ID, "extra", len(vols)-1)
+		m.Log.WarnContext(ctx, "slot has several volumes; using the lowest id", "slot", s, "volume", vols[0].ID, "extra", len(vols)-1)
 	}
 	return &vols[0], nil
 }
@@ -201,7 +201,7 @@ func (m *Manager) EnsureVolume(ctx context.Context, s int, az string, version in
 		return Volume{}, false, fmt.Errorf("creating volume of slot %d in %s: %w", s, az, permanentIf(err))
 	}
 	id := aws.ToString(out.VolumeId)
-	m.Log.Info("created slot volume", "slot", s, "volume", id, "az", az, "size_gib", m.Volume.SizeGiB)
+	m.Log.InfoContext(ctx, "created slot volume", "slot", s, "volume", id, "az", az, "size_gib", m.Volume.SizeGiB)
 	v, err := m.waitVolume(ctx, id, "available", func(v Volume) bool { return v.State == "available" })
 	return v, true, err
 }
