@@ -1,0 +1,18 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/slotkeeper/slotkeeper/shared/obs"
+)
+
+func TestMain(m *testing.M) {
+	// The handlers run outside a Lambda segment here: trace nothing, log nothing about it.
+	if err := obs.ConfigureTracing(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
