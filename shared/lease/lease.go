@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -233,9 +234,13 @@ func (s *Store) Release(ctx context.Context, l Lease, reason string) (Lease, err
 	return s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason)
 }
 
-// transit moves l to state `to`, conditioned on its version, holder and one of the
-// states `from`, appending a history entry. It returns the item as written.
+// transit moves l to state `to`, conditioned on the version, holder and state l has,
+// which must be one of `from`, and appends a history entry. It returns the item as
+// written.
 func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason string) (Lease, error) {
+	if !slices.Contains(from, l.State) {
+		return Lease{}, fmt.Errorf("slot %d cannot move from %s to %s", l.Slot, l.State, to)
+	}
 	now := s.stamp()
 	version := l.Version
 	if v, ok := sets["version"]; ok {
@@ -269,16 +274,10 @@ func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, se
 			update += nk
 		}
 	}
-	cond := "#v = :v AND #h = :h AND #s IN ("
-	for j, st := range from {
-		vk := fmt.Sprintf(":f%d", j)
-		values[vk] = str(string(st))
-		if j > 0 {
-			cond += ", "
-		}
-		cond += vk
-	}
-	cond += ")"
+	// The condition pins the state the caller saw, not just an allowed one, so the
+	// history entry's "from" is what the item really was.
+	cond := "#v = :v AND #h = :h AND #s = :from"
+	values[":from"] = str(string(l.State))
 	if s.Writes != nil {
 		s.Writes()
 	}

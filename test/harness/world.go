@@ -135,16 +135,32 @@ func pickAMI(ctx context.Context, ec2c *ec2.Client) (string, error) {
 // subnetID, directly at moto, and returns its id. moto reports it "running" at once.
 func (h *Harness) RunInstance(t testing.TB, w *World, subnetID string) string {
 	t.Helper()
+	return h.RunInstanceTagged(t, w, subnetID, nil)
+}
+
+// RunInstanceTagged is RunInstance with instance tags set at launch, for example
+// aws:autoscaling:groupName, which EC2 Auto Scaling puts on the instances it launches
+// (moto accepts the aws: prefix at RunInstances).
+func (h *Harness) RunInstanceTagged(t testing.TB, w *World, subnetID string, tags map[string]string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	out, err := ec2.NewFromConfig(h.DirectConfig()).RunInstances(ctx, &ec2.RunInstancesInput{
+	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(w.AMI),
 		InstanceType:     ec2types.InstanceTypeT3Large,
 		SubnetId:         aws.String(subnetID),
 		SecurityGroupIds: []string{w.SecurityGroupID},
 		MinCount:         aws.Int32(1),
 		MaxCount:         aws.Int32(1),
-	})
+	}
+	if len(tags) > 0 {
+		spec := ec2types.TagSpecification{ResourceType: ec2types.ResourceTypeInstance}
+		for k, v := range tags {
+			spec.Tags = append(spec.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v)})
+		}
+		in.TagSpecifications = []ec2types.TagSpecification{spec}
+	}
+	out, err := ec2.NewFromConfig(h.DirectConfig()).RunInstances(ctx, in)
 	if err != nil {
 		t.Fatalf("running an instance in %s: %v", subnetID, err)
 	}
