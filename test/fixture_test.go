@@ -116,7 +116,10 @@ func tail(s string, n int) string {
 }
 
 // run starts an instance in the world's subnet i (AZ a, b, c for i = 0, 1, 2).
-func (c *cluster) run(i int) string { return c.h.RunInstance(c.t, c.w, c.w.Subnets[i].ID) }
+// The instance carries the group tag EC2 Auto Scaling sets on the instances it launches.
+func (c *cluster) run(i int) string {
+	return c.h.RunInstanceTagged(c.t, c.w, c.w.Subnets[i].ID, map[string]string{"aws:autoscaling:groupName": c.cfg.ASGName})
+}
 
 // launchEvent is events/launch-lifecycle.json for instance, in this cluster's ASG.
 func (c *cluster) launchEvent(instance string) []byte {

@@ -184,7 +184,12 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	}
 
 	// 3. Claim a slot (or find the one this instance already holds).
-	claimer := &slot.Claimer{Store: inv.store, States: inv.res.InstanceStates, Order: inv.Order}
+	claimer := &slot.Claimer{
+		Store: inv.store, States: inv.res.InstanceStates, Order: inv.Order,
+		Peers: func(ctx context.Context, az string) ([]string, error) {
+			return inv.res.GroupInstances(ctx, inv.cfg.ASGName, az)
+		},
+	}
 	var c slot.Claimed
 	err = inv.o.Step(ctx, "claim", func(ctx context.Context) error {
 		var err error

@@ -378,3 +378,29 @@ func (m *Manager) WaitInstance(ctx context.Context, id string, ok func(Instance)
 		return ok(in), nil
 	})
 }
+
+// TagASGName is the tag EC2 Auto Scaling puts on every instance of a group.
+const TagASGName = "aws:autoscaling:groupName"
+
+// GroupInstances returns the instances of Auto Scaling group asg in az that are
+// pending or running: the instances that may be launching together.
+func (m *Manager) GroupInstances(ctx context.Context, asg, az string) ([]string, error) {
+	var ids []string
+	p := ec2.NewDescribeInstancesPaginator(m.EC2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:" + TagASGName), Values: []string{asg}},
+		{Name: aws.String("availability-zone"), Values: []string{az}},
+		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running"}},
+	}})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describing instances of group %s in %s: %w", asg, az, err)
+		}
+		for _, r := range page.Reservations {
+			for _, i := range r.Instances {
+				ids = append(ids, aws.ToString(i.InstanceId))
+			}
+		}
+	}
+	return ids, nil
+}

@@ -19,10 +19,13 @@ type Claimer struct {
 	// States returns the EC2 state of each instance id it knows; ids it does not know
 	// are absent from the map (Gone).
 	States func(ctx context.Context, ids []string) (map[string]string, error)
-	// Order ranks candidates; Rendezvous when nil.
+	// Peers returns the instances of the Auto Scaling group that are pending or
+	// running in an AZ; they are matched to free slots (see Decide). Nil: no matching.
+	Peers func(ctx context.Context, az string) ([]string, error)
+	// Order ranks candidates after the matched one; Rendezvous when nil.
 	Order Order
-	// Rounds bounds how often the leases are re-read after every candidate was lost to
-	// a concurrent claimer; 3 when zero.
+	// Rounds bounds how often the leases are re-read after a write was lost to a
+	// concurrent claimer; one more than the AZ's slot count when zero.
 	Rounds int
 }
 
@@ -47,7 +50,7 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		order = Rendezvous
 	}
 	if rounds <= 0 {
-		rounds = 3
+		rounds = len(azSlots) + 1
 	}
 	writes := 0
 	for round := 0; round < rounds; round++ {
@@ -55,31 +58,38 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		if err != nil {
 			return Claimed{}, err
 		}
-		d := Decide(instance, azSlots, leases, states, order)
+		var peers []string
+		if c.Peers != nil {
+			if peers, err = c.Peers(ctx, az); err != nil {
+				return Claimed{}, fmt.Errorf("listing the group's instances in %s: %w", az, err)
+			}
+		}
+		d := Decide(instance, azSlots, leases, states, peers, order)
 		if d.Held != nil {
 			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
 		}
 		if len(d.Candidates) == 0 {
 			return Claimed{Writes: writes}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
 		}
-		for _, cand := range d.Candidates {
-			_, why := Claimable(cand, states[cand.Holder])
-			writes++
-			l, err := c.Store.Claim(ctx, cand, instance, az, reason+": "+why)
-			if errors.Is(err, lease.ErrFenced) {
-				continue // another claimer was faster; try the next candidate
-			}
-			if err != nil {
-				return Claimed{Writes: writes}, err
-			}
-			kept, err := c.dedupe(ctx, instance, l)
-			if err != nil {
-				return Claimed{Writes: writes}, err
-			}
-			return Claimed{Lease: kept, Reused: kept.Slot != l.Slot, Writes: writes, Reason: why}, nil
+		// Try the first candidate. When another claimer was faster, the rest of this
+		// read is stale too: read again rather than racing down a stale list.
+		cand := d.Candidates[0]
+		_, why := Claimable(cand, states[cand.Holder])
+		writes++
+		l, err := c.Store.Claim(ctx, cand, instance, az, reason+": "+why)
+		if errors.Is(err, lease.ErrFenced) {
+			continue
 		}
+		if err != nil {
+			return Claimed{Writes: writes}, err
+		}
+		kept, err := c.dedupe(ctx, instance, l)
+		if err != nil {
+			return Claimed{Writes: writes}, err
+		}
+		return Claimed{Lease: kept, Reused: kept.Slot != l.Slot, Writes: writes, Reason: why}, nil
 	}
-	return Claimed{Writes: writes}, fmt.Errorf("%w %s: lost every candidate to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
+	return Claimed{Writes: writes}, fmt.Errorf("%w %s: lost to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
 }
 
 // read returns the cluster's leases by slot and the EC2 state of their holders.

@@ -118,15 +118,27 @@ func stateName(s string) string {
 }
 
 // Decide returns what instance should do given the slots of its AZ (azSlots), the
-// cluster's current leases by slot (absent = never claimed), and the EC2 state of every
-// holder in leases (absent = Gone).
-func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states map[string]string, order Order) Decision {
+// cluster's current leases by slot (absent = never claimed), the EC2 state of every
+// holder in leases (absent = Gone), and the instances of the group launching or running
+// in the AZ (peers; may be nil when unknown).
+//
+// Candidate order: when instance is among the peers that hold no lease, the peers are
+// matched to the claimable slots by rank: the r-th such peer (by id) tries the r-th
+// claimable slot (by number) first. Every launching instance computes the same
+// matching from the same table, and the matching is stable while claims land (a peer
+// that claimed leaves the peers together with the slot it took), so concurrent
+// launches rarely collide. The remaining candidates follow order.
+func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states map[string]string, peers []string, order Order) Decision {
 	// Reuse wins over everything: a redelivered event must not claim a second slot.
 	// Look at every slot, not only this AZ's, so a reuse is found whatever the config.
 	held := make([]int, 0, 1)
+	holders := map[string]bool{}
 	for s, l := range leases {
 		if l.HeldBy(instance) {
 			held = append(held, s)
+		}
+		if l.State != lease.Free {
+			holders[l.Holder] = true
 		}
 	}
 	if len(held) > 0 {
@@ -134,15 +146,48 @@ func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states m
 		l := leases[held[0]]
 		return Decision{Held: &l}
 	}
-	var d Decision
-	for _, s := range order(instance, azSlots) {
+	claimable := map[int]lease.Lease{}
+	var free []int
+	for _, s := range azSlots {
 		l, ok := leases[s]
 		if !ok {
 			l = lease.Lease{Slot: s, State: lease.Free}
 		}
 		if ok, _ := Claimable(l, states[l.Holder]); ok {
+			claimable[s] = l
+			free = append(free, s)
+		}
+	}
+	if len(free) == 0 {
+		return Decision{}
+	}
+	slices.Sort(free)
+	var d Decision
+	if first, ok := matched(instance, peers, holders, free); ok {
+		d.Candidates = append(d.Candidates, claimable[first])
+		delete(claimable, first)
+	}
+	for _, s := range order(instance, free) {
+		if l, ok := claimable[s]; ok {
 			d.Candidates = append(d.Candidates, l)
 		}
 	}
 	return d
+}
+
+// matched returns the slot of free (sorted) that instance's rank among the lease-less
+// peers gives it.
+func matched(instance string, peers []string, holders map[string]bool, free []int) (int, bool) {
+	var waiting []string
+	for _, p := range peers {
+		if !holders[p] && !slices.Contains(waiting, p) {
+			waiting = append(waiting, p)
+		}
+	}
+	slices.Sort(waiting)
+	r := slices.Index(waiting, instance)
+	if r < 0 {
+		return 0, false
+	}
+	return free[r%len(free)], true
 }

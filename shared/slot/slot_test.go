@@ -84,7 +84,7 @@ func TestDecide(t *testing.T) {
 			for _, l := range tt.leases {
 				m[l.Slot] = l
 			}
-			d := Decide(me, azSlots, m, tt.states, LowestFirst)
+			d := Decide(me, azSlots, m, tt.states, nil, LowestFirst)
 			if tt.wantHeld >= 0 {
 				if d.Held == nil || d.Held.Slot != tt.wantHeld || len(d.Candidates) != 0 {
 					t.Fatalf("want reuse of slot %d, got %+v", tt.wantHeld, d)
@@ -107,7 +107,7 @@ func TestDecide(t *testing.T) {
 
 func TestDecideKeepsVersionOfCandidates(t *testing.T) {
 	m := map[int]lease.Lease{4: {Slot: 4, State: lease.Free, Version: 9, UpdatedAt: "t"}}
-	d := Decide("i-0000000a", []int{4}, m, nil, LowestFirst)
+	d := Decide("i-0000000a", []int{4}, m, nil, nil, LowestFirst)
 	if len(d.Candidates) != 1 || d.Candidates[0].Version != 9 || d.Candidates[0].UpdatedAt != "t" {
 		t.Fatalf("a candidate must carry the version it was read at (the claim is conditioned on it): %+v", d.Candidates)
 	}
@@ -148,5 +148,63 @@ func TestRendezvousSpreadsFirstChoices(t *testing.T) {
 	}
 	if got := LowestFirst("i-1", []int{7, 2, 5})[0]; got != 2 {
 		t.Fatalf("LowestFirst first = %d", got)
+	}
+}
+
+func TestDecideMatchesPeersToFreeSlots(t *testing.T) {
+	azSlots := []int{0, 3, 6, 9}
+	bound := func(s int, holder string) lease.Lease {
+		return lease.Lease{Slot: s, State: lease.Bound, Holder: holder}
+	}
+	tests := []struct {
+		name      string
+		me        string
+		peers     []string
+		leases    []lease.Lease
+		states    map[string]string
+		wantFirst int
+	}{
+		{"rank 0 takes the lowest free slot", "i-a", []string{"i-c", "i-a", "i-b"}, nil, nil, 0},
+		{"rank 2 takes the third", "i-c", []string{"i-c", "i-a", "i-b"}, nil, nil, 6},
+		{"peers holding a lease drop out with their slot", "i-c", []string{"i-a", "i-b", "i-c", "i-z"},
+			[]lease.Lease{bound(0, "i-a")}, map[string]string{"i-a": Running}, 6},
+		{"a running broker outside the peers does not shift ranks", "i-b", []string{"i-b", "i-c"},
+			[]lease.Lease{bound(3, "i-x")}, map[string]string{"i-x": Running}, 0},
+		{"more peers than slots wrap around", "i-e", []string{"i-a", "i-b", "i-c", "i-d", "i-e"}, nil, nil, 0},
+		{"not among the peers: order only", "i-q", []string{"i-a"}, nil, nil, 9},
+		{"duplicated peer ids count once", "i-b", []string{"i-a", "i-a", "i-b"}, nil, nil, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[int]lease.Lease{}
+			for _, l := range tt.leases {
+				m[l.Slot] = l
+			}
+			reverse := func(_ string, s []int) []int { s = slices.Clone(s); slices.Reverse(s); return s }
+			d := Decide(tt.me, azSlots, m, tt.states, tt.peers, reverse)
+			if len(d.Candidates) == 0 || d.Candidates[0].Slot != tt.wantFirst {
+				t.Fatalf("first candidate %+v, want slot %d", d.Candidates, tt.wantFirst)
+			}
+			seen := map[int]bool{}
+			for _, c := range d.Candidates {
+				if seen[c.Slot] {
+					t.Fatalf("slot %d listed twice: %+v", c.Slot, d.Candidates)
+				}
+				seen[c.Slot] = true
+			}
+		})
+	}
+}
+
+// Every peer computing the matching from the same view gets a different first slot.
+func TestMatchingIsAPerfectAssignment(t *testing.T) {
+	peers := []string{"i-07", "i-03", "i-11", "i-05", "i-01"}
+	firsts := map[int]bool{}
+	for _, p := range peers {
+		d := Decide(p, []int{2, 5, 8, 11, 14}, nil, nil, peers, Rendezvous)
+		firsts[d.Candidates[0].Slot] = true
+	}
+	if len(firsts) != len(peers) {
+		t.Fatalf("first choices %v: want %d distinct", firsts, len(peers))
 	}
 }
