@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +111,31 @@ func TestVarsDocumentEveryVariableRead(t *testing.T) {
 	for k := range read {
 		if !documented[k] {
 			t.Errorf("SLOTKEEPER_%s is read but not documented in Vars", k)
+		}
+	}
+}
+
+// The README's configuration reference is the operators' copy of Vars: every
+// variable, with the same default, must be in it.
+func TestREADMEDocumentsEveryVariable(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	for _, v := range Vars {
+		row := "| `" + Prefix + v.Name + "` | "
+		i := strings.Index(readme, row)
+		if i < 0 {
+			t.Errorf("README lacks a configuration row for %s%s", Prefix, v.Name)
+			continue
+		}
+		line := readme[i : i+strings.Index(readme[i:], "\n")]
+		if v.Default != "" && !strings.Contains(line, "`"+v.Default+"`") {
+			t.Errorf("README row %q does not give the default `%s`", line, v.Default)
+		}
+		if !strings.Contains(line, v.Meaning) {
+			t.Errorf("README row for %s%s does not carry its meaning %q", Prefix, v.Name, v.Meaning)
 		}
 	}
 }
