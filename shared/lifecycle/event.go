@@ -90,7 +90,7 @@ func Parse(raw []byte) (Event, error) {
 	var e Event
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&e.Envelope); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return Event{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if dec.More() {
 		return Event{}, fmt.Errorf("%w: trailing data after the event", ErrMalformed)
@@ -102,7 +102,7 @@ func Parse(raw []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: no detail", ErrMalformed)
 	}
 	if err := json.Unmarshal(e.Detail, &e.Action); err != nil {
-		return Event{}, fmt.Errorf("%w: detail: %v", ErrMalformed, err)
+		return Event{}, fmt.Errorf("%w: detail: %w", ErrMalformed, err)
 	}
 	if e.Action.LifecycleTransition == "autoscaling:TEST_NOTIFICATION" {
 		return e, nil // sent when a hook is created; carries no instance

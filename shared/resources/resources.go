@@ -112,14 +112,20 @@ func (m *Manager) FindENI(ctx context.Context, s int) (*ENI, error) {
 	for _, n := range out.NetworkInterfaces {
 		enis = append(enis, toENI(n))
 	}
-	if len(enis) == 0 {
-		return nil, nil
+	return lowest(ctx, m, "ENI", s, enis, func(e ENI) string { return e.ID }), nil
+}
+
+// lowest returns the item with the lowest id, or nil when there is none, and warns
+// when a slot has several of a kind (the others are for the operator to look at).
+func lowest[T any](ctx context.Context, m *Manager, kind string, s int, items []T, id func(T) string) *T {
+	if len(items) == 0 {
+		return nil
 	}
-	slices.SortFunc(enis, func(a, b ENI) int { return strings.Compare(a.ID, b.ID) })
-	if len(enis) > 1 {
-		m.Log.WarnContext(ctx, "slot has several ENIs; using the lowest id", "slot", s, "eni", enis[0].ID, "extra", len(enis)-1)
+	slices.SortFunc(items, func(a, b T) int { return strings.Compare(id(a), id(b)) })
+	if len(items) > 1 {
+		m.Log.WarnContext(ctx, "slot has several "+kind+"s; using the lowest id", "slot", s, "id", id(items[0]), "extra", len(items)-1)
 	}
-	return &enis[0], nil
+	return &items[0]
 }
 
 // EnsureENI returns the slot's ENI, creating it in subnet on first use. Its private IP
@@ -158,14 +164,7 @@ func (m *Manager) FindVolume(ctx context.Context, s int) (*Volume, error) {
 	for _, v := range out.Volumes {
 		vols = append(vols, toVolume(v))
 	}
-	if len(vols) == 0 {
-		return nil, nil
-	}
-	slices.SortFunc(vols, func(a, b Volume) int { return strings.Compare(a.ID, b.ID) })
-	if len(vols) > 1 {
-		m.Log.WarnContext(ctx, "slot has several volumes; using the lowest id", "slot", s, "volume", vols[0].ID, "extra", len(vols)-1)
-	}
-	return &vols[0], nil
+	return lowest(ctx, m, "volume", s, vols, func(v Volume) string { return v.ID }), nil
 }
 
 // EnsureVolume returns the slot's data volume, creating it in az on first use and
@@ -248,25 +247,24 @@ func (m *Manager) DescribeInstance(ctx context.Context, id string) (in Instance,
 	if err != nil {
 		return Instance{}, false, fmt.Errorf("describing instance %s: %w", id, err)
 	}
-	for _, r := range out.Reservations {
-		for _, i := range r.Instances {
-			in := Instance{
-				ID: aws.ToString(i.InstanceId), SubnetID: aws.ToString(i.SubnetId),
-				PrivateIP: aws.ToString(i.PrivateIpAddress), Tags: map[string]string{},
-			}
-			if i.Placement != nil {
-				in.AZ = aws.ToString(i.Placement.AvailabilityZone)
-			}
-			if i.State != nil {
-				in.State = string(i.State.Name)
-			}
-			for _, t := range i.Tags {
-				in.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-			}
-			return in, true, nil
-		}
+	if len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
+		return Instance{}, false, nil
 	}
-	return Instance{}, false, nil
+	i := out.Reservations[0].Instances[0]
+	in = Instance{
+		ID: aws.ToString(i.InstanceId), SubnetID: aws.ToString(i.SubnetId),
+		PrivateIP: aws.ToString(i.PrivateIpAddress), Tags: map[string]string{},
+	}
+	if i.Placement != nil {
+		in.AZ = aws.ToString(i.Placement.AvailabilityZone)
+	}
+	if i.State != nil {
+		in.State = string(i.State.Name)
+	}
+	for _, t := range i.Tags {
+		in.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return in, true, nil
 }
 
 // SubnetAZs returns the AZ of each subnet.

@@ -318,7 +318,7 @@ func (m *motoProcess) waitReady() error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("moto_server at %s did not answer within %s (last error: %v); output:\n%s",
+			return fmt.Errorf("moto_server at %s did not answer within %s (last error: %w); output:\n%s",
 				m.url, startTimeout, err, m.output.String())
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -355,9 +355,11 @@ func TestCleanupStopsMoto(t *testing.T) {
 	var h *Harness
 	t.Run("run", func(t *testing.T) {
 		h = Start(t)
-		if _, err := http.Get(h.URL + "/moto-api/"); err != nil {
+		resp, err := http.Get(h.URL + "/moto-api/")
+		if err != nil {
 			t.Fatalf("proxy not answering: %v", err)
 		}
+		_ = resp.Body.Close()
 	})
 	if h == nil {
 		t.Skip("moto not available")
