@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/slotkeeper/slotkeeper/shared/launch"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/test/harness"
 )
@@ -454,5 +455,51 @@ func TestInstanceModeAttachesNoENI(t *testing.T) {
 	}
 	if ip := aws.ToString(out.Reservations[0].Instances[0].PrivateIpAddress); l.State != lease.Bound || l.IP != ip || l.ENIID != "" {
 		t.Errorf("lease %+v, want bound with the instance's primary IP %s", l, ip)
+	}
+}
+
+// follower records what it is told and fails the first `fail` times.
+type follower struct {
+	mu    sync.Mutex
+	fail  int
+	calls []launch.Bound
+}
+
+func (f *follower) Name() string { return "test" }
+
+func (f *follower) SlotBound(_ context.Context, b launch.Bound) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, b)
+	if len(f.calls) <= f.fail {
+		return fmt.Errorf("follower unavailable")
+	}
+	return nil
+}
+
+// Followers hear of every bind before CONTINUE; a failing follower holds the
+// completion back until a redelivery succeeds.
+func TestFollowersAreToldBeforeContinue(t *testing.T) {
+	h := harness.Start(t)
+	c := newCluster(t, h, 3, nil)
+	f := &follower{fail: 1}
+	c.launch.Followers = []launch.Follower{f}
+	id := c.run(2)
+	if err := c.invoke(c.launchEvent(id)); err == nil || !strings.Contains(err.Error(), "follower unavailable") {
+		t.Fatalf("first delivery: %v, want the follower's error", err)
+	}
+	if got := c.completions(id); len(got) != 0 {
+		t.Fatalf("completed %v although a follower failed", got)
+	}
+	if err := c.invoke(c.launchEvent(id)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.completions(id); !slices.Equal(got, []string{"CONTINUE"}) {
+		t.Fatalf("completions %v", got)
+	}
+	l := c.lease(2)
+	if len(f.calls) != 2 || f.calls[1].Lease.Slot != 2 || f.calls[1].Lease.Holder != id || f.calls[1].NodeID != 2 ||
+		f.calls[1].Lease.IP != l.IP || f.calls[1].AZ != "us-east-1c" || f.calls[1].Lease.State != lease.Bound {
+		t.Fatalf("follower calls %+v, want two for slot 2 bound to %s", f.calls, id)
 	}
 }

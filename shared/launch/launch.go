@@ -55,9 +55,29 @@ type Handler struct {
 	HeartbeatInterval time.Duration
 	// Order ranks claim candidates (slot.Rendezvous).
 	Order slot.Order
+	// Followers keep things that follow a slot's holder (its disk alarm, its DNS
+	// records) in step once the slot is bound, before CONTINUE.
+	Followers []Follower
 
 	mu     sync.Mutex
 	subnet map[string]string // subnet id -> AZ, learnt once per container
+}
+
+// Bound describes a slot that an instance has just become the broker of.
+type Bound struct {
+	Lease    lease.Lease // bound: Slot, Version, Holder, ENIID, VolumeID, IP
+	NodeID   int
+	AZ       string
+	Instance resources.Instance
+}
+
+// A Follower is told when a slot is bound to a new holder, so that what follows the
+// slot (its disk alarm, its DNS records) points at the new holder before the instance
+// is put in service. SlotBound must be idempotent: a redelivered event calls it again.
+// An error is retried by redelivering the event.
+type Follower interface {
+	Name() string
+	SlotBound(ctx context.Context, b Bound) error
 }
 
 // New returns a launch handler. metrics receives the embedded-metric-format lines
@@ -215,7 +235,17 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 
-	// 7. CONTINUE.
+	// 7. Point what follows the slot at its new holder.
+	for _, f := range inv.Followers {
+		err := inv.o.Step(ctx, "follow-"+f.Name(), func(ctx context.Context) error {
+			return f.SlotBound(ctx, Bound{Lease: l, NodeID: inv.cfg.NodeID(l.Slot), AZ: inv.inst.AZ, Instance: inv.inst})
+		})
+		if err != nil {
+			return Result{}, fmt.Errorf("%s after binding slot %d: %w", f.Name(), l.Slot, err)
+		}
+	}
+
+	// 8. CONTINUE.
 	if err := inv.complete(ctx, lifecycle.Continue); err != nil {
 		return Result{}, err
 	}
