@@ -42,6 +42,24 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// AttachTimeout bounds every wait for a volume or ENI to detach or attach.
 	AttachTimeout time.Duration
+	// Grow is the disk growth policy.
+	Grow GrowConfig
+	// DNS is where the slots' Route 53 records live; zero when DNS is not managed.
+	DNS DNSConfig
+	// Kafka is how slotkeeper reaches the cluster for safety and health checks.
+	Kafka KafkaConfig
+	// SafetyMaxWait bounds how long a planned termination waits for removal safety.
+	SafetyMaxWait time.Duration
+	// SafetyRecheck is the first interval between removal-safety checks (it backs off).
+	SafetyRecheck time.Duration
+	// StopCommand is the shell command SSM runs on a broker for a controlled shutdown.
+	StopCommand string
+	// SSMTimeout bounds each wait for an SSM command's result.
+	SSMTimeout time.Duration
+	// ClaimTTL is how long a claim may stay unbound before reconcile may release it.
+	ClaimTTL time.Duration
+	// AlertTopicARN is the SNS topic for operator alerts; empty = metrics and logs only.
+	AlertTopicARN string
 	// MetricsNamespace is the CloudWatch namespace of the embedded metrics.
 	MetricsNamespace string
 	// LogLevel is the minimum level logged.
@@ -57,6 +75,37 @@ type VolumeConfig struct {
 	Encrypted      bool
 	KMSKeyID       string // empty = the account's default EBS key
 	Device         string // device name given to AttachVolume, e.g. /dev/sdf
+}
+
+// GrowConfig is the disk growth policy: new size = max(size × (1 + StepPercent/100),
+// size + MinStepGiB, used ÷ TargetPercent/100), rounded up, capped at MaxSizeGiB.
+type GrowConfig struct {
+	ThresholdPercent int    // the disk alarm fires at this use
+	TargetPercent    int    // use to bring the disk back to
+	StepPercent      int    // minimum growth, in percent of the current size
+	MinStepGiB       int32  // minimum growth, in GiB
+	MaxSizeGiB       int32  // never grow beyond
+	FunctionARN      string // the grow function; the alarm action invokes it. Empty: no alarms
+	DataMount        string // mount point of the data volume on the broker
+}
+
+// DNSConfig is the private hosted zone and name under which slot records live.
+type DNSConfig struct {
+	HostedZoneID string // empty: DNS not managed
+	Name         string // broker-<slot>.<Name>, bootstrap.<Name>
+	TTL          int64
+}
+
+// Enabled reports whether slotkeeper manages DNS records.
+func (d DNSConfig) Enabled() bool { return d.HostedZoneID != "" }
+
+// KafkaConfig is how to reach the Kafka cluster.
+type KafkaConfig struct {
+	Bootstrap     []string // host:port; empty: Kafka checks are skipped
+	TLS           bool
+	SASLMechanism string // "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+	Username      string
+	Password      string
 }
 
 // Var documents one configuration variable; Vars is the reference the README mirrors.
@@ -85,6 +134,27 @@ var Vars = []Var{
 	{"VOLUME_DEVICE", "/dev/sdf", "Device name the data volume is attached at."},
 	{"HEARTBEAT_INTERVAL", "60s", "How often long waits extend the lifecycle action (must be below the hook's heartbeat timeout)."},
 	{"ATTACH_TIMEOUT", "4m", "Upper bound on each wait for a volume or ENI to detach or attach."},
+	{"GROW_THRESHOLD_PERCENT", "80", "Disk use (percent of the data mount) at which the slot's alarm invokes the grow function."},
+	{"GROW_TARGET_PERCENT", "60", "Disk use a growth brings the volume back to (used ÷ target)."},
+	{"GROW_STEP_PERCENT", "10", "Minimum growth, in percent of the current size."},
+	{"GROW_MIN_STEP_GIB", "10", "Minimum growth, in GiB."},
+	{"GROW_MAX_SIZE_GIB", "16384", "Volumes never grow beyond this size; at the cap slotkeeper alerts instead."},
+	{"GROW_FUNCTION_ARN", "", "ARN of the grow function, the action of every slot's disk alarm. Empty: slotkeeper manages no disk alarms."},
+	{"DATA_MOUNT", "/var/lib/kafka", "Mount point of the slot's data volume on the broker (alarm dimension, filesystem growth)."},
+	{"HOSTED_ZONE_ID", "", "Private Route 53 hosted zone of the slot records. Empty: DNS is not managed."},
+	{"DNS_NAME", "", "Domain under which broker-<slot> and bootstrap records live (required with HOSTED_ZONE_ID)."},
+	{"DNS_TTL", "60", "TTL in seconds of the slot records."},
+	{"KAFKA_BOOTSTRAP", "", "Comma-separated host:port of Kafka brokers for safety and health checks. Empty: no Kafka checks (planned terminations wait for nothing)."},
+	{"KAFKA_TLS", "false", "Connect to Kafka over TLS."},
+	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: empty (none), PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."},
+	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
+	{"KAFKA_PASSWORD", "", "SASL password (required with a SASL mechanism)."},
+	{"SAFETY_MAX_WAIT", "30m", "Longest a planned termination waits for removal safety before it proceeds anyway, loudly."},
+	{"SAFETY_RECHECK", "15s", "First interval between removal-safety checks; it backs off up to 2m."},
+	{"STOP_COMMAND", "systemctl stop kafka", "Shell command run over SSM on a leaving broker for a controlled shutdown."},
+	{"SSM_TIMEOUT", "5m", "Upper bound on each wait for an SSM command's result."},
+	{"CLAIM_TTL", "15m", "A claim unbound for this long, whose claimer is not waiting in Pending:Wait, is released by reconcile."},
+	{"ALERT_TOPIC_ARN", "", "SNS topic for operator alerts (growth at the cap, forced unsafe terminations, abandons). Empty: logs and metrics only."},
 	{"METRICS_NAMESPACE", "Slotkeeper", "CloudWatch namespace of the embedded-metric-format lines."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
 }
@@ -129,6 +199,33 @@ func Load(getenv func(string) string) (Config, error) {
 		},
 	}
 	c.SecurityGroups = p.list("SECURITY_GROUPS", c.ENI)
+	c.Grow = GrowConfig{
+		ThresholdPercent: p.int("GROW_THRESHOLD_PERCENT", 1, 99),
+		TargetPercent:    p.int("GROW_TARGET_PERCENT", 1, 99),
+		StepPercent:      p.int("GROW_STEP_PERCENT", 0, 1000),
+		MinStepGiB:       int32(p.int("GROW_MIN_STEP_GIB", 1, 16384)),
+		MaxSizeGiB:       int32(p.int("GROW_MAX_SIZE_GIB", 1, 65536)),
+		FunctionARN:      p.str("GROW_FUNCTION_ARN", false),
+		DataMount:        p.str("DATA_MOUNT", true),
+	}
+	c.DNS = DNSConfig{
+		HostedZoneID: p.str("HOSTED_ZONE_ID", false),
+		Name:         strings.TrimSuffix(p.str("DNS_NAME", false), "."),
+		TTL:          int64(p.int("DNS_TTL", 1, 86400)),
+	}
+	c.Kafka = KafkaConfig{
+		Bootstrap:     p.list("KAFKA_BOOTSTRAP", false),
+		TLS:           p.bool("KAFKA_TLS"),
+		SASLMechanism: p.str("KAFKA_SASL_MECHANISM", false),
+		Username:      p.str("KAFKA_USERNAME", false),
+		Password:      p.str("KAFKA_PASSWORD", false),
+	}
+	c.SafetyMaxWait = p.duration("SAFETY_MAX_WAIT", 0, 2*time.Hour)
+	c.SafetyRecheck = p.duration("SAFETY_RECHECK", 100*time.Millisecond, 10*time.Minute)
+	c.StopCommand = p.str("STOP_COMMAND", true)
+	c.SSMTimeout = p.duration("SSM_TIMEOUT", time.Second, 14*time.Minute)
+	c.ClaimTTL = p.duration("CLAIM_TTL", time.Minute, 24*time.Hour)
+	c.AlertTopicARN = p.str("ALERT_TOPIC_ARN", false)
 	if lvl := p.str("LOG_LEVEL", true); lvl != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(lvl)); err != nil {
 			p.fail("LOG_LEVEL", "want debug, info, warn or error, got %q", lvl)
@@ -165,6 +262,36 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.Volume.Device != "" && !deviceRE.MatchString(c.Volume.Device) {
 		p.fail("VOLUME_DEVICE", "%q: want /dev/sd[b-z] or /dev/xvd[b-z]", c.Volume.Device)
+	}
+	if c.Grow.TargetPercent >= c.Grow.ThresholdPercent && c.Grow.ThresholdPercent > 0 {
+		p.fail("GROW_TARGET_PERCENT", "%d must be below SLOTKEEPER_GROW_THRESHOLD_PERCENT (%d), or growth would not quiet the alarm", c.Grow.TargetPercent, c.Grow.ThresholdPercent)
+	}
+	if c.Grow.MaxSizeGiB > 0 && c.Volume.SizeGiB > c.Grow.MaxSizeGiB {
+		p.fail("GROW_MAX_SIZE_GIB", "%d is below SLOTKEEPER_VOLUME_SIZE_GIB (%d)", c.Grow.MaxSizeGiB, c.Volume.SizeGiB)
+	}
+	if c.Grow.FunctionARN != "" && !strings.HasPrefix(c.Grow.FunctionARN, "arn:") {
+		p.fail("GROW_FUNCTION_ARN", "%q is not an ARN", c.Grow.FunctionARN)
+	}
+	if c.Grow.DataMount != "" && !strings.HasPrefix(c.Grow.DataMount, "/") {
+		p.fail("DATA_MOUNT", "%q is not an absolute path", c.Grow.DataMount)
+	}
+	if c.DNS.HostedZoneID != "" && c.DNS.Name == "" {
+		p.fail("DNS_NAME", "required with SLOTKEEPER_HOSTED_ZONE_ID")
+	}
+	if c.DNS.Name != "" && c.DNS.HostedZoneID == "" {
+		p.fail("HOSTED_ZONE_ID", "required with SLOTKEEPER_DNS_NAME")
+	}
+	switch c.Kafka.SASLMechanism {
+	case "":
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		if c.Kafka.Username == "" || c.Kafka.Password == "" {
+			p.fail("KAFKA_SASL_MECHANISM", "%s needs SLOTKEEPER_KAFKA_USERNAME and SLOTKEEPER_KAFKA_PASSWORD", c.Kafka.SASLMechanism)
+		}
+	default:
+		p.fail("KAFKA_SASL_MECHANISM", "%q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.Kafka.SASLMechanism)
+	}
+	if c.AlertTopicARN != "" && !strings.HasPrefix(c.AlertTopicARN, "arn:") {
+		p.fail("ALERT_TOPIC_ARN", "%q is not an ARN", c.AlertTopicARN)
 	}
 	if c.HeartbeatInterval > 0 && c.AttachTimeout > 0 && c.HeartbeatInterval >= c.AttachTimeout {
 		p.fail("HEARTBEAT_INTERVAL", "%s must be shorter than SLOTKEEPER_ATTACH_TIMEOUT (%s)", c.HeartbeatInterval, c.AttachTimeout)

@@ -36,6 +36,12 @@ func TestLoadDefaults(t *testing.T) {
 	if got := c.SubnetOf(4); got != "subnet-0b" {
 		t.Errorf("SubnetOf(4) = %s, want subnet-0b", got)
 	}
+	if c.Grow.ThresholdPercent != 80 || c.Grow.TargetPercent != 60 || c.Grow.MaxSizeGiB != 16384 || c.Grow.DataMount != "/var/lib/kafka" {
+		t.Errorf("grow defaults: %+v", c.Grow)
+	}
+	if c.DNS.Enabled() || c.DNS.TTL != 60 || len(c.Kafka.Bootstrap) != 0 || c.SafetyMaxWait != 30*time.Minute || c.StopCommand != "systemctl stop kafka" {
+		t.Errorf("dns/kafka/safety defaults: %+v %+v %s %q", c.DNS, c.Kafka, c.SafetyMaxWait, c.StopCommand)
+	}
 	if got := c.NodeID(4); got != 4 {
 		t.Errorf("NodeID(4) = %d", got)
 	}
@@ -80,6 +86,18 @@ func TestLoadRules(t *testing.T) {
 		{"bad bool", map[string]string{"ENI": "yes please"}, "not a boolean"},
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
 		{"debug log level", map[string]string{"LOG_LEVEL": "debug"}, ""},
+		{"target above threshold", map[string]string{"GROW_TARGET_PERCENT": "85"}, "must be below SLOTKEEPER_GROW_THRESHOLD_PERCENT"},
+		{"max below initial size", map[string]string{"GROW_MAX_SIZE_GIB": "50"}, "below SLOTKEEPER_VOLUME_SIZE_GIB"},
+		{"grow function must be an ARN", map[string]string{"GROW_FUNCTION_ARN": "grow"}, "not an ARN"},
+		{"grow function ARN", map[string]string{"GROW_FUNCTION_ARN": "arn:aws:lambda:us-east-1:123456789012:function:grow"}, ""},
+		{"relative data mount", map[string]string{"DATA_MOUNT": "data"}, "absolute"},
+		{"zone without name", map[string]string{"HOSTED_ZONE_ID": "Z123"}, "DNS_NAME: required"},
+		{"name without zone", map[string]string{"DNS_NAME": "kafka.internal"}, "HOSTED_ZONE_ID: required"},
+		{"dns", map[string]string{"HOSTED_ZONE_ID": "Z123", "DNS_NAME": "kafka.internal."}, ""},
+		{"sasl without credentials", map[string]string{"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}, "needs SLOTKEEPER_KAFKA_USERNAME"},
+		{"unknown sasl", map[string]string{"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"},
+		{"sasl", map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_USERNAME": "u", "KAFKA_PASSWORD": "p"}, ""},
+		{"safety wait", map[string]string{"SAFETY_MAX_WAIT": "3h"}, "SAFETY_MAX_WAIT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
