@@ -3,11 +3,15 @@ package awsapi
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch/schemas"
+	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 )
 
 // LoadConfig returns the AWS configuration every function uses: the default credential
@@ -28,4 +32,16 @@ func LoadConfig(ctx context.Context, instrument func(*aws.Config)) (aws.Config, 
 		instrument(&cfg)
 	}
 	return cfg, nil
+}
+
+// NewCloudWatch returns a CloudWatch client. The SDK speaks Smithy RPC v2 CBOR to
+// CloudWatch; local emulators (moto) speak only the older awsquery protocol, so when
+// an endpoint override is set the client is switched to awsquery, which AWS also
+// still serves.
+func NewCloudWatch(cfg aws.Config) *cloudwatch.Client {
+	return cloudwatch.NewFromConfig(cfg, func(o *cloudwatch.Options) {
+		if cfg.BaseEndpoint != nil || os.Getenv("AWS_ENDPOINT_URL") != "" || os.Getenv("AWS_ENDPOINT_URL_CLOUDWATCH") != "" {
+			o.Protocol = awsquery.New(schemas.GraniteServiceVersion20100801)
+		}
+	})
 }
