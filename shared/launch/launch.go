@@ -123,19 +123,13 @@ type invocation struct {
 // be delivered again (transient failure) or was malformed; no lifecycle action was
 // completed by an invocation that returns an error.
 func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
-	start := time.Now()
-	m := obs.NewMetrics(h.metrics, h.cfg.MetricsNamespace, map[string]string{"Cluster": h.cfg.Cluster, "Function": "launch"})
-	o := &obs.Obs{Log: h.log.With(obs.KeyFunction, "launch", obs.KeyCluster, h.cfg.Cluster), Metrics: m}
+	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "launch", h.cfg.Cluster)
 	defer func() {
 		outcome := res.Outcome
 		if err != nil && outcome == "" {
 			outcome = OutcomeRetry
 		}
-		m.Count("Invocations", 1, "Outcome", outcome)
-		m.Duration("InvocationDuration", time.Since(start))
-		if ferr := m.Flush(); ferr != nil {
-			o.Log.WarnContext(ctx, "flushing metrics", obs.KeyErr, ferr.Error())
-		}
+		finish(ctx, outcome)
 	}()
 
 	ev, err := lifecycle.Parse(raw)
@@ -369,7 +363,7 @@ func (inv *invocation) abandon(ctx context.Context, l *lease.Lease, reason strin
 	}
 	res.Slot = l.Slot
 	err = inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
-		if err := inv.res.DetachFrom(ctx, l.Slot, id); err != nil {
+		if _, err := inv.res.DetachFrom(ctx, l.Slot, id, resources.Plain); err != nil {
 			inv.o.Log.WarnContext(ctx, "could not detach the slot's resources; the next holder will once this instance is gone", obs.KeyErr, err.Error())
 		}
 		_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)

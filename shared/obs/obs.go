@@ -12,6 +12,7 @@ package obs
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"time"
 
@@ -64,4 +65,21 @@ func (o *Obs) Step(ctx context.Context, name string, fn func(context.Context) er
 	}
 	log.InfoContext(ctx, "step done", KeyOutcome, OutcomeOK, KeyDurationMS, ms)
 	return nil
+}
+
+// Begin starts one invocation of function: its Metrics (dimensions Cluster and
+// Function, written to w) and an Obs whose logger carries the function and cluster.
+// finish records the invocation's outcome (metric Invocations, dimension Outcome) and
+// duration (InvocationDuration), then flushes the metrics.
+func Begin(log *slog.Logger, w io.Writer, namespace, function, cluster string) (o *Obs, finish func(ctx context.Context, outcome string)) {
+	start := time.Now()
+	m := NewMetrics(w, namespace, map[string]string{"Cluster": cluster, "Function": function})
+	o = &Obs{Log: log.With(KeyFunction, function, KeyCluster, cluster), Metrics: m}
+	return o, func(ctx context.Context, outcome string) {
+		m.Count("Invocations", 1, "Outcome", outcome)
+		m.Duration("InvocationDuration", time.Since(start))
+		if err := m.Flush(); err != nil {
+			o.Log.WarnContext(ctx, "flushing metrics", KeyErr, err.Error())
+		}
+	}
 }

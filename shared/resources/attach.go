@@ -103,31 +103,77 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 	})
 }
 
+// DetachMode says how DetachFrom detaches.
+type DetachMode int
+
+const (
+	// Plain detaches and waits: for an instance that is not running a broker on the
+	// resources (yet, or any more).
+	Plain DetachMode = iota
+	// PlainThenForce detaches plainly and forces the detach if the resource is still
+	// not available after Poll.Timeout: for a leaving instance whose broker was stopped.
+	PlainThenForce
+	// Force detaches by force at once: only for an instance that is shutting down,
+	// terminated or gone.
+	Force
+)
+
 // DetachFrom detaches the slot's volume and ENI from instance if they are attached to
-// it (plain detach: used on paths where instance is not running a broker on them yet or
-// any more) and waits until both are available.
-func (m *Manager) DetachFrom(ctx context.Context, s int, instance string) error {
-	if v, err := m.FindVolume(ctx, s); err != nil {
-		return err
-	} else if v != nil && v.AttachedTo == instance {
-		if _, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance}); err != nil && !awsapi.IsIncorrectState(err) && !awsapi.IsNotFound(err) {
-			return fmt.Errorf("detaching volume %s from %s: %w", v.ID, instance, err)
-		}
-		if _, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" }); err != nil {
-			return err
-		}
+// it, and waits until both are available. It reports how many it detached.
+func (m *Manager) DetachFrom(ctx context.Context, s int, instance string, mode DetachMode) (detached int, err error) {
+	v, err := m.FindVolume(ctx, s)
+	if err != nil {
+		return 0, err
 	}
-	if e, err := m.FindENI(ctx, s); err != nil {
-		return err
-	} else if e != nil && e.AttachedTo == instance {
-		if _, err := m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID}); err != nil && !awsapi.IsNotFound(err) && !awsapi.IsIncorrectState(err) {
-			return fmt.Errorf("detaching ENI %s from %s: %w", e.ID, instance, err)
-		}
-		if _, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" }); err != nil {
+	if v != nil && v.AttachedTo == instance {
+		err := m.detachEscalating(ctx, "volume "+v.ID, mode, func(ctx context.Context, force bool) error {
+			_, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Force: aws.Bool(force)})
 			return err
+		}, func(ctx context.Context) error {
+			_, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" })
+			return err
+		})
+		if err != nil {
+			return detached, fmt.Errorf("detaching volume %s from %s: %w", v.ID, instance, err)
 		}
+		detached++
 	}
-	return nil
+	e, err := m.FindENI(ctx, s)
+	if err != nil {
+		return detached, err
+	}
+	if e != nil && e.AttachedTo == instance {
+		err := m.detachEscalating(ctx, "ENI "+e.ID, mode, func(ctx context.Context, force bool) error {
+			_, err := m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID, Force: aws.Bool(force)})
+			return err
+		}, func(ctx context.Context) error {
+			_, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" })
+			return err
+		})
+		if err != nil {
+			return detached, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, instance, err)
+		}
+		detached++
+	}
+	return detached, nil
+}
+
+// detachEscalating runs detach (plain or forced as mode says) and waits; with
+// PlainThenForce a plain detach that does not finish in time is forced.
+func (m *Manager) detachEscalating(ctx context.Context, what string, mode DetachMode, detach func(context.Context, bool) error, wait func(context.Context) error) error {
+	ignorable := func(err error) bool { return err == nil || awsapi.IsIncorrectState(err) || awsapi.IsNotFound(err) }
+	if err := detach(ctx, mode == Force); !ignorable(err) {
+		return err
+	}
+	err := wait(ctx)
+	if err == nil || mode != PlainThenForce || ctx.Err() != nil {
+		return err
+	}
+	m.Log.WarnContext(ctx, "plain detach did not finish in time; forcing it", "resource", what, "error", err.Error())
+	if err := detach(ctx, true); !ignorable(err) {
+		return err
+	}
+	return wait(ctx)
 }
 
 func (m *Manager) waitVolume(ctx context.Context, id, what string, ok func(Volume) bool) (Volume, error) {
