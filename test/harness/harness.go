@@ -87,6 +87,7 @@ type Harness struct {
 	mu         sync.Mutex
 	counts     map[string]int
 	tokens     map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
+	forbidden  []string                    // forbidden calls received (never reset)
 	mutating   []string
 	faults     []*faultState
 	lifecycle  map[lifecycleKey]bool // true once the lifecycle action was completed
@@ -154,7 +155,26 @@ func Start(t testing.TB) *Harness {
 		transport.CloseIdleConnections()
 	})
 	h.URL = "http://" + ln.Addr().String()
+	t.Cleanup(func() {
+		if calls := h.Forbidden(); len(calls) > 0 {
+			t.Errorf("code under test called %v through the proxy: slotkeeper must never delete a broker's volume or ENI", calls)
+		}
+	})
 	return h
+}
+
+// forbiddenActions are the calls code under test must never make: slotkeeper never
+// deletes a broker's data volume or its network interface. Every harness checks this
+// when its test ends, so the whole suite proves it; set-up and assertions that go to
+// moto directly (DirectConfig) are not counted.
+var forbiddenActions = map[string]bool{"DeleteVolume": true, "DeleteNetworkInterface": true}
+
+// Forbidden returns the forbidden calls the proxy has received, in order; unlike the
+// counts, ResetCounts does not clear them.
+func (h *Harness) Forbidden() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.forbidden...)
 }
 
 // AWSConfig returns a config for code under test: static credentials

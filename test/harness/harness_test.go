@@ -1338,3 +1338,31 @@ func TestClientTokenIdempotency(t *testing.T) {
 		}
 	}
 }
+
+// A forbidden call through the proxy is remembered across ResetCounts, so the
+// end-of-test check sees it.
+func TestForbiddenCallsAreRemembered(t *testing.T) {
+	h := Start(t)
+	w := h.NewWorld(t, "forbidden")
+	ctx := context.Background()
+	direct, proxied := ec2.NewFromConfig(h.DirectConfig()), ec2.NewFromConfig(h.AWSConfig())
+	v, err := direct.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String(w.Subnets[0].AZ), Size: aws.Int32(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: v.VolumeId}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Forbidden(); len(got) != 0 {
+		t.Fatalf("a direct delete (test set-up) counted as forbidden: %v", got)
+	}
+	_, _ = proxied.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: aws.String("vol-0000000000000000")})
+	h.ResetCounts()
+	if got := h.Forbidden(); !slices.Equal(got, []string{"DeleteVolume"}) {
+		t.Fatalf("Forbidden() = %v, want [DeleteVolume]", got)
+	}
+	// This harness would now fail its test at cleanup; clear it so this test passes.
+	h.mu.Lock()
+	h.forbidden = nil
+	h.mu.Unlock()
+}

@@ -111,6 +111,9 @@ func (h *Harness) record(action string) (Fault, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.counts[action]++
+	if forbiddenActions[action] {
+		h.forbidden = append(h.forbidden, action)
+	}
 	if isMutating(action) {
 		h.mutating = append(h.mutating, action)
 	}
