@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -95,7 +94,7 @@ func newCluster(t testing.TB, h *harness.Harness, slots int, env map[string]stri
 	awsCfg := h.AWSConfig()
 	c := &cluster{t: t, h: h, w: w, cfg: cfg, logs: &syncBuffer{}, metrics: &syncBuffer{}}
 	c.launch = launch.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg),
-		obs.NewLogger(c.logs, slog.LevelDebug), c.metrics)
+		newLogger(c.logs), c.metrics)
 	c.launch.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 20 * time.Second}
 	c.ec2 = ec2.NewFromConfig(h.DirectConfig())
 	c.store = lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), cfg.Table, cfg.Cluster)
@@ -106,6 +105,8 @@ func newCluster(t testing.TB, h *harness.Harness, slots int, env map[string]stri
 	})
 	return c
 }
+
+func newLogger(w io.Writer) *slog.Logger { return obs.NewLogger(w, slog.LevelDebug) }
 
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
@@ -155,17 +156,7 @@ var requestSeq struct {
 }
 
 // invoke delivers payload to the launch handler exactly as the Lambda runtime does.
-func (c *cluster) invoke(payload []byte) error {
-	requestSeq.Lock()
-	requestSeq.n++
-	id := fmt.Sprintf("req-%04d", requestSeq.n)
-	requestSeq.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ctx = lambdacontext.NewContext(ctx, &lambdacontext.LambdaContext{AwsRequestID: id})
-	_, err := lambda.NewHandler(c.launch).Invoke(ctx, payload)
-	return err
-}
+func (c *cluster) invoke(payload []byte) error { return invokeWith(c.launch, payload) }
 
 // launchAll delivers launch events for instances concurrently and fails on any error.
 func (c *cluster) launchAll(instances ...string) {

@@ -88,6 +88,7 @@ type Harness struct {
 	counts     map[string]int
 	tokens     map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
 	forbidden  []string                    // forbidden calls received (never reset)
+	bodies     map[string][][]byte         // request bodies of mutating calls, by action
 	mutating   []string
 	faults     []*faultState
 	lifecycle  map[lifecycleKey]bool // true once the lifecycle action was completed

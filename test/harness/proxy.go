@@ -69,7 +69,7 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	r.ContentLength = int64(len(body))
 
 	c := identify(r, body)
-	fault, faulted := h.record(c.action)
+	fault, faulted := h.record(c.action, body)
 
 	next := h.forward.ServeHTTP
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
@@ -107,10 +107,16 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // record counts the call and returns the fault to apply to it, if any.
-func (h *Harness) record(action string) (Fault, bool) {
+func (h *Harness) record(action string, body []byte) (Fault, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.counts[action]++
+	if isMutating(action) {
+		if h.bodies == nil {
+			h.bodies = map[string][][]byte{}
+		}
+		h.bodies[action] = append(h.bodies[action], body)
+	}
 	if forbiddenActions[action] {
 		h.forbidden = append(h.forbidden, action)
 	}
@@ -258,4 +264,16 @@ func (h *Harness) ResetCounts() {
 	defer h.mu.Unlock()
 	h.counts = map[string]int{}
 	h.mutating = nil
+	h.bodies = nil
+}
+
+// Bodies returns the request bodies of the mutating calls of action the proxy has
+// received since the last ResetCounts, in arrival order (query parameters for query
+// protocols, JSON for JSON protocols). Tests read what code under test sent where the
+// emulator's own record is not faithful (moto's SSM ListCommands, for one, lists every
+// instance as a target of a command sent to one).
+func (h *Harness) Bodies(action string) [][]byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([][]byte(nil), h.bodies[action]...)
 }

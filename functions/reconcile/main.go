@@ -1,0 +1,30 @@
+// Command reconcile is the Lambda function that repairs drift on a schedule and when
+// an instance terminates. It only wires configuration, clients and the handler; the
+// logic lives in shared/reconcile.
+package main
+
+import (
+	"os"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/reconcile"
+)
+
+func main() {
+	cfg, awsCfg, log := app.Init("reconcile")
+	h := reconcile.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), log, os.Stdout)
+	if len(cfg.Kafka.Bootstrap) > 0 {
+		k, err := kafka.NewClient(cfg.Kafka)
+		if err != nil {
+			app.Fail("reconcile", err)
+		}
+		h.Kafka = k
+	}
+	lambda.Start(h)
+}

@@ -1,0 +1,35 @@
+// Command terminate is the Lambda function that hands a leaving broker's slot back.
+// It only wires configuration, clients and the handler; the logic lives in
+// shared/terminate.
+package main
+
+import (
+	"os"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/slotkeeper/slotkeeper/shared/alert"
+	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/terminate"
+)
+
+func main() {
+	cfg, awsCfg, log := app.Init("terminate")
+	h := terminate.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg),
+		ssm.NewFromConfig(awsCfg), log, os.Stdout)
+	h.Alerts = &alert.Notifier{SNS: sns.NewFromConfig(awsCfg), TopicARN: cfg.AlertTopicARN, Cluster: cfg.Cluster}
+	if len(cfg.Kafka.Bootstrap) > 0 {
+		k, err := kafka.NewClient(cfg.Kafka)
+		if err != nil {
+			app.Fail("terminate", err)
+		}
+		h.Kafka = k
+	}
+	lambda.Start(h)
+}

@@ -1,0 +1,418 @@
+// Package reconcile repairs drift between the lease table and the world: it releases
+// leases whose holder is gone (after force-detaching what the dead holder still has),
+// releases claims that were never bound, reports volumes and ENIs that no slot
+// references (it never deletes them), runs the repairs of the other paths (pending
+// disk growth, DNS records, disk alarms), checks Kafka's health, and publishes metrics.
+//
+// It runs on a schedule and on EC2 "terminated" state changes. Two runs at the same
+// time do not fight: every repair of a lease is a fenced conditional write, and the
+// loser of a race finds the lease already moved on.
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/shared/obs"
+	"github.com/slotkeeper/slotkeeper/shared/resources"
+	"github.com/slotkeeper/slotkeeper/shared/slot"
+)
+
+// Outcomes of one invocation.
+const (
+	OutcomeReconciled = "reconciled"
+	OutcomeIgnored    = "ignored"
+	OutcomeMalformed  = "malformed"
+	OutcomeRetry      = "retry"
+)
+
+// ErrMalformed marks an event that cannot be understood.
+var ErrMalformed = errors.New("malformed reconcile trigger")
+
+// A Repairer is another path's repair, run on every reconcile with the current leases
+// (pending disk growth, DNS records, disk alarms). It returns how many things it fixed.
+type Repairer interface {
+	Name() string
+	Reconcile(ctx context.Context, leases []lease.Lease) (repairs int, err error)
+}
+
+// Health is what reconcile asks Kafka.
+type Health interface {
+	Health(ctx context.Context) (kafka.Health, error)
+}
+
+// Handler runs reconciles. Build it with New.
+type Handler struct {
+	cfg     config.Config
+	ec2     awsapi.EC2
+	asg     awsapi.AutoScaling
+	db      awsapi.DynamoDB
+	log     *slog.Logger
+	metrics io.Writer
+
+	// Repairers run after the lease repairs, in order.
+	Repairers []Repairer
+	// Kafka reports cluster health; nil when no bootstrap is configured.
+	Kafka Health
+	// Poll paces and bounds detach waits.
+	Poll resources.Poll
+	// Now is the clock (claim TTL).
+	Now func() time.Time
+}
+
+// New returns a reconcile handler.
+func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.DynamoDB, log *slog.Logger, metrics io.Writer) *Handler {
+	return &Handler{
+		cfg: cfg, ec2: ec2, asg: asg, db: db, log: log, metrics: metrics,
+		Poll: resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
+		Now:  time.Now,
+	}
+}
+
+// Orphan is a volume or ENI tagged with the cluster that no slot uses.
+type Orphan struct {
+	Kind string `json:"kind"` // volume | eni
+	ID   string `json:"id"`
+	Slot string `json:"slot"` // its slotkeeper:slot tag
+	Why  string `json:"why"`
+}
+
+// Report says what one run found and did.
+type Report struct {
+	Outcome      string         `json:"outcome"`
+	Trigger      string         `json:"trigger,omitempty"`
+	SlotsByState map[string]int `json:"slots_by_state,omitempty"`
+	Released     []int          `json:"released,omitempty"`
+	Detached     int            `json:"detached,omitempty"`
+	Orphans      []Orphan       `json:"orphans,omitempty"`
+	Repairs      map[string]int `json:"repairs,omitempty"`
+	Kafka        *kafka.Health  `json:"kafka,omitempty"`
+	Unregistered []int32        `json:"unregistered_brokers,omitempty"`
+	Reason       string         `json:"reason,omitempty"`
+}
+
+// Invoke is the Lambda entry point (Handler is a lambda.Handler).
+func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	r, err := h.Run(ctx, payload)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(r)
+}
+
+// trigger is the part of either trigger event reconcile reads.
+type trigger struct {
+	Source     string          `json:"source"`
+	DetailType string          `json:"detail-type"`
+	ID         string          `json:"id"`
+	Detail     json.RawMessage `json:"detail"`
+}
+
+// Parse classifies a trigger: ok is true for the schedule and for an EC2 instance
+// "terminated" state change; anything else is a no-op with the reason given.
+func Parse(raw []byte) (ok bool, what string, err error) {
+	var t trigger
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return false, "", fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	switch {
+	case t.Source == "aws.events" && t.DetailType == "Scheduled Event":
+		return true, "schedule", nil
+	case t.Source == "aws.ec2" && t.DetailType == "EC2 Instance State-change Notification":
+		var d struct {
+			InstanceID string `json:"instance-id"`
+			State      string `json:"state"`
+		}
+		if err := json.Unmarshal(t.Detail, &d); err != nil || d.InstanceID == "" || d.State == "" {
+			return false, "", fmt.Errorf("%w: state-change detail lacks instance-id or state", ErrMalformed)
+		}
+		if d.State != slot.Terminated {
+			return false, "instance " + d.InstanceID + " is " + d.State + ", not terminated", nil
+		}
+		return true, "instance " + d.InstanceID + " terminated", nil
+	}
+	return false, fmt.Sprintf("source %q, detail-type %q is not a reconcile trigger", t.Source, t.DetailType), nil
+}
+
+type run struct {
+	*Handler
+	o     *obs.Obs
+	store *lease.Store
+	res   *resources.Manager
+	rep   *Report
+}
+
+// Run reconciles once if raw is a trigger. It returns an error when a repair failed
+// (after running every other repair), so the failure is visible and retried.
+func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
+	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "reconcile", h.cfg.Cluster)
+	defer func() {
+		outcome := rep.Outcome
+		if err != nil && outcome != OutcomeMalformed {
+			outcome = OutcomeRetry
+		}
+		finish(ctx, outcome)
+	}()
+	ok, what, err := Parse(raw)
+	if err != nil {
+		o.Log.ErrorContext(ctx, "rejecting reconcile trigger", obs.KeyOutcome, OutcomeMalformed, obs.KeyErr, err.Error())
+		return Report{Outcome: OutcomeMalformed, Reason: err.Error()}, err
+	}
+	if !ok {
+		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, what)
+		return Report{Outcome: OutcomeIgnored, Reason: what}, nil
+	}
+	r := &run{Handler: h, o: o.With("trigger", what), rep: &Report{Outcome: OutcomeReconciled, Trigger: what, Repairs: map[string]int{}}}
+	r.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
+	r.store.Actor = "reconcile"
+	if lc, ok := lambdacontext.FromContext(ctx); ok {
+		r.store.Actor += "/" + lc.AwsRequestID
+	}
+	r.res = &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: r.o.Log}
+	err = r.reconcile(ctx)
+	r.o.Log.InfoContext(ctx, "reconciled", obs.KeyOutcome, r.rep.Outcome, "released", r.rep.Released,
+		"orphans", len(r.rep.Orphans), "repairs", r.rep.Repairs, "slots", r.rep.SlotsByState)
+	return *r.rep, err
+}
+
+func (r *run) reconcile(ctx context.Context) error {
+	var errs []error
+	leases, err := r.repairLeases(ctx)
+	if err != nil {
+		return err // nothing else is meaningful without the leases
+	}
+	if err := r.o.Step(ctx, "orphans", r.findOrphans(leases)); err != nil {
+		errs = append(errs, err)
+	}
+	for _, rp := range r.Repairers {
+		err := r.o.Step(ctx, "repair-"+rp.Name(), func(ctx context.Context) error {
+			n, err := rp.Reconcile(ctx, leases)
+			r.rep.Repairs[rp.Name()] += n
+			r.o.Metrics.Count("Repairs", float64(n), "Repair", rp.Name())
+			return err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", rp.Name(), err))
+		}
+	}
+	if r.Kafka != nil {
+		if err := r.o.Step(ctx, "kafka-health", func(ctx context.Context) error { return r.kafkaHealth(ctx, leases) }); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.slotMetrics(leases)
+	return errors.Join(errs...)
+}
+
+// repairLeases releases the leases of dead holders and stale claims, and returns the
+// leases as they are afterwards.
+func (r *run) repairLeases(ctx context.Context) ([]lease.Lease, error) {
+	var leases []lease.Lease
+	err := r.o.Step(ctx, "leases", func(ctx context.Context) error {
+		var err error
+		if leases, err = r.store.List(ctx); err != nil {
+			return err
+		}
+		var holders []string
+		for _, l := range leases {
+			if l.State != lease.Free {
+				holders = append(holders, l.Holder)
+			}
+		}
+		states, err := r.res.InstanceStates(ctx, holders)
+		if err != nil {
+			return err
+		}
+		for i, l := range leases {
+			if l.State == lease.Free {
+				continue
+			}
+			why, mode, release, err := r.judge(ctx, l, states[l.Holder])
+			if err != nil {
+				return err
+			}
+			if !release {
+				continue
+			}
+			log := r.o.Log.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version, obs.KeyInstance, l.Holder)
+			if mode != nil {
+				n, err := r.res.DetachFrom(ctx, l.Slot, l.Holder, *mode)
+				if err != nil {
+					return fmt.Errorf("detaching slot %d's leftovers from %s: %w", l.Slot, l.Holder, err)
+				}
+				r.rep.Detached += n
+			}
+			released, err := r.store.Release(ctx, l, "reconcile: "+why)
+			if errors.Is(err, lease.ErrFenced) {
+				log.InfoContext(ctx, "slot already moved on; nothing to release", obs.KeyReason, why)
+				if leases[i], err = r.store.Get(ctx, l.Slot); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			log.WarnContext(ctx, "released slot", obs.KeyReason, why)
+			r.rep.Released = append(r.rep.Released, l.Slot)
+			leases[i] = released
+		}
+		return nil
+	})
+	r.o.Metrics.Count("SlotsReleased", float64(len(r.rep.Released)))
+	return leases, err
+}
+
+// judge decides whether l must be released, why, and how to detach what its holder
+// still has (nil: do not touch the attachments).
+func (r *run) judge(ctx context.Context, l lease.Lease, state string) (string, *resources.DetachMode, bool, error) {
+	force, plain := resources.Force, resources.Plain
+	switch {
+	case slot.Dead(state):
+		return fmt.Sprintf("holder %s is %s", l.Holder, stateName(state)), &force, true, nil
+	case l.State != lease.Claimed:
+		return "", nil, false, nil // a bound or draining lease of a live holder is never touched
+	}
+	claimed, err := time.Parse(time.RFC3339Nano, l.ClaimedAt)
+	if err != nil || r.Now().Sub(claimed) < r.cfg.ClaimTTL {
+		return "", nil, false, nil
+	}
+	out, err := r.asg.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{l.Holder}})
+	if err != nil {
+		return "", nil, false, fmt.Errorf("describing claimer %s: %w", l.Holder, err)
+	}
+	if len(out.AutoScalingInstances) > 0 && aws.ToString(out.AutoScalingInstances[0].LifecycleState) == "Pending:Wait" {
+		return "", nil, false, nil // its launch is still in progress
+	}
+	why := fmt.Sprintf("claimed %s ago by %s (%s) and never bound", r.Now().Sub(claimed).Round(time.Second), l.Holder, stateName(state))
+	if slot.Alive(state) {
+		return why, nil, true, nil // never take attachments from a live instance
+	}
+	return why, &plain, true, nil
+}
+
+func stateName(s string) string {
+	if s == slot.Gone {
+		return "gone"
+	}
+	return s
+}
+
+// findOrphans reports, and never deletes, the volumes and ENIs tagged with the cluster
+// that no slot references: a slot tag outside 0..SlotCount-1, or a second resource
+// for a slot whose lease records another.
+func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
+	return func(ctx context.Context) error {
+		byslot := map[int]lease.Lease{}
+		for _, l := range leases {
+			byslot[l.Slot] = l
+		}
+		filter := []types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{r.cfg.Cluster}}}
+		judge := func(kind, id, slotTag string, recorded func(lease.Lease) string) {
+			n, err := strconv.Atoi(slotTag)
+			var why string
+			switch {
+			case err != nil || n < 0 || n >= r.cfg.SlotCount:
+				why = fmt.Sprintf("slot tag %q is not a slot of this cluster (0..%d)", slotTag, r.cfg.SlotCount-1)
+			case recorded(byslot[n]) != "" && recorded(byslot[n]) != id:
+				why = fmt.Sprintf("slot %d uses %s %s", n, kind, recorded(byslot[n]))
+			default:
+				return
+			}
+			r.rep.Orphans = append(r.rep.Orphans, Orphan{Kind: kind, ID: id, Slot: slotTag, Why: why})
+			r.o.Log.WarnContext(ctx, "orphaned "+kind+" (reported, never deleted)", "id", id, obs.KeyReason, why)
+		}
+		vols := ec2.NewDescribeVolumesPaginator(r.ec2, &ec2.DescribeVolumesInput{Filters: filter})
+		for vols.HasMorePages() {
+			page, err := vols.NextPage(ctx)
+			if err != nil {
+				return fmt.Errorf("listing the cluster's volumes: %w", err)
+			}
+			for _, v := range page.Volumes {
+				judge("volume", aws.ToString(v.VolumeId), tag(v.Tags, resources.TagSlot), func(l lease.Lease) string { return l.VolumeID })
+			}
+		}
+		enis := ec2.NewDescribeNetworkInterfacesPaginator(r.ec2, &ec2.DescribeNetworkInterfacesInput{Filters: filter})
+		for enis.HasMorePages() {
+			page, err := enis.NextPage(ctx)
+			if err != nil {
+				return fmt.Errorf("listing the cluster's ENIs: %w", err)
+			}
+			for _, n := range page.NetworkInterfaces {
+				judge("eni", aws.ToString(n.NetworkInterfaceId), tag(n.TagSet, resources.TagSlot), func(l lease.Lease) string { return l.ENIID })
+			}
+		}
+		kinds := map[string]int{"volume": 0, "eni": 0}
+		for _, o := range r.rep.Orphans {
+			kinds[o.Kind]++
+		}
+		for k, n := range kinds {
+			r.o.Metrics.Count("Orphans", float64(n), "Kind", k)
+		}
+		return nil
+	}
+}
+
+func tag(tags []types.Tag, key string) string {
+	for _, t := range tags {
+		if aws.ToString(t.Key) == key {
+			return aws.ToString(t.Value)
+		}
+	}
+	return ""
+}
+
+// kafkaHealth records the cluster's health and which bound slots' brokers are not
+// registered.
+func (r *run) kafkaHealth(ctx context.Context, leases []lease.Lease) error {
+	hl, err := r.Kafka.Health(ctx)
+	if err != nil {
+		r.o.Metrics.Count("KafkaUnreachable", 1)
+		return fmt.Errorf("kafka health: %w", err)
+	}
+	r.rep.Kafka = &hl
+	for _, l := range leases {
+		if l.State == lease.Bound && !slices.Contains(hl.Brokers, int32(r.cfg.NodeID(l.Slot))) {
+			r.rep.Unregistered = append(r.rep.Unregistered, int32(r.cfg.NodeID(l.Slot)))
+		}
+	}
+	r.o.Metrics.Count("UnderReplicatedPartitions", float64(hl.UnderReplicated))
+	r.o.Metrics.Count("OfflinePartitions", float64(hl.Offline))
+	r.o.Metrics.Count("UnregisteredBrokers", float64(len(r.rep.Unregistered)))
+	if len(r.rep.Unregistered) > 0 {
+		r.o.Log.WarnContext(ctx, "bound slots whose broker is not registered", "brokers", r.rep.Unregistered)
+	}
+	return nil
+}
+
+// slotMetrics counts the slots by state; never-claimed slots count as free.
+func (r *run) slotMetrics(leases []lease.Lease) {
+	counts := map[string]int{string(lease.Free): r.cfg.SlotCount, string(lease.Claimed): 0, string(lease.Bound): 0, string(lease.Draining): 0}
+	for _, l := range leases {
+		if l.Slot < r.cfg.SlotCount && l.State != lease.Free {
+			counts[string(lease.Free)]--
+			counts[string(l.State)]++
+		}
+	}
+	for st, n := range counts {
+		r.o.Metrics.Count("Slots", float64(n), "State", st)
+	}
+	r.rep.SlotsByState = counts
+}

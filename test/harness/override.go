@@ -1,0 +1,133 @@
+package harness
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+)
+
+// Override rewrites moto's answers to one action, for states moto never reaches by
+// itself: moto completes a volume modification at once, where EC2 keeps it
+// "modifying" for minutes, and every SSM command succeeds. The call still reaches moto
+// and takes effect there, exactly as without the override; only the response body the
+// code under test receives is rewritten (status and headers are kept). Rewrite also
+// sees the request, so an override that returns the response unchanged records what
+// the code under test asked for.
+type Override struct {
+	// Action is the AWS action name to match, e.g. "DescribeVolumesModifications".
+	Action string
+	// Rewrite returns the body to answer with, given the request's body and moto's
+	// response body. It is called from the proxy's goroutines.
+	Rewrite func(request, response []byte) []byte
+	// Times is how many matching calls are rewritten; 0 means every one.
+	Times int
+}
+
+// overrideState is an installed override and how often it was applied.
+type overrideState struct {
+	Override
+	applied int
+}
+
+// overrideSet is the overrides of one harness. It lives outside Harness so that the
+// hook needs no change to the proxy: it wraps the proxy's forwarder to moto.
+type overrideSet struct {
+	mu        sync.Mutex
+	overrides []*overrideState
+}
+
+var overrides struct {
+	sync.Mutex
+	sets map[*Harness]*overrideSet
+}
+
+// Override installs o and returns a function that removes it. Overrides are tried in
+// the order they were installed; the first one that matches and is not used up
+// rewrites the answer.
+//
+// The first Override of a harness installs the hook in the proxy, and must come before
+// the proxy has received any call (the proxy reads its forwarder without locking):
+// install overrides right after Start and the world set-up, then arm them through
+// Rewrite's own state if they should only apply later. Override panics when that
+// order is not kept, or when o is invalid (a programming error in the test).
+func (h *Harness) Override(o Override) (remove func()) {
+	if o.Action == "" || o.Rewrite == nil || o.Times < 0 {
+		panic("harness: Override needs an Action, a Rewrite and Times >= 0")
+	}
+	overrides.Lock()
+	defer overrides.Unlock()
+	if overrides.sets == nil {
+		overrides.sets = map[*Harness]*overrideSet{}
+	}
+	set := overrides.sets[h]
+	if set == nil {
+		h.mu.Lock()
+		used := len(h.counts) > 0 || len(h.mutating) > 0
+		if !used {
+			set = &overrideSet{}
+			h.forward = set.wrap(h.forward)
+		}
+		h.mu.Unlock()
+		if used {
+			panic("harness: the first Override must come before the proxy receives its first call")
+		}
+		overrides.sets[h] = set
+	}
+	st := &overrideState{Override: o}
+	set.mu.Lock()
+	set.overrides = append(set.overrides, st)
+	set.mu.Unlock()
+	return func() {
+		set.mu.Lock()
+		defer set.mu.Unlock()
+		for i, s := range set.overrides {
+			if s == st {
+				set.overrides = append(set.overrides[:i], set.overrides[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+// match returns the override to apply to a call of action, counting it as applied.
+func (s *overrideSet) match(action string) *overrideState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range s.overrides {
+		if o.Action == action && (o.Times == 0 || o.applied < o.Times) {
+			o.applied++
+			return o
+		}
+	}
+	return nil
+}
+
+// wrap returns next with the set's overrides applied to its answers.
+func (s *overrideSet) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "harness override: reading request body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		o := s.match(identify(r, body).action)
+		if o == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		r.Header.Del("Accept-Encoding") // a plain body to rewrite
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		out := o.Rewrite(body, rec.Body.Bytes())
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(out)
+	})
+}
