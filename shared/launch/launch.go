@@ -20,8 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambdacontext"
-
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -132,19 +130,17 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		finish(ctx, outcome)
 	}()
 
-	ev, err := lifecycle.Parse(raw)
+	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeLaunch, lifecycle.TransitionLaunch)
 	if err != nil {
-		o.Log.ErrorContext(ctx, "rejecting launch event", obs.KeyOutcome, OutcomeMalformed, obs.KeyErr, err.Error())
-		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: err.Error()}, err
+		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: why}, err
 	}
-	if ok, why := ev.Relevant(h.cfg.ASGName, lifecycle.DetailTypeLaunch, lifecycle.TransitionLaunch); !ok {
-		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why, obs.KeyEvent, ev.ID)
+	if !ok {
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	}
 	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
 	inv := &invocation{Handler: h, o: o}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
-	inv.store.Actor = actor(ctx)
+	inv.store.Actor = obs.Actor(ctx, "launch")
 	inv.res = &resources.Manager{
 		EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: o.Log,
 	}
@@ -154,13 +150,6 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		o.Log.WarnContext(ctx, "launch failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
 	}
 	return res, err
-}
-
-func actor(ctx context.Context) string {
-	if lc, ok := lambdacontext.FromContext(ctx); ok {
-		return "launch/" + lc.AwsRequestID
-	}
-	return "launch"
 }
 
 func (inv *invocation) run(ctx context.Context) (Result, error) {

@@ -29,9 +29,11 @@ package lifecycle
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
@@ -142,4 +144,21 @@ func (e Event) Relevant(asg, detailType, transition string) (bool, string) {
 		return false, fmt.Sprintf("Auto Scaling group %q is not %q", e.Action.AutoScalingGroupName, asg)
 	}
 	return true, ""
+}
+
+// Accept parses raw and keeps it only if it is a lifecycle action of asg with the given
+// detail type and transition. It logs what it rejects (a malformed event, returned as
+// an error) and what it ignores (relevant false, with the reason), so every handler
+// treats bad and foreign input alike.
+func Accept(ctx context.Context, log *slog.Logger, raw []byte, asg, detailType, transition string) (e Event, relevant bool, reason string, err error) {
+	e, err = Parse(raw)
+	if err != nil {
+		log.ErrorContext(ctx, "rejecting event", "outcome", "malformed", "error", err.Error())
+		return Event{}, false, err.Error(), err
+	}
+	if ok, why := e.Relevant(asg, detailType, transition); !ok {
+		log.InfoContext(ctx, "ignoring event", "outcome", "ignored", "reason", why, "event_id", e.ID)
+		return e, false, why, nil
+	}
+	return e, true, "", nil
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-xray-sdk-go/v2/xray"
 )
 
@@ -82,4 +83,13 @@ func Begin(log *slog.Logger, w io.Writer, namespace, function, cluster string) (
 			o.Log.WarnContext(ctx, "flushing metrics", KeyErr, err.Error())
 		}
 	}
+}
+
+// Actor names who writes, for the lease history: the function and, inside Lambda, the
+// request id ("launch/8f1c…").
+func Actor(ctx context.Context, function string) string {
+	if lc, ok := lambdacontext.FromContext(ctx); ok {
+		return function + "/" + lc.AwsRequestID
+	}
+	return function
 }

@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -181,10 +180,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
 	}
 	r := &run{Handler: h, o: o.With("trigger", what), rep: &Report{Outcome: OutcomeReconciled, Trigger: what, Repairs: map[string]int{}}}
 	r.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
-	r.store.Actor = "reconcile"
-	if lc, ok := lambdacontext.FromContext(ctx); ok {
-		r.store.Actor += "/" + lc.AwsRequestID
-	}
+	r.store.Actor = obs.Actor(ctx, "reconcile")
 	r.res = &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: r.o.Log}
 	err = r.reconcile(ctx)
 	r.o.Log.InfoContext(ctx, "reconciled", obs.KeyOutcome, r.rep.Outcome, "released", r.rep.Released,

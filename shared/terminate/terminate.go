@@ -19,7 +19,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 
@@ -147,22 +146,17 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		}
 		finish(ctx, outcome)
 	}()
-	ev, err := lifecycle.Parse(raw)
+	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeTerminate, lifecycle.TransitionTerminate)
 	if err != nil {
-		o.Log.ErrorContext(ctx, "rejecting terminate event", obs.KeyOutcome, OutcomeMalformed, obs.KeyErr, err.Error())
-		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: err.Error()}, err
+		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: why}, err
 	}
-	if ok, why := ev.Relevant(h.cfg.ASGName, lifecycle.DetailTypeTerminate, lifecycle.TransitionTerminate); !ok {
-		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why, obs.KeyEvent, ev.ID)
+	if !ok {
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	}
 	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
 	inv := &invocation{Handler: h, o: o}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
-	inv.store.Actor = "terminate"
-	if lc, ok := lambdacontext.FromContext(ctx); ok {
-		inv.store.Actor += "/" + lc.AwsRequestID
-	}
+	inv.store.Actor = obs.Actor(ctx, "terminate")
 	inv.res = &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: o.Log}
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 
