@@ -248,3 +248,33 @@ func TestReconcileConvergesAfterCrashes(t *testing.T) {
 		})
 	}
 }
+
+// Reconcile checks Kafka: every bound slot's broker registered, and the counts of
+// under-replicated and offline partitions, as metrics.
+func TestReconcileReportsKafkaHealth(t *testing.T) {
+	h := harness.Start(t)
+	c := newCluster(t, h, 3, nil)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	k := newKafka(t, 3)
+	k.Unregister(2)           // broker 2 (slot 2) is bound but not in the cluster
+	k.SetISR("orders", 1, 0)  // one replica in sync: under-replicated
+	k.SetOffline("orders", 2) // no leader: offline
+	r := c.reconciler()
+	r.Kafka = k.client(t)
+	rep, err := c.runReconcile(r, c.scheduleEvent())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Kafka == nil || rep.Kafka.UnderReplicated != 1 || rep.Kafka.Offline != 1 {
+		t.Fatalf("kafka health %+v, want 1 under-replicated and 1 offline", rep.Kafka)
+	}
+	if !slices.Equal(rep.Unregistered, []int32{2}) {
+		t.Errorf("unregistered brokers %v, want [2]", rep.Unregistered)
+	}
+	for _, m := range []string{`"UnderReplicatedPartitions":1`, `"OfflinePartitions":1`, `"UnregisteredBrokers":1`} {
+		if !strings.Contains(c.metrics.String(), m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+}
