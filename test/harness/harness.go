@@ -84,16 +84,18 @@ type Harness struct {
 	forward   http.Handler // reverse proxy to moto
 	requestID atomic.Uint64
 
-	mu         sync.Mutex
-	counts     map[string]int
-	tokens     map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
-	forbidden  []string                    // forbidden calls received (never reset)
-	bodies     map[string][][]byte         // request bodies of mutating calls, by action
-	mutating   []string
-	faults     []*faultState
-	lifecycle  map[lifecycleKey]bool // true once the lifecycle action was completed
-	completion []LifecycleCall
-	heartbeats []LifecycleCall
+	mu        sync.Mutex
+	counts    map[string]int
+	tokens    map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
+	forbidden []string                    // forbidden calls received (never reset)
+	bodies    map[string][][]byte         // request bodies of mutating calls, by action
+
+	dynamoWrites sync.Mutex // serialises DynamoDB writes (see serveHTTP)
+	mutating     []string
+	faults       []*faultState
+	lifecycle    map[lifecycleKey]bool // true once the lifecycle action was completed
+	completion   []LifecycleCall
+	heartbeats   []LifecycleCall
 }
 
 // Start starts moto and the proxy, and registers t.Cleanup to stop both.

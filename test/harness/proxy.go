@@ -75,6 +75,18 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
 		next = func(w http.ResponseWriter, _ *http.Request) { h.serveLifecycle(w, c) }
 	}
+	if c.service == "dynamodb" && isMutating(c.action) {
+		// DynamoDB evaluates a write's condition and applies the write atomically.
+		// moto's threaded server does not: two conditional writes racing on one item
+		// can both pass their condition. Serialising writes restores the guarantee
+		// the lease store's fencing relies on.
+		base := next
+		next = func(w http.ResponseWriter, r *http.Request) {
+			h.dynamoWrites.Lock()
+			defer h.dynamoWrites.Unlock()
+			base(w, r)
+		}
+	}
 	if token := c.form.Get("ClientToken"); c.protocol == protocolQuery && c.service == "ec2" && token != "" {
 		base := next
 		next = func(w http.ResponseWriter, r *http.Request) { h.idempotent(w, r, c.action+"/"+token, base) }
