@@ -10,13 +10,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/route53"
 
 	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/dns"
 	"github.com/slotkeeper/slotkeeper/shared/launch"
 )
 
 func main() {
 	cfg, awsCfg, log := app.Init("launch")
-	h := launch.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), log, os.Stdout)
+	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
+	h := launch.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
+	h.Followers = []launch.Follower{
+		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log), // no-op when DNS is not managed
+	}
 	lambda.Start(h)
 }

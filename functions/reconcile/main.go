@@ -10,15 +10,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/route53"
 
 	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/dns"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/reconcile"
 )
 
 func main() {
 	cfg, awsCfg, log := app.Init("reconcile")
-	h := reconcile.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), log, os.Stdout)
+	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
+	h := reconcile.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
+	h.Repairers = []reconcile.Repairer{dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log)}
 	if len(cfg.Kafka.Bootstrap) > 0 {
 		k, err := kafka.NewClient(cfg.Kafka)
 		if err != nil {
