@@ -168,29 +168,49 @@ func (s *Store) Claim(ctx context.Context, cur Lease, instance, az, reason strin
 	if cur.Holder != "" && cur.Holder != instance {
 		next.LastHolder = cur.Holder
 	}
-	next.ENIID, next.VolumeID, next.IP = cur.ENIID, cur.VolumeID, cur.IP
 	hist := cur.History
 	if len(hist) >= HistoryLimit {
 		hist = hist[len(hist)-HistoryLimit+1:]
 	}
 	next.History = append(append([]Transition(nil), hist...), s.transition(cur.State, Claimed, next.Version, instance, reason, now))
 
-	item, err := attributevalue.MarshalMap(next)
+	// UpdateItem, not PutItem: attributes other paths keep on the item (pending disk
+	// growth, growth history) must survive a change of holder.
+	histAV, err := attributevalue.Marshal(next.History)
 	if err != nil {
-		return Lease{}, fmt.Errorf("encoding lease of slot %d: %w", cur.Slot, err)
+		return Lease{}, fmt.Errorf("encoding history of slot %d: %w", cur.Slot, err)
 	}
-	in := &dynamodb.PutItemInput{TableName: &s.table, Item: item}
+	names := map[string]string{
+		"#s": "state", "#v": "version", "#h": "holder", "#az": "holder_az", "#ca": "claimed_at", "#u": "updated_at", "#hist": "history",
+	}
+	values := map[string]types.AttributeValue{
+		":s": str(string(Claimed)), ":nv": num(next.Version), ":h": str(instance), ":az": str(az),
+		":now": str(now), ":hist": histAV,
+	}
+	update := "SET #s = :s, #v = :nv, #h = :h, #az = :az, #ca = :now, #u = :now, #hist = :hist"
+	if next.LastHolder != "" {
+		names["#lh"], values[":lh"] = "last_holder", str(next.LastHolder)
+		update += ", #lh = :lh"
+	}
+	var cond string
 	if cur.Exists() {
-		in.ConditionExpression = aws.String("#v = :v AND #u = :u")
-		in.ExpressionAttributeNames = map[string]string{"#v": "version", "#u": "updated_at"}
-		in.ExpressionAttributeValues = map[string]types.AttributeValue{
-			":v": num(cur.Version), ":u": &types.AttributeValueMemberS{Value: cur.UpdatedAt},
-		}
+		cond = "#v = :v AND #u = :u"
+		values[":v"], values[":u"] = num(cur.Version), str(cur.UpdatedAt)
 	} else {
-		in.ConditionExpression = aws.String("attribute_not_exists(#c)")
-		in.ExpressionAttributeNames = map[string]string{"#c": "cluster"}
+		cond = "attribute_not_exists(#c)"
+		names["#c"] = "cluster"
 	}
-	if err := s.put(ctx, in); err != nil {
+	if s.Writes != nil {
+		s.Writes()
+	}
+	_, err = s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: &s.table, Key: s.key(cur.Slot), UpdateExpression: &update, ConditionExpression: &cond,
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+	})
+	if awsapi.IsConditionFailed(err) {
+		err = ErrFenced
+	}
+	if err != nil {
 		return Lease{}, fmt.Errorf("claiming slot %d for %s at version %d: %w", cur.Slot, instance, next.Version, err)
 	}
 	return next, nil
@@ -294,17 +314,6 @@ func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, se
 		return Lease{}, fmt.Errorf("moving slot %d (holder %s, version %d) to %s: %w", l.Slot, l.Holder, l.Version, to, err)
 	}
 	return decode(out.Attributes)
-}
-
-func (s *Store) put(ctx context.Context, in *dynamodb.PutItemInput) error {
-	if s.Writes != nil {
-		s.Writes()
-	}
-	_, err := s.db.PutItem(ctx, in)
-	if awsapi.IsConditionFailed(err) {
-		return ErrFenced
-	}
-	return err
 }
 
 func (s *Store) transition(from, to State, version int64, instance, reason, at string) Transition {

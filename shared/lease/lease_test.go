@@ -770,7 +770,7 @@ func (s *suite) testThrottled(t *testing.T) {
 		act     func(t *testing.T, st *lease.Store, l lease.Lease) (lease.Lease, error)
 		want    lease.State
 	}{
-		{"claim", "PutItem",
+		{"claim", "UpdateItem",
 			func(t *testing.T, st *lease.Store, slot int) lease.Lease { return get(t, st, slot) },
 			func(t *testing.T, st *lease.Store, l lease.Lease) (lease.Lease, error) {
 				return st.Claim(t.Context(), l, "i-a", "us-east-1a", "launch")
@@ -853,7 +853,7 @@ func (s *suite) testCrash(t *testing.T) {
 	t.Run("claim", func(t *testing.T) {
 		t.Cleanup(s.h.ClearFaults)
 		cur := get(t, st, 1)
-		s.h.Inject(harness.Fault{Action: "PutItem", Kind: harness.Crash, Times: 1})
+		s.h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.Crash, Times: 1})
 
 		_, err := st.Claim(t.Context(), cur, "i-a", "us-east-1a", "launch")
 		if err == nil || errors.Is(err, lease.ErrFenced) || awsapi.Code(err) != "InjectedCrash" {
