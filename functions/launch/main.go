@@ -13,7 +13,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 
 	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/dns"
+	"github.com/slotkeeper/slotkeeper/shared/grow"
 	"github.com/slotkeeper/slotkeeper/shared/launch"
 )
 
@@ -22,6 +24,7 @@ func main() {
 	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
 	h := launch.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
 	h.Followers = []launch.Follower{
+		grow.NewAlarms(cfg, awsapi.NewCloudWatch(awsCfg), log),      // no-op without SLOTKEEPER_GROW_FUNCTION_ARN
 		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log), // no-op when DNS is not managed
 	}
 	lambda.Start(h)

@@ -11,9 +11,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/dns"
+	"github.com/slotkeeper/slotkeeper/shared/grow"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/reconcile"
 )
@@ -22,7 +26,11 @@ func main() {
 	cfg, awsCfg, log := app.Init("reconcile")
 	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
 	h := reconcile.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
-	h.Repairers = []reconcile.Repairer{dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log)}
+	h.Repairers = []reconcile.Repairer{
+		grow.New(cfg, ec2c, ddb, ssm.NewFromConfig(awsCfg), sns.NewFromConfig(awsCfg), log, os.Stdout), // pending growths
+		grow.NewAlarms(cfg, awsapi.NewCloudWatch(awsCfg), log),                                         // disk alarms on holders
+		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log),                                    // records
+	}
 	if len(cfg.Kafka.Bootstrap) > 0 {
 		k, err := kafka.NewClient(cfg.Kafka)
 		if err != nil {

@@ -32,16 +32,12 @@ type overrideState struct {
 	applied int
 }
 
-// overrideSet is the overrides of one harness. It lives outside Harness so that the
-// hook needs no change to the proxy: it wraps the proxy's forwarder to moto.
+// overrideSet is the overrides of one harness, and the hook that applies them: it
+// wraps the proxy's forwarder to moto (next), so the proxy itself needs no change.
 type overrideSet struct {
+	next      http.Handler
 	mu        sync.Mutex
 	overrides []*overrideState
-}
-
-var overrides struct {
-	sync.Mutex
-	sets map[*Harness]*overrideSet
 }
 
 // Override installs o and returns a function that removes it. Overrides are tried in
@@ -57,25 +53,18 @@ func (h *Harness) Override(o Override) (remove func()) {
 	if o.Action == "" || o.Rewrite == nil || o.Times < 0 {
 		panic("harness: Override needs an Action, a Rewrite and Times >= 0")
 	}
-	overrides.Lock()
-	defer overrides.Unlock()
-	if overrides.sets == nil {
-		overrides.sets = map[*Harness]*overrideSet{}
-	}
-	set := overrides.sets[h]
-	if set == nil {
-		h.mu.Lock()
-		used := len(h.counts) > 0 || len(h.mutating) > 0
-		if !used {
-			set = &overrideSet{}
-			h.forward = set.wrap(h.forward)
-		}
-		h.mu.Unlock()
-		if used {
+	h.mu.Lock()
+	set, installed := h.forward.(*overrideSet)
+	if !installed {
+		if len(h.counts) > 0 || len(h.mutating) > 0 {
+			h.mu.Unlock()
 			panic("harness: the first Override must come before the proxy receives its first call")
 		}
-		overrides.sets[h] = set
+		set = &overrideSet{next: h.forward}
+		h.forward = set
 	}
+	h.mu.Unlock()
+
 	st := &overrideState{Override: o}
 	set.mu.Lock()
 	set.overrides = append(set.overrides, st)
@@ -105,29 +94,28 @@ func (s *overrideSet) match(action string) *overrideState {
 	return nil
 }
 
-// wrap returns next with the set's overrides applied to its answers.
-func (s *overrideSet) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, "harness override: reading request body: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		o := s.match(identify(r, body).action)
-		if o == nil {
-			next.ServeHTTP(w, r)
-			return
-		}
-		r.Header.Del("Accept-Encoding") // a plain body to rewrite
-		rec := httptest.NewRecorder()
-		next.ServeHTTP(rec, r)
-		out := o.Rewrite(body, rec.Body.Bytes())
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-		w.WriteHeader(rec.Code)
-		_, _ = w.Write(out)
-	})
+// ServeHTTP forwards the call to moto and applies the first matching override to
+// the answer.
+func (s *overrideSet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, "harness override: reading request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	o := s.match(identify(r, body).action)
+	if o == nil {
+		s.next.ServeHTTP(w, r)
+		return
+	}
+	r.Header.Del("Accept-Encoding") // a plain body to rewrite
+	rec := httptest.NewRecorder()
+	s.next.ServeHTTP(rec, r)
+	out := o.Rewrite(body, rec.Body.Bytes())
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(out)
 }
