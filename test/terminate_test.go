@@ -233,8 +233,12 @@ func TestTerminateWaitsForRemovalSafety(t *testing.T) {
 		term.SafetyMaxWait = 30 * time.Second
 		recovered := make(chan struct{})
 		go func() {
-			// Recover once terminate has been seen waiting (two heartbeats).
-			for heartbeats(ids[1]) < 2 {
+			// Recover once terminate has found removal unsafe and has been seen waiting
+			// (two more heartbeats after that).
+			for !strings.Contains(c.logs.String(), "removal not safe yet") {
+				time.Sleep(10 * time.Millisecond)
+			}
+			for seen := heartbeats(ids[1]); heartbeats(ids[1]) < seen+2; {
 				time.Sleep(10 * time.Millisecond)
 			}
 			k.Restore("orders", 0)
