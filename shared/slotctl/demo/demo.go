@@ -1,0 +1,680 @@
+// Package demo shows slotkeeper's whole job on one machine, with no AWS account: the
+// real function binaries, built for this machine, run as Lambda runs them (package
+// lambdart: the Lambda Runtime API, configuration by environment variables only)
+// against moto, the AWS emulator the tests use, and an in-process Kafka of three
+// brokers (kfake, with scripted in-sync replicas). It tells one story:
+//
+//  1. three brokers launch together and get slots 0, 1 and 2, one per AZ;
+//  2. broker 1's instance dies without warning; the reconciler frees its slot;
+//  3. the replacement becomes broker 1, with the same IP and the same volume;
+//  4. a planned scale-in is held back while a partition is at min ISR, and goes
+//     ahead once it is safe (controlled shutdown, slot handed back);
+//  5. the group scales back out: the new instance becomes broker 0 again;
+//  6. broker 2's disk passes 85 %: its volume grows;
+//  7. the scheduled reconcile finds nothing to repair; DNS follows the slots.
+//
+// The events are the ones AWS would deliver (lifecycle actions, instance state
+// changes, the schedule, the alarm action), built by the demo in their real shapes,
+// since moto emits none. Run returns a Report: the timeline of events and invocations
+// (with each invocation's AWS calls), the final slot table and the story's claims,
+// checked against the final state.
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/test/harness"
+)
+
+// Options configure a demo run.
+type Options struct {
+	// Root is the slotkeeper checkout whose functions are built; "" finds it from the
+	// working directory.
+	Root string
+	// LogDir receives the functions' logs (one file per function) and the setup log;
+	// "" creates a temporary directory, which is kept for reading afterwards.
+	LogDir string
+	// Out is where the story is told.
+	Out *slotctl.Output
+}
+
+// Event is one row of the timeline: something that happened in the world (Function
+// empty), or an invocation of a function.
+type Event struct {
+	AtMS     int64  `json:"at_ms"` // since the demo started
+	Event    string `json:"event"`
+	Function string `json:"function,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+	// Calls and Writes count the invocation's AWS calls (SDK retries included), and
+	// the ones that changed something; CallsByAction names them.
+	Calls         int            `json:"aws_calls,omitempty"`
+	Writes        int            `json:"aws_writes,omitempty"`
+	CallsByAction map[string]int `json:"calls_by_action,omitempty"`
+	DurationMS    int64          `json:"duration_ms,omitempty"`
+	ColdStart     bool           `json:"cold_start,omitempty"`
+	RequestID     string         `json:"request_id,omitempty"`
+	// Response is what the function returned.
+	Response json.RawMessage `json:"response,omitempty"`
+}
+
+// Check is one claim of the story, checked against the final state.
+type Check struct {
+	Claim  string `json:"claim"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// Report is what a demo run did and ended with.
+type Report struct {
+	DurationMS int64          `json:"duration_ms"`
+	Platform   string         `json:"platform"`
+	LogDir     string         `json:"log_dir"`
+	Timeline   []Event        `json:"timeline"`
+	Final      slotctl.Survey `json:"final"`
+	Checks     []Check        `json:"checks"`
+	// Passed is true when every check holds.
+	Passed bool `json:"passed"`
+}
+
+// demo is one run of the story.
+type demo struct {
+	opt   Options
+	r     *runner
+	p     *progress
+	start time.Time
+	st    *Stage
+	f     *fleet
+	store *lease.Store // reads leases directly at moto (uncounted)
+
+	mu       sync.Mutex
+	timeline []Event
+	nodes    map[string]int // instance -> node id of the slot it holds
+	holds    chan string    // reasons the terminate function logged for holding on
+
+	// What the story noted on the way, for the checks.
+	first        map[int]lease.Lease // slot -> lease after the first launches
+	crashed      string              // broker 1's first instance
+	released     []int               // slots the crash's reconcile released
+	replacement  string
+	leaver       string // the scale-in's instance
+	leaverResult map[string]any
+	heldFor      time.Duration
+	holdReasons  []string
+	returner     string // the scale-out's instance
+	grown        map[string]any
+}
+
+// Run tells the story (see the package documentation) and reports it. The error is
+// for a demo that could not run: the emulator missing (ErrNoEmulator), a build that
+// failed, a function that failed. A story that ran but ended in a wrong state is
+// reported with Passed false and a nil error.
+func Run(ctx context.Context, opt Options) (Report, error) {
+	d := &demo{opt: opt, start: time.Now(), nodes: map[string]int{}, holds: make(chan string, 64), first: map[int]lease.Lease{}}
+	rep := Report{Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	if opt.Root == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return rep, fmt.Errorf("finding the working directory: %w", err)
+		}
+		if opt.Root, err = findRoot(wd); err != nil {
+			return rep, err
+		}
+		d.opt.Root = opt.Root
+	}
+	if opt.LogDir == "" {
+		dir, err := os.MkdirTemp("", "slotkeeper-demo-")
+		if err != nil {
+			return rep, fmt.Errorf("creating the log directory: %w", err)
+		}
+		d.opt.LogDir = dir
+	} else if err := os.MkdirAll(opt.LogDir, 0o755); err != nil {
+		return rep, fmt.Errorf("creating the log directory: %w", err)
+	}
+	rep.LogDir = d.opt.LogDir
+	setupLog, err := os.Create(filepath.Join(d.opt.LogDir, "setup.log"))
+	if err != nil {
+		return rep, fmt.Errorf("creating the setup log: %w", err)
+	}
+	defer setupLog.Close()
+	d.r = newRunner(setupLog)
+	d.p = newProgress(opt.Out, d.start)
+
+	ctx, cancel := context.WithCancel(ctx) // stops the build, should the story end first
+	defer cancel()
+	var storyErr error
+	err = d.r.guard(func() { storyErr = d.story(ctx, &rep) })
+	if storyErr != nil && err == nil {
+		err = storyErr
+	}
+	if cerr := d.r.finish(); cerr != nil && err == nil {
+		err = fmt.Errorf("after the story: %w", cerr)
+	}
+	d.mu.Lock()
+	rep.Timeline = slices.Clone(d.timeline)
+	d.mu.Unlock()
+	// Invocations are recorded when they end; the timeline is by start.
+	slices.SortStableFunc(rep.Timeline, func(a, b Event) int { return int(a.AtMS - b.AtMS) })
+	rep.DurationMS = time.Since(d.start).Milliseconds()
+	return rep, err
+}
+
+// story is the demo proper; a setup failure inside it panics (runner.Fatalf).
+func (d *demo) story(ctx context.Context, rep *Report) error {
+	if err := d.setUp(ctx); err != nil {
+		return err
+	}
+	steps := []struct {
+		title string
+		run   func(context.Context) error
+	}{
+		{"1. Three brokers launch together", d.launchThree},
+		{"2. Broker 1's instance dies without warning", d.crash},
+		{"3. The group replaces it: the new instance becomes broker 1", d.replace},
+		{"4. A planned scale-in waits until Kafka can lose the broker", d.scaleIn},
+		{"5. The group scales back out: the new instance becomes broker 0", d.scaleOut},
+		{"6. Broker 2's disk passes 85 %", d.grow},
+		{"7. The scheduled reconcile, and DNS", d.reconcile},
+	}
+	for _, s := range steps {
+		d.p.Step(s.title)
+		if err := s.run(ctx); err != nil {
+			return fmt.Errorf("%s: %w (function logs: %s)", s.title, err, d.opt.LogDir)
+		}
+	}
+	var err error
+	if rep.Final, err = slotctl.Inspect(ctx, d.st.Clients(), d.st.Config, slotctl.SurveyOptions{KnownSubnets: true}); err != nil {
+		return fmt.Errorf("reading the final state: %w", err)
+	}
+	if dnsSt := rep.Final.DNS; dnsSt != nil && len(dnsSt.Drift) == 0 {
+		d.p.Note("DNS: the %d records under %s match the slots; bootstrap is %v", dnsSt.Records, dnsSt.Name, dnsSt.Bootstrap)
+	} else if dnsSt != nil {
+		d.p.Note("DNS: %d record(s) differ from the slots: %v", len(dnsSt.Drift), dnsSt.Drift)
+	}
+	rep.Checks = d.checks(rep.Final)
+	rep.Passed = !slices.ContainsFunc(rep.Checks, func(c Check) bool { return !c.OK })
+	return nil
+}
+
+// setUp starts moto, builds the world and Kafka, builds the functions and runs
+// preflight against the result.
+func (d *demo) setUp(ctx context.Context) error {
+	d.p.Step("Setting the stage")
+	built := make(chan error, 1)
+	binDir := filepath.Join(d.opt.LogDir, "functions")
+	go func() { built <- build(ctx, d.opt.Root, binDir) }()
+
+	var h *harness.Harness
+	_ = d.p.Wait("starting moto, the AWS emulator", func() error {
+		h = harness.Start(d.r)
+		return nil
+	})
+	_ = d.p.Wait("building the world: VPC, lease table, zone, group, Kafka", func() error {
+		d.st = NewStage(d.r, h, "demo")
+		return nil
+	})
+	d.p.Note("a VPC with subnets in us-east-1a, b and c; lease table %s; private zone %s; group %s with a launch and a terminate hook; Kafka (kfake): brokers 0, 1, 2, topic %s (3 partitions, RF 3, min ISR 2)",
+		d.st.Config.Table, d.st.Config.DNS.Name, d.st.Config.ASGName, Topic)
+	// A controlled shutdown (the stop command over SSM) stops the broker: it leaves the
+	// cluster metadata and the ISRs. moto runs no command; the proxy tells the demo.
+	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
+		d.stopCommand(req)
+		return resp
+	}})
+	d.store = lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), d.st.Config.Table, d.st.Config.Cluster)
+
+	if err := d.p.Wait(fmt.Sprintf("building the five functions for %s/%s", runtime.GOOS, runtime.GOARCH),
+		func() error { return <-built }); err != nil {
+		return err
+	}
+	env := append(d.st.Env(),
+		"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_XRAY_SDK_DISABLED=true",
+		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true")
+	f, err := newFleet(binDir, d.opt.LogDir, h.URL, env, d.watch)
+	if err != nil {
+		return err
+	}
+	d.f = f
+	d.r.Cleanup(func() {
+		if err := f.close(); err != nil {
+			d.r.Errorf("stopping the functions: %v", err)
+		}
+	})
+
+	pre := slotctl.Preflight(ctx, d.st.Clients(), d.st.Config)
+	var notOK []string
+	for _, c := range pre.Checks {
+		if c.Result != slotctl.CheckOK {
+			notOK = append(notOK, c.Name+": "+c.Result+" ("+c.Detail+")")
+		}
+	}
+	if len(notOK) > 0 {
+		return fmt.Errorf("preflight of the demo's deployment: %s", strings.Join(notOK, "; "))
+	}
+	d.p.Note("slotctl preflight: all %d checks pass (subnets, lease table, group, hooks, topics, hosted zone)", len(pre.Checks))
+	// No instance runs yet, so no broker is registered.
+	for n := range Slots {
+		d.st.Kafka.Unregister(int32(n))
+	}
+	return nil
+}
+
+// watch reads the functions' log lines: the terminate function's reasons for holding
+// a termination back.
+func (d *demo) watch(fn string, line []byte) {
+	if fn != "terminate" || !strings.Contains(string(line), "removal not safe yet") {
+		return
+	}
+	var rec struct {
+		Reason string `json:"reason"`
+	}
+	_ = json.Unmarshal(line, &rec)
+	select {
+	case d.holds <- rec.Reason:
+	default:
+	}
+}
+
+// stopCommand sees every SSM SendCommand: a command running the deployment's stop
+// command stops the broker of each instance it targets.
+func (d *demo) stopCommand(req []byte) {
+	var in struct {
+		InstanceIds []string
+		Parameters  map[string][]string
+	}
+	if json.Unmarshal(req, &in) != nil || !slices.Contains(in.Parameters["commands"], d.st.Config.StopCommand) {
+		return
+	}
+	for _, id := range in.InstanceIds {
+		d.mu.Lock()
+		node, ok := d.nodes[id]
+		d.mu.Unlock()
+		if ok {
+			d.st.Kafka.Unregister(int32(node))
+			d.outOfSync(int32(node))
+			d.world(fmt.Sprintf("SSM runs %q on %s", d.st.Config.StopCommand, id), fmt.Sprintf("broker %d shuts down cleanly, leaves the cluster", node))
+		}
+	}
+}
+
+// outOfSync takes broker out of the ISR of every partition of the topic.
+func (d *demo) outOfSync(broker int32) {
+	for p := range int32(3) {
+		var isr []int32
+		for _, r := range d.st.Kafka.Replicas(Topic, p) {
+			if r != broker {
+				isr = append(isr, r)
+			}
+		}
+		d.st.Kafka.SetISR(Topic, p, isr...)
+	}
+}
+
+// inSync puts every replica of the topic back in sync.
+func (d *demo) inSync() {
+	for p := range int32(3) {
+		d.st.Kafka.Restore(Topic, p)
+	}
+}
+
+// world records something that happened outside the functions.
+func (d *demo) world(what, outcome string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.timeline = append(d.timeline, Event{AtMS: time.Since(d.start).Milliseconds(), Event: what, Outcome: outcome})
+	if outcome != "" {
+		what += ": " + outcome
+	}
+	d.p.Note("%s", what)
+}
+
+// invoke delivers payload to function fn, records the invocation and returns the
+// function's response, decoded.
+func (d *demo) invoke(ctx context.Context, fn, what string, payload []byte) (map[string]any, error) {
+	inv, err := d.f.invoke(ctx, fn, payload)
+	ev := Event{AtMS: inv.Started.Sub(d.start).Milliseconds(), Event: what, Function: fn, CallsByAction: inv.Calls,
+		DurationMS: inv.Result.Duration.Milliseconds(), ColdStart: inv.Result.ColdStart, RequestID: inv.RequestID,
+		Response: inv.Response}
+	for op, n := range inv.Calls {
+		ev.Calls += n
+		if isWrite(op) {
+			ev.Writes += n
+		}
+	}
+	var resp map[string]any
+	if err != nil {
+		ev.Outcome = "error: " + err.Error()
+	} else if jerr := json.Unmarshal(inv.Response, &resp); jerr != nil {
+		err = fmt.Errorf("the %s function answered %q: %w", fn, inv.Response, jerr)
+	} else {
+		ev.Outcome = Summarize(fn, resp)
+	}
+	d.mu.Lock()
+	d.timeline = append(d.timeline, ev)
+	d.mu.Unlock()
+	return resp, err
+}
+
+// brokerUp delivers what AWS sends when instance id starts: its running state change
+// (to dns) and then the launch lifecycle action (to launch); once the launch is
+// completed, the broker starts and registers with Kafka. It returns the slot.
+func (d *demo) brokerUp(ctx context.Context, id string) (int, error) {
+	if _, err := d.invoke(ctx, "dns", "EC2: "+id+" is running", StateChangeEvent(id, "running")); err != nil {
+		return 0, err
+	}
+	res, err := d.invoke(ctx, "launch", "launch lifecycle action of "+id, LifecycleEvent(d.st.Config.ASGName, id, true))
+	if err != nil {
+		return 0, err
+	}
+	if res["outcome"] != "continue" {
+		return 0, fmt.Errorf("the launch of %s ended %v: %v", id, res["outcome"], res["reason"])
+	}
+	s := int(num(res["slot"]))
+	node := d.st.Config.NodeID(s)
+	d.mu.Lock()
+	d.nodes[id] = node
+	d.mu.Unlock()
+	d.st.Kafka.Register(int32(node))
+	return s, nil
+}
+
+// launchThree: the group launches three instances, one per AZ, at once.
+func (d *demo) launchThree(ctx context.Context) error {
+	ids := make([]string, Slots)
+	for i := range ids {
+		ids[i] = d.st.Launch(d.r, i)
+	}
+	d.world("the group launches three instances", "one in each of us-east-1a, b, c; Pending:Wait")
+	slots := make([]int, Slots)
+	errs := make([]error, Slots)
+	err := d.p.Wait("three launch lifecycle actions, handled concurrently", func() error {
+		var wg sync.WaitGroup
+		for i, id := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				slots[i], errs[i] = d.brokerUp(ctx, id)
+			}()
+		}
+		wg.Wait()
+		return firstErr(errs)
+	})
+	if err != nil {
+		return err
+	}
+	for i, id := range ids {
+		l, err := d.store.Get(ctx, slots[i])
+		if err != nil {
+			return err
+		}
+		d.first[slots[i]] = l
+		d.p.Note("%s is broker %d (slot %d): ENI %s with IP %s, volume %s", id, d.st.Config.NodeID(slots[i]), slots[i], l.ENIID, l.IP, l.VolumeID)
+	}
+	d.crashed = d.first[1].Holder
+	return nil
+}
+
+// crash: broker 1's instance is terminated by EC2 with no lifecycle hook involved
+// (a hardware failure); the state-change events reach dns and reconcile.
+func (d *demo) crash(ctx context.Context) error {
+	id := d.crashed
+	d.st.H.TerminateInstance(d.r, id)
+	d.st.Kafka.Unregister(1)
+	d.outOfSync(1)
+	d.world(fmt.Sprintf("EC2 terminates %s (broker 1)", id), "no hook, no warning; Kafka: broker 1 gone, under-replicated")
+	if _, err := d.invoke(ctx, "dns", "EC2: "+id+" is shutting-down", StateChangeEvent(id, "shutting-down")); err != nil {
+		return err
+	}
+	return d.p.Wait("the reconciler frees the dead broker's slot", func() error {
+		res, err := d.invoke(ctx, "reconcile", "EC2: "+id+" is terminated", StateChangeEvent(id, "terminated"))
+		if err != nil {
+			return err
+		}
+		for _, s := range list(res["released"]) {
+			d.released = append(d.released, int(num(s)))
+		}
+		if _, err := d.invoke(ctx, "dns", "EC2: "+id+" is terminated", StateChangeEvent(id, "terminated")); err != nil {
+			return err
+		}
+		if !slices.Contains(d.released, 1) {
+			return fmt.Errorf("reconcile released slots %v, not slot 1", d.released)
+		}
+		return nil
+	})
+}
+
+// replace: the group's health check notices and launches a replacement in the AZ.
+func (d *demo) replace(ctx context.Context) error {
+	d.replacement = d.st.Launch(d.r, 1)
+	d.world(fmt.Sprintf("the group replaces it: %s", d.replacement), "in us-east-1b; Pending:Wait")
+	return d.p.Wait("the replacement takes slot 1", func() error {
+		s, err := d.brokerUp(ctx, d.replacement)
+		if err != nil {
+			return err
+		}
+		l, err := d.store.Get(ctx, s)
+		if err != nil {
+			return err
+		}
+		was := d.first[1]
+		d.p.Note("%s is broker 1: IP %s (was %s), volume %s (was %s); broker 1 catching up", d.replacement, l.IP, was.IP, l.VolumeID, was.VolumeID)
+		return nil
+	})
+}
+
+// scaleIn: the group scales in and picks broker 0 while broker 1 is still catching
+// up, so every partition is at min ISR with broker 0 in its ISR.
+func (d *demo) scaleIn(ctx context.Context) error {
+	d.leaver = d.first[0].Holder
+	d.world(fmt.Sprintf("the group scales in: %s (broker 0)", d.leaver), "3 to 2; Terminating:Wait")
+	type result struct {
+		res map[string]any
+		err error
+	}
+	done := make(chan result, 1)
+	began := time.Now()
+	go func() {
+		res, err := d.invoke(ctx, "terminate", "terminate lifecycle action of "+d.leaver, LifecycleEvent(d.st.Config.ASGName, d.leaver, false))
+		done <- result{res, err}
+	}()
+	// Let the function check twice and hold on; then broker 1 catches up.
+	err := d.p.Wait("the terminate function holds the termination: removal is not safe", func() error {
+		for len(d.holdReasons) < 2 {
+			select {
+			case why := <-d.holds:
+				d.holdReasons = append(d.holdReasons, why)
+			case r := <-done:
+				done <- r
+				return fmt.Errorf("the terminate function finished without holding on (outcome %v)", r.res["outcome"])
+			case <-time.After(30 * time.Second):
+				return fmt.Errorf("the terminate function did not report holding on within 30s")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	first, _, _ := strings.Cut(d.holdReasons[0], "; ") // the first blocking partition
+	d.p.Note("held: %s", first)
+	d.inSync()
+	d.world("broker 1 has caught up", "every partition of "+Topic+" in sync on brokers 0, 1, 2")
+	var r result
+	err = d.p.Wait("the termination goes ahead: shutdown, detach, release, CONTINUE", func() error {
+		r = <-done
+		return r.err
+	})
+	if err != nil {
+		return err
+	}
+	d.heldFor, d.leaverResult = time.Since(began), r.res
+	if r.res["outcome"] != "released" || r.res["planned"] != true || r.res["forced"] == true {
+		return fmt.Errorf("the termination ended %v (planned %v, forced %v): %v", r.res["outcome"], r.res["planned"], r.res["forced"], r.res["reason"])
+	}
+	// CONTINUE: the group terminates the instance; its state changes follow.
+	d.st.H.TerminateInstance(d.r, d.leaver)
+	d.world("the group terminates "+d.leaver, "Terminating:Proceed")
+	if _, err := d.invoke(ctx, "dns", "EC2: "+d.leaver+" is terminated", StateChangeEvent(d.leaver, "terminated")); err != nil {
+		return err
+	}
+	_, err = d.invoke(ctx, "reconcile", "EC2: "+d.leaver+" is terminated", StateChangeEvent(d.leaver, "terminated"))
+	return err
+}
+
+// scaleOut: the group grows back to 3; the AZ short of a broker is us-east-1a.
+func (d *demo) scaleOut(ctx context.Context) error {
+	d.returner = d.st.Launch(d.r, 0)
+	d.world(fmt.Sprintf("the group scales out: %s", d.returner), "2 to 3, in us-east-1a; Pending:Wait")
+	return d.p.Wait("the new instance takes slot 0", func() error {
+		if _, err := d.brokerUp(ctx, d.returner); err != nil {
+			return err
+		}
+		d.inSync()
+		d.world("broker 0 starts and catches up", "every partition in sync")
+		return nil
+	})
+}
+
+// grow: broker 2's disk alarm fires and invokes the grow function.
+func (d *demo) grow(ctx context.Context) error {
+	l, err := d.store.Get(ctx, 2)
+	if err != nil {
+		return err
+	}
+	cfg := d.st.Config
+	d.world(fmt.Sprintf("CloudWatch: %s's disk at 86.3 %%", l.Holder), fmt.Sprintf("alarm slotkeeper-%s-disk-2: ALARM", cfg.Cluster))
+	return d.p.Wait("the grow function grows broker 2's volume and filesystem", func() error {
+		res, err := d.invoke(ctx, "grow", "alarm action: slot 2's disk alarm", AlarmEvent(cfg.Cluster, 2, l.Holder, cfg.Grow.DataMount, 84.9, 86.3, float64(cfg.Grow.ThresholdPercent)))
+		if err != nil {
+			return err
+		}
+		if res["outcome"] != "grown" {
+			return fmt.Errorf("grow ended %v: %v", res["outcome"], res["reason"])
+		}
+		d.grown = res
+		return nil
+	})
+}
+
+// reconcile: the scheduled run, which repairs drift and reads Kafka's health.
+func (d *demo) reconcile(ctx context.Context) error {
+	return d.p.Wait("the scheduled reconcile checks everything", func() error {
+		_, err := d.invoke(ctx, "reconcile", "schedule (every 5 minutes)", ScheduleEvent())
+		return err
+	})
+}
+
+// checks tests the story's claims against the final state.
+func (d *demo) checks(sv slotctl.Survey) []Check {
+	row := func(s int) slotctl.SlotRow {
+		if s < len(sv.Slots) {
+			return sv.Slots[s]
+		}
+		return slotctl.SlotRow{}
+	}
+	var out []Check
+	add := func(ok bool, claim, detail string, args ...any) {
+		out = append(out, Check{Claim: claim, OK: ok, Detail: fmt.Sprintf(detail, args...)})
+	}
+	azs := map[string]bool{}
+	for s := range Slots {
+		azs[d.first[s].HolderAZ] = d.first[s].State == lease.Bound
+	}
+	add(len(d.first) == Slots && len(azs) == Slots && !slices.Contains(mapsValues(azs), false),
+		"three brokers launched together took slots 0, 1, 2, one per AZ", "%d slots bound in %d AZs", len(d.first), len(azs))
+	add(slices.Equal(d.released, []int{1}), "the reconciler freed the dead broker's slot", "released slots %v", d.released)
+	r1, was1 := row(1), d.first[1]
+	add(r1.Holder == d.replacement && r1.IP == was1.IP && r1.Volume == was1.VolumeID && r1.ENI == was1.ENIID,
+		"the replacement is broker 1 with the same IP and volume", "holder %s, IP %s (was %s), volume %s (was %s)", r1.Holder, r1.IP, was1.IP, r1.Volume, was1.VolumeID)
+	checksMade := int(num(d.leaverResult["safety_checks"]))
+	add(len(d.holdReasons) >= 2 && checksMade > len(d.holdReasons)-1 && d.leaverResult["forced"] != true,
+		"the planned scale-in was held while unsafe and went ahead once safe", "%d unsafe checks, %d checks in all, %s from event to CONTINUE, not forced",
+		len(d.holdReasons), checksMade, round(d.heldFor))
+	r0, was0 := row(0), d.first[0]
+	add(r0.Holder == d.returner && r0.IP == was0.IP && r0.Volume == was0.VolumeID,
+		"the scale-out's instance is broker 0 with the same IP and volume", "holder %s, IP %s (was %s), volume %s (was %s)", r0.Holder, r0.IP, was0.IP, r0.Volume, was0.VolumeID)
+	r2 := row(2)
+	add(d.grown != nil && r2.SizeGiB == int32(num(d.grown["to_gib"])) && r2.SizeGiB > VolumeGiB,
+		"broker 2's volume grew", "%d GiB -> %d GiB (volume %s)", VolumeGiB, r2.SizeGiB, r2.Volume)
+	bound := 0
+	for _, r := range sv.Slots {
+		if r.State == string(lease.Bound) && r.HolderState == "running" {
+			bound++
+		}
+	}
+	add(bound == Slots, "every slot is bound to a running broker", "%d of %d slots", bound, Slots)
+	dnsOK := sv.DNS != nil && len(sv.DNS.Drift) == 0 && len(sv.DNS.Bootstrap) == Slots
+	for _, r := range sv.Slots {
+		dnsOK = dnsOK && len(r.DNSValues) == 1 && r.DNSValues[0] == r.IP
+	}
+	drift := []string{}
+	if sv.DNS != nil {
+		drift = sv.DNS.Drift
+	}
+	add(dnsOK, "DNS follows the slots: broker-0..2 and bootstrap", "drift %v", drift)
+	kOK := sv.Kafka != nil && sv.Kafka.Error == "" && len(sv.Kafka.Brokers) == Slots && sv.Kafka.UnderReplicated == 0 && sv.Kafka.Offline == 0
+	kafka := "not asked"
+	if k := sv.Kafka; k != nil {
+		kafka = strings.TrimSpace(fmt.Sprintf("brokers %v, %d under-replicated, %d offline %s", k.Brokers, k.UnderReplicated, k.Offline, k.Error))
+	}
+	add(kOK, "Kafka: three brokers registered, every partition in sync", "%s", kafka)
+	comps := d.st.H.Completions()
+	cont := 0
+	for _, c := range comps {
+		if c.Result == "CONTINUE" {
+			cont++
+		}
+	}
+	forbidden := d.st.H.Forbidden()
+	add(cont == len(comps) && len(comps) == 6 && len(forbidden) == 0,
+		"every lifecycle action was completed with CONTINUE; no volume or ENI was ever deleted",
+		"%d of %d completions CONTINUE (5 launches, 1 termination); forbidden calls %v", cont, len(comps), forbidden)
+	return out
+}
+
+func mapsValues(m map[string]bool) []bool {
+	var v []bool
+	for _, b := range m {
+		v = append(v, b)
+	}
+	return v
+}
+
+func firstErr(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// num reads a JSON number (float64) as a float, 0 when absent.
+func num(v any) float64 {
+	f, _ := v.(float64)
+	return f
+}
+
+func list(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
+
+func shorten(s string, n int) string {
+	if len([]rune(s)) <= n {
+		return s
+	}
+	return string([]rune(s)[:n-1]) + "…"
+}

@@ -1,0 +1,146 @@
+package demo_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/shared/slotctl/demo"
+)
+
+// TestDemoEndToEnd runs `slotctl demo --json` as CI does, and checks the final state
+// from the JSON document, independently of the demo's own checks. Without moto it is
+// skipped, except under CI=true, where it fails: a CI that silently skips the demo
+// would hide a broken setup.
+func TestDemoEndToEnd(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") != "true" {
+		t.Skip("the demo builds five binaries and runs for about half a minute")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	logs := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	began := time.Now()
+	code := slotctl.Main(ctx, []string{"demo", "--json", "--logs", logs},
+		slotctl.IO{Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}, demo.Command())
+	elapsed := time.Since(began)
+
+	var doc struct {
+		demo.Report
+		Error string `json:"error"`
+		Hint  string `json:"hint"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &doc); err != nil {
+		t.Fatalf("exit %d; stdout is not one JSON document (%v):\n%s\nstderr:\n%s", code, err, stdout.String(), stderr.String())
+	}
+	if code == slotctl.ExitUnreachable && strings.Contains(doc.Error, demo.ErrNoEmulator.Error()) && os.Getenv("CI") != "true" {
+		t.Skipf("skipping the demo: %s (%s)", doc.Error, doc.Hint)
+	}
+	if code != slotctl.ExitOK || !doc.Passed {
+		t.Errorf("exit %d, passed %v, error %q (hint %q)", code, doc.Passed, doc.Error, doc.Hint)
+		for _, c := range doc.Checks {
+			if !c.OK {
+				t.Errorf("claim failed: %s (%s)", c.Claim, c.Detail)
+			}
+		}
+		t.Logf("progress:\n%s", stderr.String())
+		dumpLogs(t, logs)
+		if doc.Error != "" {
+			t.FailNow()
+		}
+	}
+	t.Logf("demo: %.1fs in all (%.1fs by its own clock), %d timeline rows", elapsed.Seconds(), float64(doc.DurationMS)/1000, len(doc.Timeline))
+
+	// The final slot table: every slot bound to a running broker, in its own AZ, with
+	// its node id, IP, volume and DNS name; broker 2's volume grown.
+	sizes := []int32{demo.VolumeGiB, demo.VolumeGiB, 144}
+	azs := []string{"us-east-1a", "us-east-1b", "us-east-1c"}
+	for i, r := range doc.Final.Slots {
+		if r.Slot != i || r.NodeID != i || r.State != "bound" || r.HolderState != "running" || r.AZ != azs[i] ||
+			r.IP == "" || !strings.HasPrefix(r.Volume, "vol-") || r.SizeGiB != sizes[i] || r.Registered == nil || !*r.Registered {
+			t.Errorf("final slot %d: %+v", i, r)
+		}
+		if !strings.HasPrefix(r.DNSName, "broker-") || !slices.Equal(r.DNSValues, []string{r.IP}) {
+			t.Errorf("final slot %d: DNS %s = %v, want [%s]", i, r.DNSName, r.DNSValues, r.IP)
+		}
+	}
+	if k := doc.Final.Kafka; k == nil || !slices.Equal(k.Brokers, []int32{0, 1, 2}) || k.UnderReplicated != 0 || k.Offline != 0 {
+		t.Errorf("final Kafka health %+v", doc.Final.Kafka)
+	}
+	if d := doc.Final.DNS; d == nil || len(d.Drift) != 0 || len(d.Bootstrap) != 3 {
+		t.Errorf("final DNS %+v", doc.Final.DNS)
+	}
+
+	// The timeline: the functions answered as the story says.
+	outcomes := map[string][]string{}
+	for _, e := range doc.Timeline {
+		if e.Function != "" {
+			outcomes[e.Function] = append(outcomes[e.Function], e.Outcome)
+			if e.Calls == 0 || e.DurationMS < 0 || e.RequestID == "" {
+				t.Errorf("invocation row %+v lacks its calls, duration or request id", e)
+			}
+		}
+	}
+	wantPrefix := map[string][]string{
+		"launch":    {"continue · slot", "continue · slot", "continue · slot", "continue · slot 1", "continue · slot 0"},
+		"terminate": {"released · slot 0 · planned · "},
+		"reconcile": {"reconciled · released slot 1", "reconciled", "reconciled"},
+		"grow":      {"grown · slot 2 · 100 → 144 GiB"},
+	}
+	for fn, want := range wantPrefix {
+		got := outcomes[fn]
+		if len(got) != len(want) {
+			t.Errorf("%s outcomes %q, want %d invocations", fn, got, len(want))
+			continue
+		}
+		if fn == "launch" {
+			slices.Sort(got[:3]) // the first three ran concurrently
+		}
+		for i := range want {
+			if !strings.HasPrefix(got[i], want[i]) {
+				t.Errorf("%s invocation %d: %q, want %q...", fn, i, got[i], want[i])
+			}
+		}
+	}
+	if len(outcomes["dns"]) < 5 {
+		t.Errorf("dns outcomes %q: want one per instance state change", outcomes["dns"])
+	}
+}
+
+func dumpLogs(t *testing.T, dir string) {
+	t.Helper()
+	for _, fn := range demo.FunctionNames {
+		b, err := os.ReadFile(dir + "/" + fn + ".log")
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		t.Logf("%s log (last 15 lines):\n%s", fn, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
+}
+
+// Without moto the demo stops at once with ErrNoEmulator, which the end-to-end test
+// skips on; under CI=true the harness fails instead of skipping, so the demo's error
+// is not ErrNoEmulator and the end-to-end test fails.
+func TestDemoWithoutEmulator(t *testing.T) {
+	t.Setenv("SLOTKEEPER_MOTO_SERVER", "/nonexistent/moto_server")
+	for _, ci := range []string{"", "true"} {
+		t.Setenv("CI", ci)
+		out := slotctl.NewOutput(io.Discard, io.Discard, false, false)
+		_, err := demo.Run(context.Background(), demo.Options{Out: out, LogDir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), "moto_server not found") {
+			t.Fatalf("CI=%q: %v, want an error saying moto_server was not found", ci, err)
+		}
+		if got, want := errors.Is(err, demo.ErrNoEmulator), ci != "true"; got != want {
+			t.Errorf("CI=%q: errors.Is(err, ErrNoEmulator) = %v, want %v (%v)", ci, got, want, err)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package demo
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/route53"
+	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
+
+	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
+	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/test/harness"
+)
+
+// Names in the demo's deployment.
+const (
+	Slots         = 3
+	LaunchHook    = "slotkeeper-launch"
+	TerminateHook = "slotkeeper-terminate"
+	// Topic is the demo's topic: 3 partitions, replication factor 3, min ISR 2.
+	Topic = "orders"
+	// VolumeGiB is a new slot volume's size.
+	VolumeGiB = 100
+)
+
+// Stage is a slotkeeper deployment on this machine: in moto (behind the harness
+// proxy) a VPC with three AZs, the lease table, a private hosted zone and the brokers'
+// Auto Scaling group with both lifecycle hooks; and an in-process Kafka (kfake) of
+// three brokers with a topic. Everything was created directly at moto, so the proxy
+// has counted nothing yet.
+type Stage struct {
+	H      *harness.Harness
+	World  *harness.World
+	Kafka  *kafkatest.Cluster
+	ZoneID string
+	// Vars are the deployment's SLOTKEEPER_ variables (names without the prefix), as
+	// the functions would be configured.
+	Vars map[string]string
+	// Config is Vars, loaded.
+	Config config.Config
+}
+
+// NewStage builds a deployment of cluster in h. Names derive from cluster, so several
+// stages can share a harness.
+func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
+	t.Helper()
+	w := h.NewWorld(t, cluster+"-leases")
+	s := &Stage{H: h, World: w}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	direct := h.DirectConfig()
+
+	// The brokers' group: the slot subnets, room for the slots, both hooks.
+	asgName := cluster + "-brokers"
+	ec2c := ec2.NewFromConfig(direct)
+	if _, err := ec2c.CreateLaunchTemplate(ctx, &ec2.CreateLaunchTemplateInput{
+		LaunchTemplateName: aws.String(cluster + "-broker"),
+		LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String(w.AMI), InstanceType: ec2types.InstanceTypeT3Large},
+	}); err != nil {
+		t.Fatalf("creating the launch template: %v", err)
+	}
+	asg := autoscaling.NewFromConfig(direct)
+	var subnets []string
+	for _, sn := range w.Subnets {
+		subnets = append(subnets, sn.ID)
+	}
+	if _, err := asg.CreateAutoScalingGroup(ctx, &autoscaling.CreateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(asgName),
+		LaunchTemplate:       &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(cluster + "-broker"), Version: aws.String("$Latest")},
+		MinSize:              aws.Int32(0), MaxSize: aws.Int32(Slots), DesiredCapacity: aws.Int32(0),
+		VPCZoneIdentifier: aws.String(strings.Join(subnets, ",")),
+	}); err != nil {
+		t.Fatalf("creating group %s: %v", asgName, err)
+	}
+	for _, hk := range []struct{ name, transition, result string }{
+		{LaunchHook, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"},
+		{TerminateHook, "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"},
+	} {
+		if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
+			AutoScalingGroupName: aws.String(asgName), LifecycleHookName: aws.String(hk.name),
+			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(300),
+		}); err != nil {
+			t.Fatalf("creating lifecycle hook %s: %v", hk.name, err)
+		}
+	}
+
+	// The private zone of the broker names.
+	dnsName := cluster + ".kafka.internal"
+	zone, err := route53.NewFromConfig(direct).CreateHostedZone(ctx, &route53.CreateHostedZoneInput{
+		Name: aws.String(dnsName), CallerReference: aws.String(cluster + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)),
+		HostedZoneConfig: &r53types.HostedZoneConfig{PrivateZone: true, Comment: aws.String("slotkeeper demo")},
+		VPC:              &r53types.VPC{VPCId: aws.String(w.VPCID), VPCRegion: r53types.VPCRegion(h.Region)},
+	})
+	if err != nil {
+		t.Fatalf("creating hosted zone %s: %v", dnsName, err)
+	}
+	s.ZoneID = strings.TrimPrefix(aws.ToString(zone.HostedZone.Id), "/hostedzone/")
+
+	// Kafka: brokers 0..2 are the slots' node ids.
+	s.Kafka = kafkatest.Start(t)
+	s.Kafka.CreateTopic(t, Topic, 3, 3, nil)
+
+	s.Vars = map[string]string{
+		"CLUSTER": cluster, "ASG_NAME": asgName, "TABLE": w.Table, "SLOT_COUNT": strconv.Itoa(Slots),
+		"SUBNETS": strings.Join(subnets, ","), "SECURITY_GROUPS": w.SecurityGroupID,
+		"VOLUME_SIZE_GIB": strconv.Itoa(VolumeGiB), "HEARTBEAT_INTERVAL": "5s", "ATTACH_TIMEOUT": "20s",
+		"GROW_FUNCTION_ARN": "arn:aws:lambda:" + h.Region + ":123456789012:function:" + cluster + "-grow",
+		"HOSTED_ZONE_ID":    s.ZoneID, "DNS_NAME": dnsName, "DNS_TTL": "30",
+		"KAFKA_BOOTSTRAP": strings.Join(s.Kafka.Addrs, ","),
+		"SAFETY_RECHECK":  "500ms", "SAFETY_MAX_WAIT": "2m", "SSM_TIMEOUT": "20s",
+		"STOP_COMMAND": "systemctl stop kafka", "LOG_LEVEL": "debug",
+	}
+	if s.Config, err = config.Load(func(k string) string { return s.Vars[strings.TrimPrefix(k, config.Prefix)] }); err != nil {
+		t.Fatalf("the demo's configuration: %v", err)
+	}
+	return s
+}
+
+// Env returns the deployment's configuration as "SLOTKEEPER_NAME=value" entries.
+func (s *Stage) Env() []string {
+	var env []string
+	for k, v := range s.Vars {
+		env = append(env, config.Prefix+k+"="+v)
+	}
+	return env
+}
+
+// Clients returns slotctl clients that read the stage directly at moto (uncounted).
+func (s *Stage) Clients() *slotctl.Clients {
+	c := slotctl.NewClients(s.H.DirectConfig())
+	c.KafkaConfig = s.Config.Kafka
+	return c
+}
+
+// Launch runs an instance of the group in subnet i (AZ a, b, c), tagged as the group
+// tags its instances, and returns its id.
+func (s *Stage) Launch(t testing.TB, i int) string {
+	t.Helper()
+	return s.H.RunInstanceTagged(t, s.World, s.World.Subnets[i].ID, map[string]string{"aws:autoscaling:groupName": s.Config.ASGName})
+}

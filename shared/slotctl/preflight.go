@@ -1,0 +1,423 @@
+package slotctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/route53"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/kafka"
+)
+
+func preflightCommand() Command {
+	return Command{
+		Name:    "preflight",
+		Summary: "checks before going live",
+		Help: `Checks what slotkeeper needs before it can be trusted with a cluster:
+  subnets          every slot subnet exists; AZs and slot count fit (one rack per AZ, even spread)
+  lease table      exists, with key cluster (S) + slot (N)
+  auto scaling     the group exists; its AZs are the slots' AZs; it cannot outgrow the slots
+  lifecycle hooks  the group has a launch and a terminate hook, with a heartbeat timeout
+                   longer than SLOTKEEPER_HEARTBEAT_INTERVAL
+  topics           every topic's replication factor is above its min.insync.replicas (else
+                   one broker down blocks acks=all producers: NOT_ENOUGH_REPLICAS) and not
+                   above the broker count (skipped without SLOTKEEPER_KAFKA_BOOTSTRAP)
+  hosted zone      exists and holds SLOTKEEPER_DNS_NAME (skipped when DNS is not managed)
+
+Exit code 1 when a check fails (warnings do not fail), 3 when a check could not be made.`,
+		Needs: []string{"CLUSTER", "ASG_NAME", "TABLE", "SLOT_COUNT", "SUBNETS"},
+		Run:   runPreflight,
+	}
+}
+
+// Check results.
+const (
+	CheckOK    = "ok"
+	CheckWarn  = "warn"
+	CheckFail  = "fail"
+	CheckSkip  = "skip"
+	CheckError = "error" // the check could not be made (AWS or Kafka failed)
+)
+
+// Check is one preflight check's result.
+type Check struct {
+	Name   string `json:"name"`
+	Result string `json:"result"`
+	Detail string `json:"detail"`
+	Hint   string `json:"hint,omitempty"`
+}
+
+// PreflightReport is the result of every check.
+type PreflightReport struct {
+	Cluster string  `json:"cluster"`
+	Checks  []Check `json:"checks"`
+	Failed  int     `json:"failed"`
+	Errors  int     `json:"errors"`
+}
+
+// Preflight runs every check against cfg's cluster.
+func Preflight(ctx context.Context, c *Clients, cfg config.Config) PreflightReport {
+	p := &preflight{c: c, cfg: cfg}
+	rep := PreflightReport{Cluster: cfg.Cluster}
+	for _, check := range []func(context.Context) Check{p.subnets, p.table, p.group, p.hooks, p.topics, p.zone} {
+		ch := check(ctx)
+		switch ch.Result {
+		case CheckFail:
+			rep.Failed++
+		case CheckError:
+			rep.Errors++
+		}
+		rep.Checks = append(rep.Checks, ch)
+	}
+	return rep
+}
+
+func runPreflight(ctx context.Context, r *Run) error {
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	c, err := r.Env.Clients(ctx)
+	if err != nil {
+		return err
+	}
+	rep := Preflight(ctx, c, r.Env.Config)
+	out := r.Out
+	var rows [][]Cell
+	for _, ch := range rep.Checks {
+		style := map[string]Style{CheckOK: Good, CheckWarn: Warn, CheckFail: Bad, CheckError: Bad, CheckSkip: Dim}[ch.Result]
+		rows = append(rows, []Cell{{Text: ch.Name}, {Text: ch.Result, Style: style}, {Text: ch.Detail}})
+	}
+	out.Table([]string{"CHECK", "RESULT", "DETAIL"}, rows)
+	for _, ch := range rep.Checks {
+		if ch.Hint != "" && ch.Result != CheckOK {
+			out.Printf("  %s %s\n", out.Paint(ch.Name+":", Warn), ch.Hint)
+		}
+	}
+	if err := out.Emit(rep); err != nil {
+		return err
+	}
+	switch {
+	case rep.Failed > 0:
+		return Emitted(Problem("fix the failed checks above, then run preflight again", "%d check(s) failed", rep.Failed))
+	case rep.Errors > 0:
+		return Emitted(&Error{Code: ExitUnreachable, Err: fmt.Errorf("%d check(s) could not be made", rep.Errors),
+			Hint: "see each check's hint: AWS or Kafka could not be asked"})
+	}
+	out.Printf("%s\n", out.Paint("All checks passed.", Good))
+	return nil
+}
+
+// preflight holds what the checks share: the clients, the configuration, and the
+// slot subnets' AZs (read by the first check, used by the group check).
+type preflight struct {
+	c   *Clients
+	cfg config.Config
+	azs map[string]string // subnet -> AZ
+}
+
+func errCheck(name string, err error) Check {
+	return Check{Name: name, Result: CheckError, Detail: err.Error(), Hint: awsHint(err)}
+}
+
+// subnets: every slot subnet exists, AZs are distinct, slots spread evenly.
+func (p *preflight) subnets(ctx context.Context) Check {
+	const name = "subnets"
+	out, err := p.c.EC2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: p.cfg.Subnets})
+	if err != nil {
+		if awsapi.Code(err) == "InvalidSubnetID.NotFound" {
+			return Check{Name: name, Result: CheckFail, Detail: err.Error(), Hint: "SLOTKEEPER_SUBNETS names a subnet that does not exist in this account and region"}
+		}
+		return errCheck(name, err)
+	}
+	p.azs = map[string]string{}
+	for _, s := range out.Subnets {
+		p.azs[aws.ToString(s.SubnetId)] = aws.ToString(s.AvailabilityZone)
+	}
+	var missing []string
+	for _, s := range p.cfg.Subnets {
+		if p.azs[s] == "" {
+			missing = append(missing, s)
+		}
+	}
+	if len(missing) > 0 {
+		return Check{Name: name, Result: CheckFail, Detail: "not found: " + strings.Join(missing, ", "),
+			Hint: "SLOTKEEPER_SUBNETS names subnets that do not exist in this account and region"}
+	}
+	slotsIn := map[string][]int{}
+	for s := 0; s < p.cfg.SlotCount; s++ {
+		az := p.azs[p.cfg.SubnetOf(s)]
+		slotsIn[az] = append(slotsIn[az], s)
+	}
+	var parts []string
+	counts := map[int]bool{}
+	for _, az := range slices.Sorted(maps.Keys(slotsIn)) {
+		parts = append(parts, fmt.Sprintf("%s: slots %s", az, ints(slotsIn[az])))
+		counts[len(slotsIn[az])] = true
+	}
+	distinct := len(slices.Compact(slices.Sorted(maps.Values(p.azs))))
+	detail := fmt.Sprintf("%d subnet(s) in %d AZ(s), %d slots (%s)", len(p.cfg.Subnets), distinct, p.cfg.SlotCount, strings.Join(parts, "; "))
+	switch {
+	case distinct < len(p.cfg.Subnets):
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: "two slot subnets share an AZ: their brokers share a rack (broker.rack), so replicas may not spread across AZs"}
+	case p.cfg.SlotCount < len(p.cfg.Subnets):
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: "fewer slots than subnets: some AZs get no broker"}
+	case len(counts) > 1:
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: "the slot count is not a multiple of the subnet count: AZs hold different numbers of brokers"}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+func ints(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ", ")
+}
+
+// table: the lease table exists with the expected key.
+func (p *preflight) table(ctx context.Context) Check {
+	const name = "lease table"
+	out, err := p.c.DynamoDB.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(p.cfg.Table)})
+	if err != nil {
+		var nf *ddbtypes.ResourceNotFoundException
+		if errors.As(err, &nf) {
+			return Check{Name: name, Result: CheckFail, Detail: fmt.Sprintf("table %s does not exist", p.cfg.Table),
+				Hint: "deploy the stack (it creates the table), or fix SLOTKEEPER_TABLE / the region"}
+		}
+		return errCheck(name, err)
+	}
+	attrType := map[string]ddbtypes.ScalarAttributeType{}
+	for _, a := range out.Table.AttributeDefinitions {
+		attrType[aws.ToString(a.AttributeName)] = a.AttributeType
+	}
+	var hash, rng string
+	for _, k := range out.Table.KeySchema {
+		switch k.KeyType {
+		case ddbtypes.KeyTypeHash:
+			hash = aws.ToString(k.AttributeName)
+		case ddbtypes.KeyTypeRange:
+			rng = aws.ToString(k.AttributeName)
+		}
+	}
+	if hash != "cluster" || rng != "slot" || attrType["cluster"] != ddbtypes.ScalarAttributeTypeS || attrType["slot"] != ddbtypes.ScalarAttributeTypeN {
+		return Check{Name: name, Result: CheckFail, Detail: fmt.Sprintf("%s has key %s (%s) + %s (%s)", p.cfg.Table, hash, attrType[hash], rng, attrType[rng]),
+			Hint: "the lease table needs partition key cluster (S) and sort key slot (N)"}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: fmt.Sprintf("%s: key cluster (S) + slot (N), %s", p.cfg.Table, out.Table.TableStatus)}
+}
+
+// group: the ASG exists, covers the slots' AZs and no others, and cannot outgrow the
+// slots.
+func (p *preflight) group(ctx context.Context) Check {
+	const name = "auto scaling"
+	g, err := p.describeGroup(ctx)
+	if err != nil {
+		return errCheck(name, err)
+	}
+	if g == nil {
+		return Check{Name: name, Result: CheckFail, Detail: fmt.Sprintf("group %s does not exist", p.cfg.ASGName),
+			Hint: "check SLOTKEEPER_ASG_NAME and the region"}
+	}
+	detail := fmt.Sprintf("%s: min %d, desired %d, max %d; AZs %s", p.cfg.ASGName, aws.ToInt32(g.MinSize),
+		aws.ToInt32(g.DesiredCapacity), aws.ToInt32(g.MaxSize), strings.Join(g.AvailabilityZones, ", "))
+	slotAZs := map[string]bool{}
+	for _, az := range p.azs {
+		slotAZs[az] = true
+	}
+	var extra, unserved []string
+	for _, az := range g.AvailabilityZones {
+		if len(p.azs) > 0 && !slotAZs[az] {
+			extra = append(extra, az)
+		}
+	}
+	for az := range slotAZs {
+		if !slices.Contains(g.AvailabilityZones, az) {
+			unserved = append(unserved, az)
+		}
+	}
+	slices.Sort(unserved)
+	switch {
+	case len(extra) > 0:
+		return Check{Name: name, Result: CheckFail, Detail: detail,
+			Hint: fmt.Sprintf("the group launches in %s, where no slot lives: those instances are abandoned over and over; give the group only the slot subnets' AZs", strings.Join(extra, ", "))}
+	case len(unserved) > 0:
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: fmt.Sprintf("slots in %s never get a broker: the group does not launch there", strings.Join(unserved, ", "))}
+	case int(aws.ToInt32(g.MaxSize)) > p.cfg.SlotCount:
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: fmt.Sprintf("max size %d is above the slot count %d: instances beyond the slots are abandoned", aws.ToInt32(g.MaxSize), p.cfg.SlotCount)}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+func (p *preflight) describeGroup(ctx context.Context) (*astypes.AutoScalingGroup, error) {
+	out, err := p.c.AutoScaling.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{
+		AutoScalingGroupNames: []string{p.cfg.ASGName},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("describing group %s: %w", p.cfg.ASGName, err)
+	}
+	if len(out.AutoScalingGroups) == 0 {
+		return nil, nil
+	}
+	return &out.AutoScalingGroups[0], nil
+}
+
+// Lifecycle transitions of the two hooks slotkeeper needs.
+const (
+	transitionLaunch    = "autoscaling:EC2_INSTANCE_LAUNCHING"
+	transitionTerminate = "autoscaling:EC2_INSTANCE_TERMINATING"
+)
+
+// Hooks returns the group's launch and terminate hooks (nil when absent).
+func Hooks(ctx context.Context, c *Clients, asg string) (launchHook, terminateHook *astypes.LifecycleHook, err error) {
+	out, err := c.AutoScaling.DescribeLifecycleHooks(ctx, &autoscaling.DescribeLifecycleHooksInput{AutoScalingGroupName: aws.String(asg)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("describing the lifecycle hooks of %s: %w", asg, err)
+	}
+	for i, h := range out.LifecycleHooks {
+		switch aws.ToString(h.LifecycleTransition) {
+		case transitionLaunch:
+			launchHook = &out.LifecycleHooks[i]
+		case transitionTerminate:
+			terminateHook = &out.LifecycleHooks[i]
+		}
+	}
+	return launchHook, terminateHook, nil
+}
+
+// hooks: both lifecycle hooks exist and outlast the heartbeat interval.
+func (p *preflight) hooks(ctx context.Context) Check {
+	const name = "lifecycle hooks"
+	launch, term, err := Hooks(ctx, p.c, p.cfg.ASGName)
+	if err != nil {
+		return errCheck(name, err)
+	}
+	describe := func(what string, h *astypes.LifecycleHook) string {
+		if h == nil {
+			return what + ": missing"
+		}
+		return fmt.Sprintf("%s: %s (heartbeat %ds, default %s)", what, aws.ToString(h.LifecycleHookName),
+			aws.ToInt32(h.HeartbeatTimeout), aws.ToString(h.DefaultResult))
+	}
+	detail := describe("launch", launch) + "; " + describe("terminate", term)
+	hb := int32(p.cfg.HeartbeatInterval.Seconds())
+	switch {
+	case launch == nil || term == nil:
+		return Check{Name: name, Result: CheckFail, Detail: detail,
+			Hint: "without the launch hook new instances go in service with no slot; without the terminate hook a planned termination skips the safety check and the controlled shutdown"}
+	case aws.ToInt32(launch.HeartbeatTimeout) <= hb || aws.ToInt32(term.HeartbeatTimeout) <= hb:
+		return Check{Name: name, Result: CheckFail, Detail: detail,
+			Hint: fmt.Sprintf("a hook's heartbeat timeout must be longer than SLOTKEEPER_HEARTBEAT_INTERVAL (%s), or long waits time out", p.cfg.HeartbeatInterval)}
+	case aws.ToString(launch.DefaultResult) != "ABANDON":
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: "the launch hook's default result is CONTINUE: an instance whose launch handling never finished goes in service without its identity; use ABANDON"}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+// topics: every topic's replication factor is above its min ISR and within the
+// broker count.
+func (p *preflight) topics(ctx context.Context) Check {
+	const name = "topics"
+	k, err := p.c.Kafka()
+	if err != nil {
+		return Check{Name: name, Result: CheckFail, Detail: err.Error(), Hint: asError(err).Hint}
+	}
+	if k == nil {
+		return Check{Name: name, Result: CheckSkip, Detail: "SLOTKEEPER_KAFKA_BOOTSTRAP is empty",
+			Hint: "without Kafka, planned terminations do not wait for removal safety"}
+	}
+	parts, err := k.Partitions(ctx)
+	if err != nil {
+		e := kafkaError(err, "reading the topics")
+		return Check{Name: name, Result: CheckError, Detail: e.Error(), Hint: e.Hint}
+	}
+	return TopicCheck(parts, p.cfg.SlotCount)
+}
+
+// TopicCheck applies the replication rules to every topic of parts: replication factor
+// above min.insync.replicas, and at most brokers.
+func TopicCheck(parts []kafka.Partition, brokers int) Check {
+	const name = "topics"
+	type topic struct{ rf, minISR int }
+	topics := map[string]topic{}
+	for _, p := range parts {
+		t := topics[p.Topic]
+		t.rf, t.minISR = max(t.rf, len(p.Replicas)), p.MinISR
+		topics[p.Topic] = t
+	}
+	var low, high []string
+	for _, n := range slices.Sorted(maps.Keys(topics)) {
+		t := topics[n]
+		if t.rf <= t.minISR {
+			low = append(low, fmt.Sprintf("%s (RF %d, min ISR %d)", n, t.rf, t.minISR))
+		}
+		if t.rf > brokers {
+			high = append(high, fmt.Sprintf("%s (RF %d)", n, t.rf))
+		}
+	}
+	detail := fmt.Sprintf("%d topic(s), %d partition(s)", len(topics), len(parts))
+	var hints []string
+	if len(low) > 0 {
+		detail += "; RF ≤ min ISR: " + strings.Join(low, ", ")
+		hints = append(hints, "a topic whose replication factor is not above min.insync.replicas refuses acks=all writes (NOT_ENOUGH_REPLICAS) as soon as one broker is away, e.g. during every replacement: raise its RF or lower its min.insync.replicas")
+	}
+	if len(high) > 0 {
+		detail += fmt.Sprintf("; RF above the %d brokers: %s", brokers, strings.Join(high, ", "))
+		hints = append(hints, "a replication factor above the broker count can never be fully in sync: lower it or add slots")
+	}
+	if len(hints) > 0 {
+		return Check{Name: name, Result: CheckFail, Detail: detail, Hint: strings.Join(hints, "; ")}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail + "; every RF is above its min ISR and within the broker count"}
+}
+
+// zone: the hosted zone exists and holds the DNS name.
+func (p *preflight) zone(ctx context.Context) Check {
+	const name = "hosted zone"
+	if !p.cfg.DNS.Enabled() {
+		return Check{Name: name, Result: CheckSkip, Detail: "SLOTKEEPER_HOSTED_ZONE_ID is empty: DNS is not managed",
+			Hint: "clients then need the brokers' IPs; set SLOTKEEPER_HOSTED_ZONE_ID and SLOTKEEPER_DNS_NAME for broker-<slot> names"}
+	}
+	out, err := p.c.Route53.GetHostedZone(ctx, &route53.GetHostedZoneInput{Id: aws.String(p.cfg.DNS.HostedZoneID)})
+	if err != nil {
+		if awsapi.Code(err) == "NoSuchHostedZone" {
+			return Check{Name: name, Result: CheckFail, Detail: fmt.Sprintf("zone %s does not exist", p.cfg.DNS.HostedZoneID),
+				Hint: "check SLOTKEEPER_HOSTED_ZONE_ID"}
+		}
+		return errCheck(name, err)
+	}
+	zone := strings.ToLower(strings.TrimSuffix(aws.ToString(out.HostedZone.Name), "."))
+	want := strings.ToLower(p.cfg.DNS.Name)
+	private := out.HostedZone.Config != nil && out.HostedZone.Config.PrivateZone
+	kind := "public"
+	if private {
+		kind = "private"
+	}
+	detail := fmt.Sprintf("%s is %s (%s)", p.cfg.DNS.HostedZoneID, zone, kind)
+	switch {
+	case want != zone && !strings.HasSuffix(want, "."+zone):
+		return Check{Name: name, Result: CheckFail, Detail: detail,
+			Hint: fmt.Sprintf("SLOTKEEPER_DNS_NAME %s is not in zone %s: Route 53 refuses its records", p.cfg.DNS.Name, zone)}
+	case !private:
+		return Check{Name: name, Result: CheckWarn, Detail: detail,
+			Hint: "a public zone publishes the brokers' private addresses; use a private zone associated with the VPC"}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail + fmt.Sprintf("; records under %s", p.cfg.DNS.Name)}
+}
