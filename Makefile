@@ -32,9 +32,13 @@ GO_BUILD_FLAGS := -tags lambda.norpc -trimpath -buildvcs=false -ldflags='-s -w'
 # go_build,<function>,<output file>: the command that builds one function.
 go_build = $(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -o "$(2)" ./$(FUNCTIONS_DIR)/$(1)
 
-# Python test tools (moto server, cfn-lint), pinned in test/requirements.txt.
+# Python test tools (moto server, cfn-lint, SAM CLI, shellcheck), pinned in
+# test/requirements.txt.
 VENV := .venv
 PY_REQUIREMENTS := test/requirements.txt
+
+# Shell scripts checked by shellcheck.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh deploy/*.sh) .ci/run
 
 # Go files checked by gofmt: tracked and new (untracked, not ignored) files that
 # exist; outside a git checkout, every .go file except those in .venv and SAM's
@@ -106,21 +110,36 @@ vet: ## Run go vet
 	@echo "==> go vet"
 	$(GO) vet ./...
 
+.PHONY: shellcheck
+shellcheck: venv ## Lint the shell scripts (scripts/, deploy/, .ci/run) with shellcheck
+	@echo "==> shellcheck"
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
+
+.PHONY: cfn-lint
+cfn-lint: venv ## Lint template.yaml with cfn-lint
+	@echo "==> cfn-lint"
+	$(VENV)/bin/cfn-lint template.yaml
+
+.PHONY: sam-check
+sam-check: venv ## sam validate --lint, and an offline sam build with a bootstrap per function
+	@echo "==> sam validate, sam build"
+	@bash scripts/sam-check.sh $(VENV)
+
+# The template tests (test/template_*_test.go) need the SAM translator that the
+# venv's SAM CLI brings; the venv target provides it.
 .PHONY: test
-test: venv fmt-check vet ## Check formatting, vet, and run all tests with the race detector
+test: venv fmt-check vet shellcheck cfn-lint sam-check ## Check formatting, vet, lint scripts and template, sam build, and run all tests with the race detector
 	@echo "==> go test"
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: lint
-lint: venv fmt-check vet ## gofmt, go vet, golangci-lint (if installed) and cfn-lint on template.yaml
+lint: venv fmt-check vet shellcheck cfn-lint ## gofmt, go vet, shellcheck, cfn-lint on template.yaml and golangci-lint (if installed)
 	@echo "==> golangci-lint"
 	@if command -v golangci-lint >/dev/null; then \
 		golangci-lint run ./...; \
 	else \
 		echo "golangci-lint is not on PATH; skipped (install v2: go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest)"; \
 	fi
-	@echo "==> cfn-lint"
-	$(VENV)/bin/cfn-lint template.yaml
 
 .PHONY: bench
 bench: venv ## Run the benchmarks (figures also written to bench.txt)
@@ -129,3 +148,14 @@ bench: venv ## Run the benchmarks (figures also written to bench.txt)
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
 	rm -rf $(BUILD_DIR) .aws-sam bench.txt coverage.out coverage.html
+
+# slotctl, the operator CLI (cmd/slotctl), for this machine, not Lambda's arm64.
+.PHONY: slotctl
+slotctl: ## Build the operator CLI to build/slotctl (for this machine)
+	$(GO) build -o $(BUILD_DIR)/slotctl ./cmd/slotctl
+
+# The demo builds the real functions for this machine and runs them, as Lambda does,
+# against moto from .venv and an in-process Kafka. No AWS account. See docs/demo.md.
+.PHONY: demo
+demo: venv slotctl ## Run the whole lifecycle on this machine: moto, Kafka, the real functions (about a minute)
+	$(BUILD_DIR)/slotctl demo

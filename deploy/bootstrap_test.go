@@ -1,0 +1,529 @@
+// Package deploy_test tests deploy/broker-bootstrap.sh, the broker instances' user
+// data script, function by function: bash sources the script (which then only
+// defines functions) and runs one of them, with the instance metadata service
+// emulated over loopback (IMDSv2, tokens required) and the commands that touch
+// devices or AWS (aws, blkid, mkfs.xfs, mount, mountpoint) replaced by stubs on PATH
+// that record their arguments.
+package deploy_test
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+const script = "broker-bootstrap.sh"
+
+// imds emulates the instance metadata service with IMDSv2 tokens required: a PUT to
+// /latest/api/token returns a token, and every metadata read without it is refused
+// (401), as the launch template's HttpTokens: required makes EC2 do.
+type imds struct {
+	mu sync.Mutex
+	// items are the metadata under latest/meta-data/.
+	items map[string]string
+	// tagsAfter hides the instance tags for that many tag reads: the instance is
+	// running, but launch has not tagged it yet.
+	tagsAfter int
+	tagReads  int
+	// refused counts reads that came without a valid token.
+	refused int
+}
+
+const imdsToken = "AQAEAGv3-token"
+
+func (m *imds) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.URL.Path == "/latest/api/token" {
+		if r.Method != http.MethodPut || r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") == "" {
+			http.Error(w, "bad token request", http.StatusBadRequest)
+			return
+		}
+		fmt.Fprint(w, imdsToken)
+		return
+	}
+	if r.Header.Get("X-aws-ec2-metadata-token") != imdsToken {
+		m.refused++
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	item, ok := strings.CutPrefix(r.URL.Path, "/latest/meta-data/")
+	if strings.HasPrefix(item, "tags/instance/") {
+		m.tagReads++
+		if m.tagReads <= m.tagsAfter {
+			ok = false
+		}
+	}
+	v, found := m.items[item]
+	if !ok || !found {
+		http.NotFound(w, r)
+		return
+	}
+	fmt.Fprint(w, v)
+}
+
+// instance returns the metadata of an instance launch has made slot's broker.
+func instance(cluster string, slot, nodeID int, az string) map[string]string {
+	return map[string]string{
+		"instance-id":                             "i-0123456789abcdef0",
+		"placement/region":                        "us-east-1",
+		"placement/availability-zone":             az,
+		"tags/instance/slotkeeper:cluster":        cluster,
+		"tags/instance/slotkeeper:slot":           fmt.Sprint(slot),
+		"tags/instance/slotkeeper:node-id":        fmt.Sprint(nodeID),
+		"tags/instance/slotkeeper:lease":          "3",
+		"tags/instance/aws:autoscaling:groupName": "kafka-prod",
+	}
+}
+
+// run sources the script and runs commands with env (and a PATH that puts stubs
+// first), returning stdout and stderr.
+func run(t *testing.T, env map[string]string, stubs string, commands string) (string, string, error) {
+	t.Helper()
+	bashPath, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("bash not found")
+	}
+	cmd := exec.Command(bashPath, "-c", "set -euo pipefail; source ./"+script+"\n"+commands)
+	path := os.Getenv("PATH")
+	if stubs != "" {
+		path = stubs + string(os.PathListSeparator) + path
+	}
+	cmd.Env = []string{"PATH=" + path, "LC_ALL=C"}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		cmd.Env = append(cmd.Env, k+"="+env[k])
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// settings are the script's settings for a cluster, as the user data writes them.
+func settings(slots, controllers, base int) map[string]string {
+	return map[string]string{
+		"SLOTKEEPER_CLUSTER":          "kafka-prod",
+		"SLOTKEEPER_DNS_NAME":         "kafka-prod.internal",
+		"SLOTKEEPER_SLOT_COUNT":       fmt.Sprint(slots),
+		"SLOTKEEPER_NODE_ID_BASE":     fmt.Sprint(base),
+		"SLOTKEEPER_CONTROLLER_COUNT": fmt.Sprint(controllers),
+		"SLOTKEEPER_ENV_FILE":         "/nonexistent",
+		"SLOTKEEPER_POLL_INTERVAL":    "0.01",
+		"SLOTKEEPER_TAG_TIMEOUT":      "10",
+	}
+}
+
+func withIMDS(t *testing.T, env map[string]string, m *imds) map[string]string {
+	t.Helper()
+	if _, err := exec.LookPath("curl"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("curl not found: the bootstrap reads instance metadata with it")
+		}
+		t.Skip("curl not found: the bootstrap reads instance metadata with it")
+	}
+	srv := httptest.NewServer(m)
+	t.Cleanup(srv.Close)
+	out := maps.Clone(env)
+	out["SLOTKEEPER_IMDS_ENDPOINT"] = srv.URL
+	return out
+}
+
+// properties parses server.properties, failing on a key set twice.
+func properties(t *testing.T, text string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("not a property line: %q", line)
+		}
+		if _, dup := out[k]; dup {
+			t.Fatalf("%s is set twice", k)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// Every slot of a cluster gets its own KRaft configuration from what the instance
+// metadata says: its node id, its AZ as rack, its DNS name as advertised listener,
+// the same controller quorum (the first slots, by DNS name), and replication settings
+// the cluster's size can satisfy.
+func TestKafkaConfigurationOfEverySlot(t *testing.T) {
+	azs := []string{"us-east-1a", "us-east-1b", "us-east-1c"}
+	for _, c := range []struct {
+		name                     string
+		slots, controllers, base int
+		voters                   string
+		rf, minISR               string
+	}{
+		{"five slots, three controllers", 5, 3, 100,
+			"100@broker-0.kafka-prod.internal:9093,101@broker-1.kafka-prod.internal:9093,102@broker-2.kafka-prod.internal:9093", "3", "2"},
+		{"one slot: its own quorum", 1, 3, 0, "0@broker-0.kafka-prod.internal:9093", "1", "1"},
+		{"two slots, one controller", 2, 1, 7, "7@broker-0.kafka-prod.internal:9093", "2", "1"},
+	} {
+		for slot := range c.slots {
+			t.Run(fmt.Sprintf("%s/slot %d", c.name, slot), func(t *testing.T) {
+				az := azs[slot%len(azs)]
+				m := &imds{items: instance("kafka-prod", slot, c.base+slot, az)}
+				env := withIMDS(t, settings(c.slots, c.controllers, c.base), m)
+				stdout, stderr, err := run(t, env, "", "check_settings; imds_login; wait_for_slot; kafka_properties")
+				if err != nil {
+					t.Fatalf("%v\n%s", err, stderr)
+				}
+				got := properties(t, stdout)
+				roles, listeners := "broker", "PLAINTEXT://:9092"
+				if slot < min(c.controllers, c.slots) {
+					roles, listeners = "broker,controller", "PLAINTEXT://:9092,CONTROLLER://:9093"
+				}
+				want := map[string]string{
+					"process.roles":                            roles,
+					"node.id":                                  fmt.Sprint(c.base + slot),
+					"broker.rack":                              az,
+					"controller.quorum.voters":                 c.voters,
+					"controller.listener.names":                "CONTROLLER",
+					"listeners":                                listeners,
+					"advertised.listeners":                     fmt.Sprintf("PLAINTEXT://broker-%d.kafka-prod.internal:9092", slot),
+					"inter.broker.listener.name":               "PLAINTEXT",
+					"listener.security.protocol.map":           "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+					"log.dirs":                                 "/var/lib/kafka/data",
+					"controlled.shutdown.enable":               "true",
+					"unclean.leader.election.enable":           "false",
+					"default.replication.factor":               c.rf,
+					"min.insync.replicas":                      c.minISR,
+					"offsets.topic.replication.factor":         c.rf,
+					"transaction.state.log.replication.factor": c.rf,
+					"transaction.state.log.min.isr":            c.minISR,
+				}
+				if !maps.Equal(got, want) {
+					for k := range maps.Keys(merged(got, want)) {
+						if got[k] != want[k] {
+							t.Errorf("%s = %q, want %q", k, got[k], want[k])
+						}
+					}
+				}
+				if m.refused != 0 {
+					t.Errorf("%d metadata reads without an IMDSv2 token", m.refused)
+				}
+			})
+		}
+	}
+}
+
+func merged(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	maps.Copy(out, b)
+	return out
+}
+
+// The script waits until launch has tagged the instance, and gives up (failing the
+// boot visibly) when it never does.
+func TestWaitsForTheSlotTags(t *testing.T) {
+	m := &imds{items: instance("kafka-prod", 2, 2, "us-east-1c"), tagsAfter: 5}
+	env := withIMDS(t, settings(3, 3, 0), m)
+	stdout, stderr, err := run(t, env, "", `check_settings; imds_login; wait_for_slot; echo "$SLOT $NODE_ID $AZ $INSTANCE_ID $REGION"`)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if got := strings.TrimSpace(stdout); got != "2 2 us-east-1c i-0123456789abcdef0 us-east-1" {
+		t.Errorf("identity %q", got)
+	}
+	if m.tagReads < 6 {
+		t.Errorf("read the tags %d times; they appeared at the 6th read", m.tagReads)
+	}
+	t.Logf("tags polled %d times", m.tagReads)
+
+	never := &imds{items: instance("kafka-prod", 2, 2, "us-east-1c"), tagsAfter: 1 << 30}
+	env = withIMDS(t, settings(3, 3, 0), never)
+	env["SLOTKEEPER_TAG_TIMEOUT"] = "1"
+	_, stderr, err = run(t, env, "", "check_settings; imds_login; wait_for_slot")
+	if err == nil || !strings.Contains(stderr, "no slotkeeper:node-id tag") {
+		t.Errorf("untagged instance: err %v, stderr %q", err, stderr)
+	}
+}
+
+// An instance tagged for another cluster, or with tags that disagree with the
+// cluster's numbering, never becomes a broker.
+func TestRefusesAForeignIdentity(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		items map[string]string
+		want  string
+	}{
+		{"another cluster", instance("kafka-test", 1, 1, "us-east-1b"), "belongs to cluster kafka-test"},
+		{"node id not base + slot", instance("kafka-prod", 1, 7, "us-east-1b"), "node id 7 is not 0 + slot 1"},
+		{"slot beyond the count", instance("kafka-prod", 3, 3, "us-east-1a"), "slot 3 is not below the slot count 3"},
+		{"malformed slot", merged(instance("kafka-prod", 1, 1, "us-east-1b"), map[string]string{"tags/instance/slotkeeper:slot": "one"}), "malformed slot tags"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env := withIMDS(t, settings(3, 3, 0), &imds{items: c.items})
+			_, stderr, err := run(t, env, "", "check_settings; imds_login; wait_for_slot")
+			if err == nil || !strings.Contains(stderr, c.want) {
+				t.Errorf("err %v, stderr %q; want a failure saying %q", err, stderr, c.want)
+			}
+		})
+	}
+}
+
+// stubs writes executable scripts named after commands into a directory for PATH.
+func stubs(t *testing.T, scripts map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range scripts {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/usr/bin/env bash\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// The slot's volume is found by asking EC2 for the slot's volume attached to this
+// instance, then by its id among the NVMe devices; anything but exactly one volume
+// stops the boot.
+func TestFindsTheSlotVolumeByID(t *testing.T) {
+	for _, c := range []struct {
+		name, ids string
+		link      bool
+		want      string // device, or error text
+	}{
+		{"one volume", "vol-0abc123def4567890", true, "nvme1n1"},
+		{"no volume", "", true, "found 0"},
+		{"two volumes", "vol-0abc123def4567890\tvol-0fff000111222333a", true, "found 2"},
+		{"no device yet", "vol-0abc123def4567890", false, "does not exist"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			byID := filepath.Join(dir, "by-id")
+			if err := os.MkdirAll(byID, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			dev := filepath.Join(dir, "nvme1n1")
+			if err := os.WriteFile(dev, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if c.link {
+				if err := os.Symlink("../nvme1n1", filepath.Join(byID, "nvme-Amazon_Elastic_Block_Store_vol0abc123def4567890")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			args := filepath.Join(dir, "aws-args")
+			bin := stubs(t, map[string]string{"aws": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q; printf '%%b\\n' %q", args, c.ids)})
+			env := settings(3, 3, 0)
+			env["SLOTKEEPER_DEVICE_DIR"] = byID
+			env["SLOTKEEPER_DEVICE_TIMEOUT"] = "1"
+			stdout, stderr, err := run(t, env, bin, `INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2
+volume=$(slot_volume_id)
+volume_device "$volume"`)
+			if strings.HasPrefix(c.want, "nvme") {
+				if err != nil || strings.TrimSpace(stdout) != dev {
+					t.Fatalf("device %q, err %v, stderr %q; want %s", stdout, err, stderr, dev)
+				}
+				b, _ := os.ReadFile(args)
+				for _, f := range []string{"Name=attachment.instance-id,Values=i-0123456789abcdef0", "Name=tag:slotkeeper:cluster,Values=kafka-prod", "Name=tag:slotkeeper:slot,Values=2", "us-east-1"} {
+					if !strings.Contains(string(b), f+"\n") {
+						t.Errorf("aws ec2 describe-volumes lacks %q:\n%s", f, b)
+					}
+				}
+				return
+			}
+			if err == nil || !strings.Contains(stderr, c.want) {
+				t.Errorf("err %v, stderr %q; want a failure saying %q", err, stderr, c.want)
+			}
+		})
+	}
+}
+
+// Only a blank device is formatted. A device that holds xfs or ext4 is kept as is;
+// one that holds anything else, or that cannot be probed, stops the boot untouched.
+func TestFormatsOnlyABlankDevice(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		blkid       string // stub: what blkid -p prints and its exit status
+		formats, ok bool
+	}{
+		{"blank", "exit 2", true, true},
+		{"xfs", "echo xfs", false, true},
+		{"ext4", "echo ext4", false, true},
+		{"partition table", "exit 0", false, false},
+		{"other filesystem", "echo btrfs", false, false},
+		{"probe error", "exit 4", false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			formatted := filepath.Join(dir, "mkfs")
+			bin := stubs(t, map[string]string{
+				"blkid":    c.blkid,
+				"mkfs.xfs": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q", formatted),
+			})
+			_, stderr, err := run(t, settings(3, 3, 0), bin, "ensure_filesystem /dev/nvme1n1")
+			if (err == nil) != c.ok {
+				t.Fatalf("err %v, want success %v; stderr %q", err, c.ok, stderr)
+			}
+			b, statErr := os.ReadFile(formatted)
+			if formats := statErr == nil; formats != c.formats {
+				t.Fatalf("mkfs.xfs ran: %v, want %v", formats, c.formats)
+			}
+			if c.formats && !strings.HasSuffix(string(b), "/dev/nvme1n1\n") {
+				t.Errorf("mkfs.xfs arguments %q", b)
+			}
+		})
+	}
+}
+
+// The volume is mounted by filesystem UUID at the data mount, at every boot: fstab
+// gets exactly one line for the mount, the other lines stay.
+func TestMountsTheVolumeAtEveryBoot(t *testing.T) {
+	dir := t.TempDir()
+	fstab := filepath.Join(dir, "fstab")
+	mount := filepath.Join(dir, "var-lib-kafka")
+	before := "UUID=root / xfs defaults 0 0\nUUID=old-volume " + mount + " xfs defaults 0 2\n/dev/xvdb /scratch ext4 defaults 0 2\n"
+	if err := os.WriteFile(fstab, []byte(before), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mounted := filepath.Join(dir, "mounted")
+	bin := stubs(t, map[string]string{
+		"blkid":      `case "$*" in *UUID*) echo 0f1e2d3c-aaaa-bbbb-cccc-1234567890ab ;; *TYPE*) echo xfs ;; esac`,
+		"mountpoint": "exit 1",
+		"mount":      fmt.Sprintf("printf '%%s\\n' \"$@\" > %q", mounted),
+	})
+	env := settings(3, 3, 0)
+	env["SLOTKEEPER_FSTAB"] = fstab
+	env["SLOTKEEPER_DATA_MOUNT"] = mount
+	for range 2 { // twice: a second run changes nothing
+		if _, stderr, err := run(t, env, bin, "mount_data /dev/nvme1n1"); err != nil {
+			t.Fatalf("%v\n%s", err, stderr)
+		}
+	}
+	b, err := os.ReadFile(fstab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "UUID=root / xfs defaults 0 0\n/dev/xvdb /scratch ext4 defaults 0 2\nUUID=0f1e2d3c-aaaa-bbbb-cccc-1234567890ab " + mount + " xfs defaults,noatime,nofail 0 2\n"
+	if string(b) != want {
+		t.Errorf("fstab:\n%s\nwant:\n%s", b, want)
+	}
+	if m, _ := os.ReadFile(mounted); string(m) != mount+"\n" {
+		t.Errorf("mount called with %q", m)
+	}
+}
+
+// A volume that already holds another node's or another cluster's log is refused;
+// the slot's own is resumed.
+func TestRefusesAnotherBrokersVolume(t *testing.T) {
+	mount := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(mount, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := settings(3, 3, 0)
+	env["SLOTKEEPER_DATA_MOUNT"] = mount
+	own, _, err := run(t, env, "", "cluster_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, meta, want string
+	}{
+		{"its own", "version=1\nnode.id=1\ncluster.id=" + strings.TrimSpace(own) + "\n", ""},
+		{"never started", "", ""},
+		{"another node", "version=1\nnode.id=2\ncluster.id=" + strings.TrimSpace(own) + "\n", "node.id=2, but slot 1 is node 1"},
+		{"another cluster", "version=1\nnode.id=1\ncluster.id=AAAAAAAAAAAAAAAAAAAAAA\n", "cluster.id=AAAAAAAAAAAAAAAAAAAAAA"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			meta := filepath.Join(mount, "data", "meta.properties")
+			_ = os.Remove(meta)
+			if c.meta != "" {
+				if err := os.WriteFile(meta, []byte(c.meta), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, stderr, err := run(t, env, "", "SLOT=1 NODE_ID=1; check_volume_identity")
+			if c.want == "" && err != nil {
+				t.Errorf("refused: %v %s", err, stderr)
+			}
+			if c.want != "" && (err == nil || !strings.Contains(stderr, c.want)) {
+				t.Errorf("err %v, stderr %q; want a refusal saying %q", err, stderr, c.want)
+			}
+		})
+	}
+}
+
+// The KRaft cluster id is the same on every broker of a cluster (derived from its
+// name, in Kafka's base64url UUID form) unless one is given.
+func TestClusterID(t *testing.T) {
+	id := func(env map[string]string) string {
+		t.Helper()
+		out, stderr, err := run(t, env, "", "cluster_id")
+		if err != nil {
+			t.Fatalf("%v %s", err, stderr)
+		}
+		return strings.TrimSpace(out)
+	}
+	prod := settings(3, 3, 0)
+	test := settings(3, 3, 0)
+	test["SLOTKEEPER_CLUSTER"] = "kafka-test"
+	given := settings(3, 3, 0)
+	given["SLOTKEEPER_KAFKA_CLUSTER_ID"] = "MkU3OEVBNTcwNTJENDM2Qk"
+	// base64url(SHA-256("slotkeeper:kafka-prod")[:16]), computed independently.
+	if got := id(prod); got != "Jktltl2DD3hoidllqh_c6w" {
+		t.Errorf("kafka-prod cluster id %q", got)
+	}
+	if a, b := id(prod), id(test); a == b || len(b) != 22 {
+		t.Errorf("clusters kafka-prod and kafka-test get %q and %q", a, b)
+	}
+	if got := id(given); got != "MkU3OEVBNTcwNTJENDM2Qk" {
+		t.Errorf("given cluster id ignored: %q", got)
+	}
+}
+
+// Stopping the Kafka unit is a controlled shutdown: SIGTERM, with time to hand the
+// leaderships over, and the exit status Java gives it counted as success.
+func TestKafkaUnitStopsInAControlledWay(t *testing.T) {
+	out, stderr, err := run(t, settings(3, 3, 0), "", "check_settings; SLOT=1 NODE_ID=1; kafka_unit")
+	if err != nil {
+		t.Fatalf("%v %s", err, stderr)
+	}
+	for _, line := range []string{
+		"KillSignal=SIGTERM", "SuccessExitStatus=143", "TimeoutStopSec=110", "RequiresMountsFor=/var/lib/kafka",
+		"User=kafka", "ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties", "Restart=on-failure",
+		"WantedBy=multi-user.target",
+	} {
+		if !strings.Contains(out, "\n"+line+"\n") {
+			t.Errorf("unit lacks %q:\n%s", line, out)
+		}
+	}
+}
+
+// The settings file is read literally: nothing in it runs, lines that are not
+// SLOTKEEPER_ settings are ignored, and the environment wins.
+func TestSettingsFileIsNeverExecuted(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+	file := filepath.Join(dir, "broker.env")
+	content := fmt.Sprintf("SLOTKEEPER_CLUSTER=kafka-prod\nSLOTKEEPER_DNS_NAME=$(touch %s)\ntouch %s\nPATH=/nowhere\nSLOTKEEPER_SLOT_COUNT=3\n", marker, marker)
+	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, err := run(t, map[string]string{"SLOTKEEPER_SLOT_COUNT": "5"}, "", fmt.Sprintf(`load_settings %q; echo "$SLOTKEEPER_CLUSTER|$SLOTKEEPER_DNS_NAME|$SLOTKEEPER_SLOT_COUNT"`, file))
+	if err != nil {
+		t.Fatalf("%v %s", err, stderr)
+	}
+	if want := fmt.Sprintf("kafka-prod|$(touch %s)|5", marker); strings.TrimSpace(out) != want {
+		t.Errorf("settings %q, want %q", out, want)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a line of the settings file was executed")
+	}
+}

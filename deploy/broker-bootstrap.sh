@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# slotkeeper broker bootstrap: makes an instance of the broker Auto Scaling group the
+# Kafka broker of the slot the launch function gives it. It installs Java, Kafka and
+# the CloudWatch agent; waits (IMDSv2) for the instance's slotkeeper tags; finds the
+# slot's volume by id in /dev/disk/by-id, formats it only if blank, mounts it; writes
+# the KRaft configuration; starts the CloudWatch agent and Kafka (systemd).
+#
+# The user data writes this file, /etc/slotkeeper/broker.env and
+# /etc/slotkeeper/cloudwatch-agent.json and runs it once as root. Running it again is
+# safe. Sourced, it only defines functions (deploy/bootstrap_test.go). Settings come
+# from the environment, else from SLOTKEEPER_ENV_FILE (KEY=VALUE lines); see
+# docs/deploy.md for the list.
+
+set -euo pipefail
+
+readonly BROKER_PORT=9092
+readonly CONTROLLER_PORT=9093
+readonly KAFKA_HOME=/opt/kafka KAFKA_UID=9092
+readonly KAFKA_CONFIG=/etc/kafka/server.properties
+readonly AGENT_CONFIG_SOURCE=/etc/slotkeeper/cloudwatch-agent.json
+readonly AGENT_HOME=/opt/aws/amazon-cloudwatch-agent
+# How long systemd lets Kafka shut down: below the terminate function's SSM wait
+# (SLOTKEEPER_SSM_TIMEOUT, 2m; test/template_test.go checks it).
+readonly STOP_TIMEOUT_SECONDS=110
+
+# Identity of this instance, set by wait_for_slot.
+INSTANCE_ID="" REGION="" AZ="" SLOT="" NODE_ID=""
+IMDS_TOKEN=""
+
+log() { printf 'slotkeeper-bootstrap: %s\n' "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+# load_settings FILE: export FILE's SLOTKEEPER_* lines the environment lacks, literally.
+load_settings() {
+	local file=$1 line key
+	[[ -r $file ]] || return 0
+	while IFS= read -r line || [[ -n $line ]]; do
+		[[ $line =~ ^(SLOTKEEPER_[A-Z0-9_]+)=(.*)$ ]] || continue
+		key=${BASH_REMATCH[1]}
+		[[ -n ${!key+set} ]] || export "$key=${BASH_REMATCH[2]}"
+	done <"$file"
+}
+
+# check_settings: fill the defaults; fail on a missing or malformed setting.
+check_settings() {
+	: "${SLOTKEEPER_NODE_ID_BASE:=0}" "${SLOTKEEPER_CONTROLLER_COUNT:=3}" "${SLOTKEEPER_DATA_MOUNT:=/var/lib/kafka}"
+	local name
+	for name in SLOTKEEPER_CLUSTER SLOTKEEPER_DNS_NAME SLOTKEEPER_SLOT_COUNT; do
+		[[ -n ${!name:-} ]] || die "$name is not set"
+	done
+	for name in SLOTKEEPER_SLOT_COUNT SLOTKEEPER_NODE_ID_BASE SLOTKEEPER_CONTROLLER_COUNT; do
+		[[ ${!name} =~ ^[0-9]+$ ]] || die "$name=${!name} is not a number"
+	done
+	((SLOTKEEPER_SLOT_COUNT >= 1)) || die "SLOTKEEPER_SLOT_COUNT must be at least 1"
+	((SLOTKEEPER_CONTROLLER_COUNT >= 1)) || die "SLOTKEEPER_CONTROLLER_COUNT must be at least 1"
+	[[ $SLOTKEEPER_DATA_MOUNT == /* ]] || die "SLOTKEEPER_DATA_MOUNT=$SLOTKEEPER_DATA_MOUNT is not an absolute path"
+}
+
+imds_endpoint() { printf '%s' "${SLOTKEEPER_IMDS_ENDPOINT:-http://169.254.169.254}"; }
+
+# imds_login: get an IMDSv2 session token.
+imds_login() {
+	local attempt
+	for attempt in 1 2 3 4 5; do
+		if IMDS_TOKEN=$(curl -sf --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' \
+			"$(imds_endpoint)/latest/api/token"); then
+			return 0
+		fi
+		log "no IMDSv2 token yet (attempt $attempt)"
+		sleep "${SLOTKEEPER_POLL_INTERVAL:-5}"
+	done
+	die "cannot get an IMDSv2 token from $(imds_endpoint)"
+}
+
+# imds PATH: print latest/meta-data/PATH; fail if it does not exist.
+imds() {
+	curl -sf --max-time 5 -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" "$(imds_endpoint)/latest/meta-data/$1"
+}
+
+# wait_for_slot: wait for the slot tags (launch writes them in one call once the ENI and
+# volume are attached), then set INSTANCE_ID, REGION, AZ, SLOT and NODE_ID.
+wait_for_slot() {
+	local deadline=$((SECONDS + ${SLOTKEEPER_TAG_TIMEOUT:-1800})) cluster
+	log "waiting for the slotkeeper:node-id tag (instance metadata tags)"
+	until NODE_ID=$(imds tags/instance/slotkeeper:node-id); do
+		((SECONDS < deadline)) || die "no slotkeeper:node-id tag: launch gave this instance no slot (see its log)"
+		sleep "${SLOTKEEPER_POLL_INTERVAL:-5}"
+	done
+	SLOT=$(imds tags/instance/slotkeeper:slot) || die "no slotkeeper:slot tag"
+	cluster=$(imds tags/instance/slotkeeper:cluster) || die "no slotkeeper:cluster tag"
+	INSTANCE_ID=$(imds instance-id) || die "no instance-id"
+	REGION=$(imds placement/region) || die "no placement/region"
+	AZ=$(imds placement/availability-zone) || die "no placement/availability-zone"
+
+	[[ $cluster == "$SLOTKEEPER_CLUSTER" ]] || die "the instance belongs to cluster $cluster, this script to $SLOTKEEPER_CLUSTER"
+	[[ $SLOT =~ ^[0-9]+$ && $NODE_ID =~ ^[0-9]+$ ]] || die "malformed slot tags: slot $SLOT, node id $NODE_ID"
+	((SLOT < SLOTKEEPER_SLOT_COUNT)) || die "slot $SLOT is not below the slot count $SLOTKEEPER_SLOT_COUNT"
+	((NODE_ID == SLOTKEEPER_NODE_ID_BASE + SLOT)) || die "node id $NODE_ID is not $SLOTKEEPER_NODE_ID_BASE + slot $SLOT"
+	log "instance $INSTANCE_ID in $AZ is slot $SLOT, node $NODE_ID"
+}
+
+# slot_volume_id: print the id of the slot's volume attached to this instance.
+slot_volume_id() {
+	local out ids
+	out=$(aws ec2 describe-volumes --region "$REGION" --output text --query 'Volumes[].VolumeId' --filters \
+		"Name=attachment.instance-id,Values=$INSTANCE_ID" \
+		"Name=tag:slotkeeper:cluster,Values=$SLOTKEEPER_CLUSTER" \
+		"Name=tag:slotkeeper:slot,Values=$SLOT") || die "describing the slot's volume failed"
+	read -r -a ids <<<"$out"
+	((${#ids[@]} == 1)) || die "expected one volume of slot $SLOT attached to $INSTANCE_ID, found ${#ids[@]}: ${ids[*]}"
+	printf '%s\n' "${ids[0]}"
+}
+
+# volume_device VOLUME_ID: print the volume's device: on Nitro, an NVMe device udev
+# links as /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_<id without hyphen>.
+volume_device() {
+	local volume=$1 link deadline=$((SECONDS + ${SLOTKEEPER_DEVICE_TIMEOUT:-120}))
+	link="${SLOTKEEPER_DEVICE_DIR:-/dev/disk/by-id}/nvme-Amazon_Elastic_Block_Store_${volume//-/}"
+	until [[ -e $link ]]; do
+		((SECONDS < deadline)) || die "no device for volume $volume: $link does not exist"
+		sleep "${SLOTKEEPER_POLL_INTERVAL:-5}"
+	done
+	readlink -f "$link"
+}
+
+# ensure_filesystem DEVICE: format DEVICE (xfs) if and only if it is blank. xfs or ext4
+# is kept; anything else (partition table, unknown signature, probe error) stops here.
+ensure_filesystem() {
+	local device=$1 fstype rc=0
+	fstype=$(blkid -p -o value -s TYPE "$device") || rc=$?
+	case $rc in
+	0)
+		case $fstype in
+		xfs | ext4) log "$device already holds $fstype: keeping it" ;;
+		*) die "$device holds ${fstype:-a partition table or unknown signature}; refusing to touch it" ;;
+		esac
+		;;
+	2)
+		log "$device is blank: formatting it (xfs)"
+		mkfs.xfs -q -L kafka-data "$device"
+		;;
+	*) die "cannot probe $device (blkid exit $rc); refusing to format it" ;;
+	esac
+}
+
+# mount_data DEVICE: mount DEVICE at the data mount, now and at every boot.
+mount_data() {
+	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} uuid fstype tmp
+	uuid=$(blkid -o value -s UUID "$device") || die "no filesystem UUID on $device"
+	fstype=$(blkid -o value -s TYPE "$device") || die "no filesystem type on $device"
+	mkdir -p "$mount"
+	tmp=$(mktemp "$fstab.XXXXXX")
+	awk -v m="$mount" '$2 != m' "$fstab" >"$tmp"
+	printf 'UUID=%s %s %s defaults,noatime,nofail 0 2\n' "$uuid" "$mount" "$fstype" >>"$tmp"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$fstab"
+	mountpoint -q "$mount" || mount "$mount"
+	log "$device ($fstype, UUID $uuid) is mounted at $mount"
+}
+
+# cluster_id: SLOTKEEPER_KAFKA_CLUSTER_ID, or the first 16 bytes of
+# SHA-256("slotkeeper:<cluster>") in base64url (the form of kafka-storage random-uuid).
+cluster_id() {
+	if [[ -n ${SLOTKEEPER_KAFKA_CLUSTER_ID:-} ]]; then
+		printf '%s\n' "$SLOTKEEPER_KAFKA_CLUSTER_ID"
+		return
+	fi
+	local hex bytes="" i
+	hex=$(printf 'slotkeeper:%s' "$SLOTKEEPER_CLUSTER" | sha256sum | cut -c1-32)
+	for ((i = 0; i < 32; i += 2)); do
+		bytes+="\\x${hex:i:2}"
+	done
+	printf '%b' "$bytes" | basenc --base64url | tr -d '=\n'
+	printf '\n'
+}
+
+# replication_factor: 3, or the slot count when smaller.
+replication_factor() { printf '%d\n' $((SLOTKEEPER_SLOT_COUNT < 3 ? SLOTKEEPER_SLOT_COUNT : 3)); }
+
+# kafka_properties: print this slot's server.properties (KRaft). Slots below the
+# controller count are also controllers. Every address is a slot's DNS name.
+kafka_properties() {
+	local dns=$SLOTKEEPER_DNS_NAME base=$SLOTKEEPER_NODE_ID_BASE i voters="" roles listeners rf min_isr
+	local controllers=$((SLOTKEEPER_CONTROLLER_COUNT < SLOTKEEPER_SLOT_COUNT ? SLOTKEEPER_CONTROLLER_COUNT : SLOTKEEPER_SLOT_COUNT))
+	for ((i = 0; i < controllers; i++)); do
+		voters+="${voters:+,}$((base + i))@broker-$i.$dns:$CONTROLLER_PORT"
+	done
+	if ((SLOT < controllers)); then
+		roles=broker,controller
+		listeners="PLAINTEXT://:$BROKER_PORT,CONTROLLER://:$CONTROLLER_PORT"
+	else
+		roles=broker
+		listeners="PLAINTEXT://:$BROKER_PORT"
+	fi
+	rf=$(replication_factor)
+	min_isr=$((rf > 1 ? rf - 1 : 1))
+	cat <<EOF
+# Written by slotkeeper-broker-bootstrap (cluster $SLOTKEEPER_CLUSTER, slot $SLOT).
+process.roles=$roles
+node.id=$NODE_ID
+broker.rack=$AZ
+controller.quorum.voters=$voters
+controller.listener.names=CONTROLLER
+listeners=$listeners
+advertised.listeners=PLAINTEXT://broker-$SLOT.$dns:$BROKER_PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$SLOTKEEPER_DATA_MOUNT/data
+controlled.shutdown.enable=true
+unclean.leader.election.enable=false
+default.replication.factor=$rf
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
+EOF
+}
+
+# check_volume_identity: refuse a volume formatted for another node id or cluster.
+check_volume_identity() {
+	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid
+	[[ -f $meta ]] || return 0
+	id=$(sed -n 's/^node\.id=//p' "$meta")
+	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
+	[[ -z $id || $id == "$NODE_ID" ]] || die "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
+	[[ -z $cid || $cid == "$(cluster_id)" ]] || die "$meta: cluster.id=$cid, not $(cluster_id)"
+	log "the volume is node $NODE_ID's: resuming its log"
+}
+
+# heap_opts: a quarter of the memory, 512 MiB to 6 GiB (the page cache gets the rest).
+heap_opts() {
+	local mem_kib mib
+	mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+	mib=$((mem_kib / 4096))
+	mib=$((mib < 512 ? 512 : mib > 6144 ? 6144 : mib))
+	printf -- '-Xms%dm -Xmx%dm\n' "$mib" "$mib"
+}
+
+# kafka_unit: print the systemd unit. Stopping it sends SIGTERM: Kafka then shuts down
+# in a controlled way (hands its leaderships over) and exits 143. The terminate
+# function's stop command (systemctl stop kafka) relies on this.
+kafka_unit() {
+	cat <<EOF
+[Unit]
+Description=Apache Kafka broker (slotkeeper $SLOTKEEPER_CLUSTER slot $SLOT, node $NODE_ID)
+Wants=network-online.target
+After=network-online.target
+RequiresMountsFor=$SLOTKEEPER_DATA_MOUNT
+
+[Service]
+Type=simple
+User=kafka
+Group=kafka
+Environment="KAFKA_HEAP_OPTS=$(heap_opts)"
+Environment=LOG_DIR=/var/log/kafka
+ExecStart=$KAFKA_HOME/bin/kafka-server-start.sh $KAFKA_CONFIG
+KillSignal=SIGTERM
+SuccessExitStatus=143
+TimeoutStopSec=$STOP_TIMEOUT_SECONDS
+Restart=on-failure
+RestartSec=10
+LimitNOFILE=1048576
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+# write_file PATH MODE: replace PATH with standard input, atomically.
+write_file() {
+	local tmp
+	mkdir -p "$(dirname "$1")"
+	tmp=$(mktemp "$1.XXXXXX")
+	cat >"$tmp"
+	chmod "$2" "$tmp"
+	mv -f "$tmp" "$1"
+}
+
+# install_software: Java, the CloudWatch agent, Kafka and its user, unless present.
+install_software() {
+	local dir=/opt/kafka_2.13-${SLOTKEEPER_KAFKA_VERSION:?} tmp
+	: "${SLOTKEEPER_KAFKA_URL:?}"
+	command -v java >/dev/null || dnf install -y -q java-21-amazon-corretto-headless
+	[[ -x $AGENT_HOME/bin/amazon-cloudwatch-agent-ctl ]] || dnf install -y -q amazon-cloudwatch-agent
+	if [[ ! -x $dir/bin/kafka-server-start.sh ]]; then
+		log "downloading Kafka $SLOTKEEPER_KAFKA_VERSION from $SLOTKEEPER_KAFKA_URL"
+		tmp=$(mktemp -d)
+		curl -fsSL --retry 5 -o "$tmp/kafka.tgz" "$SLOTKEEPER_KAFKA_URL"
+		mkdir -p "$dir"
+		tar -xzf "$tmp/kafka.tgz" -C "$dir" --strip-components=1
+		rm -rf "$tmp"
+	fi
+	ln -sfn "$dir" "$KAFKA_HOME"
+	# A fixed uid: the slot's volume moves between instances with its files.
+	getent group kafka >/dev/null || groupadd --gid "$KAFKA_UID" kafka
+	id -u kafka >/dev/null 2>&1 || useradd --system --uid "$KAFKA_UID" --gid kafka --home-dir "$KAFKA_HOME" --shell /sbin/nologin kafka
+}
+
+# install_agent_config: run the CloudWatch agent with slotkeeper's configuration, which
+# must report the data mount (the slot's disk alarm watches it).
+install_agent_config() {
+	local config=$AGENT_HOME/etc/slotkeeper-disk.json
+	grep -qF "\"$SLOTKEEPER_DATA_MOUNT\"" "$AGENT_CONFIG_SOURCE" ||
+		die "$AGENT_CONFIG_SOURCE does not report on $SLOTKEEPER_DATA_MOUNT"
+	install -D -m 0644 "$AGENT_CONFIG_SOURCE" "$config"
+	"$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" -a fetch-config -m ec2 -s -c "file:$config"
+}
+
+main() {
+	((EUID == 0)) || die "run as root"
+	load_settings "${SLOTKEEPER_ENV_FILE:-/etc/slotkeeper/broker.env}"
+	check_settings
+	install_software
+	imds_login
+	wait_for_slot
+
+	local volume device
+	volume=$(slot_volume_id)
+	device=$(volume_device "$volume")
+	ensure_filesystem "$device"
+	mount_data "$device"
+	mkdir -p "$SLOTKEEPER_DATA_MOUNT/data" /var/log/kafka
+	chown kafka:kafka /var/log/kafka
+	[[ $(stat -c %u "$SLOTKEEPER_DATA_MOUNT/data") == "$KAFKA_UID" ]] || chown -R kafka:kafka "$SLOTKEEPER_DATA_MOUNT/data"
+	check_volume_identity
+
+	kafka_properties | write_file "$KAFKA_CONFIG" 0644
+	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \
+		--cluster-id "$(cluster_id)" --config "$KAFKA_CONFIG"
+	install_agent_config
+	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
+	systemctl daemon-reload
+	systemctl enable --now kafka
+	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+	main "$@"
+fi
