@@ -66,7 +66,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 			res.Outcome = OutcomeRetry
 		}
 		o.Metrics.Count("RecordChanges", float64(res.Changes))
-		finish(ctx, res.Outcome)
+		finish(ctx, res.Outcome, err)
 	}()
 
 	ev, err := ParseStateChange(raw)

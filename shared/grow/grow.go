@@ -130,20 +130,8 @@ func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 // error means the payload was malformed or a transient failure struck before the
 // growth could be recorded; Lambda then delivers it again.
 func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
-	start := time.Now()
-	m := h.newMetrics()
-	o := &obs.Obs{Log: h.log.With(obs.KeyFunction, "grow", obs.KeyCluster, h.cfg.Cluster), Metrics: m}
-	defer func() {
-		outcome := res.Outcome
-		if err != nil && outcome == "" {
-			outcome = OutcomeRetry
-		}
-		m.Count("Invocations", 1, "Outcome", outcome)
-		m.Duration("InvocationDuration", time.Since(start))
-		if ferr := m.Flush(); ferr != nil {
-			o.Log.WarnContext(ctx, "flushing metrics", obs.KeyErr, ferr.Error())
-		}
-	}()
+	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "grow", h.cfg.Cluster)
+	defer func() { finish(ctx, res.Outcome, err) }()
 
 	a, err := ParseAlarm(raw)
 	if errors.Is(err, ErrNotAlarm) {

@@ -122,13 +122,7 @@ type invocation struct {
 // completed by an invocation that returns an error.
 func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "launch", h.cfg.Cluster)
-	defer func() {
-		outcome := res.Outcome
-		if err != nil && outcome == "" {
-			outcome = OutcomeRetry
-		}
-		finish(ctx, outcome)
-	}()
+	defer func() { finish(ctx, res.Outcome, err) }()
 
 	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeLaunch, lifecycle.TransitionLaunch)
 	if err != nil {

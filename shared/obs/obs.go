@@ -24,6 +24,9 @@ import (
 const (
 	OutcomeOK     = "ok"
 	OutcomeFailed = "failed"
+	// OutcomeRetry is an invocation's outcome when it failed and the event will be
+	// delivered again.
+	OutcomeRetry = "retry"
 )
 
 // Obs bundles the logger and the metrics of one function invocation.
@@ -70,13 +73,17 @@ func (o *Obs) Step(ctx context.Context, name string, fn func(context.Context) er
 
 // Begin starts one invocation of function: its Metrics (dimensions Cluster and
 // Function, written to w) and an Obs whose logger carries the function and cluster.
-// finish records the invocation's outcome (metric Invocations, dimension Outcome) and
-// duration (InvocationDuration), then flushes the metrics.
-func Begin(log *slog.Logger, w io.Writer, namespace, function, cluster string) (o *Obs, finish func(ctx context.Context, outcome string)) {
+// finish records the invocation's outcome (metric Invocations, dimension Outcome;
+// "retry" when it failed before deciding one) and duration (InvocationDuration), then
+// flushes the metrics.
+func Begin(log *slog.Logger, w io.Writer, namespace, function, cluster string) (o *Obs, finish func(ctx context.Context, outcome string, err error)) {
 	start := time.Now()
 	m := NewMetrics(w, namespace, map[string]string{"Cluster": cluster, "Function": function})
 	o = &Obs{Log: log.With(KeyFunction, function, KeyCluster, cluster), Metrics: m}
-	return o, func(ctx context.Context, outcome string) {
+	return o, func(ctx context.Context, outcome string, err error) {
+		if err != nil && outcome == "" {
+			outcome = OutcomeRetry
+		}
 		m.Count("Invocations", 1, "Outcome", outcome)
 		m.Duration("InvocationDuration", time.Since(start))
 		if err := m.Flush(); err != nil {

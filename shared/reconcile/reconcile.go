@@ -167,7 +167,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
 		if err != nil && outcome != OutcomeMalformed {
 			outcome = OutcomeRetry
 		}
-		finish(ctx, outcome)
+		finish(ctx, outcome, nil)
 	}()
 	ok, what, err := Parse(raw)
 	if err != nil {

@@ -139,13 +139,7 @@ type invocation struct {
 // the lifecycle action was then not completed.
 func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "terminate", h.cfg.Cluster)
-	defer func() {
-		outcome := res.Outcome
-		if err != nil && outcome == "" {
-			outcome = OutcomeRetry
-		}
-		finish(ctx, outcome)
-	}()
+	defer func() { finish(ctx, res.Outcome, err) }()
 	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeTerminate, lifecycle.TransitionTerminate)
 	if err != nil {
 		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: why}, err
