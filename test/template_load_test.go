@@ -124,7 +124,7 @@ func templateRepoDir() string { return filepath.Join("..") }
 func translateDeployScenarios() (map[string]*cfnStack, error) {
 	python := filepath.Join(templateRepoDir(), ".venv", "bin", "python")
 	if err := exec.Command(python, "-c", "import samtranslator").Run(); err != nil {
-		return nil, fmt.Errorf("%w (%s -c 'import samtranslator': %v)", errNoTranslator, python, err)
+		return nil, fmt.Errorf("%w (%s -c 'import samtranslator': %w)", errNoTranslator, python, err)
 	}
 	sets := make([]map[string]string, len(deployScenarios))
 	for i, sc := range deployScenarios {

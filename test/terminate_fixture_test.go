@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -99,9 +97,4 @@ func (c *cluster) ssmCommands(instance string) [][2]string {
 		}
 	}
 	return res
-}
-
-// readEventFile reads a sample event from events/.
-func readEventFile(name string) ([]byte, error) {
-	return os.ReadFile(filepath.Join("..", "events", name))
 }

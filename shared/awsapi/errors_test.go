@@ -40,7 +40,7 @@ func TestClassification(t *testing.T) {
 					t.Errorf("classifier %d = %v, want %v", i, got[i], want[i])
 				}
 			}
-			if tt.notFound && IgnoreNotFound(tt.err) != nil || !tt.notFound && IgnoreNotFound(tt.err) != tt.err {
+			if tt.notFound && IgnoreNotFound(tt.err) != nil || !tt.notFound && !errors.Is(IgnoreNotFound(tt.err), tt.err) {
 				t.Errorf("IgnoreNotFound(%v) = %v", tt.err, IgnoreNotFound(tt.err))
 			}
 		})

@@ -157,7 +157,7 @@ func (s *Syncer) sync(ctx context.Context, events map[string]string) (int, error
 				delay = min(2*delay, s.MaxBackoff)
 			}
 			if err := sleep(ctx, pause); err != nil {
-				return changed, fmt.Errorf("syncing DNS records: %w (after: %v)", err, last)
+				return changed, fmt.Errorf("syncing DNS records: %w (after: %w)", err, last)
 			}
 		}
 		n, err := s.round(ctx, events)

@@ -165,7 +165,7 @@ func ParseStateChange(raw []byte) (Alarm, error) {
 func fromDetail(raw json.RawMessage, eventTime string) (Alarm, error) {
 	var d *alarmDetailJSON
 	if err := json.Unmarshal(raw, &d); err != nil || d == nil {
-		return Alarm{}, fmt.Errorf("%w: no alarm detail object (%v)", ErrMalformed, err)
+		return Alarm{}, fmt.Errorf("%w: no alarm detail object (%w)", ErrMalformed, err)
 	}
 	if d.AlarmName == "" {
 		return Alarm{}, fmt.Errorf("%w: no alarmName", ErrMalformed)

@@ -332,7 +332,7 @@ func (inv *invocation) shutdown(ctx context.Context, id string, broker int32) er
 				return nil
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
-				return fmt.Errorf("broker %d still in the cluster metadata after %s (last error: %v)", broker, inv.LeaveTimeout, err)
+				return fmt.Errorf("broker %d still in the cluster metadata after %s (last error: %w)", broker, inv.LeaveTimeout, err)
 			}
 			select {
 			case <-ctx.Done():
