@@ -1,12 +1,12 @@
 package dns
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 
+	"github.com/slotkeeper/slotkeeper/shared/eventbridge"
 	"github.com/slotkeeper/slotkeeper/shared/slot"
 )
 
@@ -35,15 +35,7 @@ var ErrMalformed = errors.New("malformed instance state-change event")
 //	  "detail": {"instance-id": "i-0123456789abcdef0", "state": "running"}
 //	}
 type StateChange struct {
-	Version    string          `json:"version"`
-	ID         string          `json:"id"`
-	DetailType string          `json:"detail-type"`
-	Source     string          `json:"source"`
-	Account    string          `json:"account"`
-	Time       string          `json:"time"`
-	Region     string          `json:"region"`
-	Resources  []string        `json:"resources"`
-	Detail     json.RawMessage `json:"detail"`
+	eventbridge.Envelope
 
 	// InstanceID and State are the detail's "instance-id" and "state".
 	InstanceID string `json:"-"`
@@ -70,17 +62,13 @@ var instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
 // turn away.
 func ParseStateChange(raw []byte) (StateChange, error) {
 	var e StateChange
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&e); err != nil {
+	if err := eventbridge.Decode(raw, &e.Envelope); err != nil {
 		return StateChange{}, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return StateChange{}, fmt.Errorf("%w: trailing data after the event", ErrMalformed)
 	}
 	if e.Source != SourceEC2 || e.DetailType != DetailTypeStateChange {
 		return e, nil // not ours: Relevant says why; nothing else to check
 	}
-	if len(e.Detail) == 0 || string(e.Detail) == "null" {
+	if !e.HasDetail() {
 		return StateChange{}, fmt.Errorf("%w: no detail", ErrMalformed)
 	}
 	var d stateDetail

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slotkeeper/slotkeeper/shared/eventbridge"
 )
 
 // Alarm states.
@@ -64,13 +66,8 @@ type (
 		Time      string          `json:"time"`
 		AlarmData json.RawMessage `json:"alarmData"` // alarmDetailJSON, read once the source is known
 	}
-	stateChangeJSON struct {
-		DetailType string          `json:"detail-type"`
-		Source     string          `json:"source"`
-		Time       string          `json:"time"`
-		Resources  []string        `json:"resources"`
-		Detail     json.RawMessage `json:"detail"` // alarmDetailJSON, read once the type is known
-	}
+	// stateChangeJSON's Detail is an alarmDetailJSON, read once the type is known.
+	stateChangeJSON = eventbridge.Envelope
 	alarmDetailJSON struct {
 		AlarmName     string          `json:"alarmName"`
 		State         *alarmStateJSON `json:"state"`

@@ -28,7 +28,6 @@
 package lifecycle
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,6 +36,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/slotkeeper/slotkeeper/shared/eventbridge"
 )
 
 // Detail types and transitions slotkeeper handles.
@@ -53,17 +54,7 @@ const (
 var ErrMalformed = errors.New("malformed lifecycle event")
 
 // Envelope is the EventBridge envelope.
-type Envelope struct {
-	Version    string          `json:"version"`
-	ID         string          `json:"id"`
-	DetailType string          `json:"detail-type"`
-	Source     string          `json:"source"`
-	Account    string          `json:"account"`
-	Time       string          `json:"time"`
-	Region     string          `json:"region"`
-	Resources  []string        `json:"resources"`
-	Detail     json.RawMessage `json:"detail"`
-}
+type Envelope = eventbridge.Envelope
 
 // Action is the detail of a lifecycle-action event.
 type Action struct {
@@ -90,17 +81,13 @@ var instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
 // judge whether the event is for us (ASG, transition): see Event.Relevant.
 func Parse(raw []byte) (Event, error) {
 	var e Event
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&e.Envelope); err != nil {
+	if err := eventbridge.Decode(raw, &e.Envelope); err != nil {
 		return Event{}, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return Event{}, fmt.Errorf("%w: trailing data after the event", ErrMalformed)
 	}
 	if e.Source != SourceAutoScaling {
 		return e, nil // foreign source: Relevant says no; nothing else to check
 	}
-	if len(e.Detail) == 0 || string(e.Detail) == "null" {
+	if !e.HasDetail() {
 		return Event{}, fmt.Errorf("%w: no detail", ErrMalformed)
 	}
 	if err := json.Unmarshal(e.Detail, &e.Action); err != nil {

@@ -27,6 +27,8 @@ import (
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/dns"
+	"github.com/slotkeeper/slotkeeper/shared/eventbridge"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/obs"
@@ -116,38 +118,27 @@ func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	return json.Marshal(r)
 }
 
-// trigger is the part of either trigger event reconcile reads.
-type trigger struct {
-	Source     string          `json:"source"`
-	DetailType string          `json:"detail-type"`
-	ID         string          `json:"id"`
-	Detail     json.RawMessage `json:"detail"`
-}
-
 // Parse classifies a trigger: ok is true for the schedule and for an EC2 instance
 // "terminated" state change; anything else is a no-op with the reason given.
 func Parse(raw []byte) (ok bool, what string, err error) {
-	var t trigger
-	if err := json.Unmarshal(raw, &t); err != nil {
+	var e eventbridge.Envelope
+	if err := eventbridge.Decode(raw, &e); err != nil {
 		return false, "", fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	switch {
-	case t.Source == "aws.events" && t.DetailType == "Scheduled Event":
+	case e.Source == "aws.events" && e.DetailType == "Scheduled Event":
 		return true, "schedule", nil
-	case t.Source == "aws.ec2" && t.DetailType == "EC2 Instance State-change Notification":
-		var d struct {
-			InstanceID string `json:"instance-id"`
-			State      string `json:"state"`
+	case e.Source == dns.SourceEC2 && e.DetailType == dns.DetailTypeStateChange:
+		sc, err := dns.ParseStateChange(raw)
+		if err != nil {
+			return false, "", fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
-		if err := json.Unmarshal(t.Detail, &d); err != nil || d.InstanceID == "" || d.State == "" {
-			return false, "", fmt.Errorf("%w: state-change detail lacks instance-id or state", ErrMalformed)
+		if sc.State != slot.Terminated {
+			return false, "instance " + sc.InstanceID + " is " + sc.State + ", not terminated", nil
 		}
-		if d.State != slot.Terminated {
-			return false, "instance " + d.InstanceID + " is " + d.State + ", not terminated", nil
-		}
-		return true, "instance " + d.InstanceID + " terminated", nil
+		return true, "instance " + sc.InstanceID + " terminated", nil
 	}
-	return false, fmt.Sprintf("source %q, detail-type %q is not a reconcile trigger", t.Source, t.DetailType), nil
+	return false, fmt.Sprintf("source %q, detail-type %q is not a reconcile trigger", e.Source, e.DetailType), nil
 }
 
 type run struct {
