@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -39,4 +40,14 @@ func Fail(function string, err error) {
 	slog.New(slog.NewJSONHandler(os.Stderr, nil)).Error(function+" function cannot start", obs.KeyFunction, function, obs.KeyErr, err.Error())
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
+}
+
+// Respond turns a handler's result into the Lambda response: the result as JSON, or
+// the error, which makes Lambda deliver the event again. Every function's Invoke is
+// `return app.Respond(h.Run(ctx, payload))`.
+func Respond[R any](res R, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(res)
 }

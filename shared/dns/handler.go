@@ -2,11 +2,11 @@ package dns
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 
+	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/obs"
@@ -47,11 +47,7 @@ type Result struct {
 // Invoke is the Lambda entry point (it makes Handler a lambda.Handler): it takes the
 // raw event, so that even a payload that is not JSON gets a clear error and log line.
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
-	res, err := h.Run(ctx, payload)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(res)
+	return app.Respond(h.Run(ctx, payload))
 }
 
 // Run handles one event. An event that is not a handled state change, or is about an

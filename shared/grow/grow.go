@@ -19,7 +19,6 @@ package grow
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +32,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/slotkeeper/slotkeeper/shared/alert"
+	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -118,11 +118,7 @@ type Result struct {
 // raw payload, so that a payload that is not JSON still gets a clear error and log
 // line, and answers with the Result as JSON.
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
-	res, err := h.Run(ctx, payload)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(res)
+	return app.Respond(h.Run(ctx, payload))
 }
 
 // Run handles one alarm payload. Only a transition to ALARM of one of this cluster's
@@ -240,7 +236,7 @@ func (h *Handler) newJob(o *obs.Obs, actor string, poll resources.Poll, run *rem
 	store.Actor = actor
 	return &job{
 		Handler: h, o: o, store: store, poll: poll, remote: run,
-		res: &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, Log: o.Log},
+		res: resources.New(h.cfg, h.ec2, resources.Poll{}, o.Log), // finds the volume only: no waits
 	}
 }
 

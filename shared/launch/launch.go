@@ -12,7 +12,6 @@ package launch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -100,11 +100,7 @@ type Result struct {
 // raw event, so that even a payload that is not JSON gets a clear error and log line,
 // and answers with the Result as JSON for whoever invoked it by hand.
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
-	res, err := h.Run(ctx, payload)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(res)
+	return app.Respond(h.Run(ctx, payload))
 }
 
 // invocation is the state of one Run.
@@ -135,9 +131,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	inv := &invocation{Handler: h, o: o}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	inv.store.Actor = obs.Actor(ctx, "launch")
-	inv.res = &resources.Manager{
-		EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: o.Log,
-	}
+	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 	res, err = inv.run(ctx)
 	if err != nil {

@@ -11,7 +11,6 @@ package reconcile
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/dns"
@@ -111,11 +111,7 @@ type Report struct {
 
 // Invoke is the Lambda entry point (Handler is a lambda.Handler).
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
-	r, err := h.Run(ctx, payload)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(r)
+	return app.Respond(h.Run(ctx, payload))
 }
 
 // Parse classifies a trigger: ok is true for the schedule and for an EC2 instance
@@ -172,7 +168,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
 	r := &run{Handler: h, o: o.With("trigger", what), rep: &Report{Outcome: OutcomeReconciled, Trigger: what, Repairs: map[string]int{}}}
 	r.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	r.store.Actor = obs.Actor(ctx, "reconcile")
-	r.res = &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: r.o.Log}
+	r.res = resources.New(h.cfg, h.ec2, h.Poll, r.o.Log)
 	err = r.reconcile(ctx)
 	r.o.Log.InfoContext(ctx, "reconciled", obs.KeyOutcome, r.rep.Outcome, "released", r.rep.Released,
 		"orphans", len(r.rep.Orphans), "repairs", r.rep.Repairs, "slots", r.rep.SlotsByState)

@@ -402,3 +402,9 @@ func (m *Manager) GroupInstances(ctx context.Context, asg, az string) ([]string,
 	}
 	return ids, nil
 }
+
+// New returns the Manager of cfg's cluster: its tags, volume specification and ENI
+// security groups; poll paces and bounds its waits.
+func New(cfg config.Config, ec2 awsapi.EC2, poll Poll, log *slog.Logger) *Manager {
+	return &Manager{EC2: ec2, Cluster: cfg.Cluster, Volume: cfg.Volume, SGs: cfg.SecurityGroups, Poll: poll, Log: log}
+}

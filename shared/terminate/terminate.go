@@ -11,7 +11,6 @@ package terminate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 
 	"github.com/slotkeeper/slotkeeper/shared/alert"
+	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
@@ -120,11 +120,7 @@ type Result struct {
 
 // Invoke is the Lambda entry point (Handler is a lambda.Handler).
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
-	res, err := h.Run(ctx, payload)
-	if err != nil {
-		return nil, err
-	}
-	return marshal(res)
+	return app.Respond(h.Run(ctx, payload))
 }
 
 type invocation struct {
@@ -151,7 +147,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	inv := &invocation{Handler: h, o: o}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	inv.store.Actor = obs.Actor(ctx, "terminate")
-	inv.res = &resources.Manager{EC2: h.ec2, Cluster: h.cfg.Cluster, Volume: h.cfg.Volume, SGs: h.cfg.SecurityGroups, Poll: h.Poll, Log: o.Log}
+	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 
 	stop := inv.actions.KeepAlive(ctx, h.HeartbeatInterval)
@@ -413,5 +409,3 @@ func orGone(s string) string {
 	}
 	return s
 }
-
-func marshal(r Result) ([]byte, error) { return json.Marshal(r) }
