@@ -56,10 +56,12 @@ type Cluster struct {
 	answered atomic.Int64
 
 	mu      sync.Mutex
-	base    *kmsg.MetadataResponse // kfake's own answer, for all topics
-	isr     map[partition][]int32  // scripted ISRs
-	offline map[partition]bool     // scripted leaderless partitions
-	gone    map[int32]bool         // brokers left out of the broker list
+	base    *kmsg.MetadataResponse    // kfake's own answer, for all topics
+	isr     map[partition][]int32     // scripted ISRs
+	offline map[partition]bool        // scripted leaderless partitions
+	gone    map[int32]bool            // brokers left out of the broker list
+	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
+	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
 }
 
 type partition struct {
@@ -99,6 +101,8 @@ func Start(t testing.TB, opts ...kfake.Opt) *Cluster {
 	})
 	c.Refresh(t)
 	fake.ControlKey(int16(kmsg.Metadata), c.control)
+	c.advertiseQuorum(t)
+	fake.ControlKey(int16(kmsg.DescribeQuorum), c.controlQuorum)
 	return c
 }
 
@@ -200,6 +204,7 @@ func (c *Cluster) Reset() {
 	clear(c.isr)
 	clear(c.offline)
 	clear(c.gone)
+	c.quorum = nil
 }
 
 // Answered counts the Metadata requests answered by the script, i.e. those sent
