@@ -407,7 +407,7 @@ func TestTemplateFunctionPermissions(t *testing.T) {
 			}
 			want := map[string][][]string{
 				"LaunchFunction": {base, lifecycle, detach, alarms, when(hasDNS, dns), when(hasKMS, kms),
-					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume"}},
+					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume", "sns:Publish"}},
 				"TerminateFunction": {base, lifecycle, detach, when(hasDNS, dns), when(inVPC, vpc),
 					{"dynamodb:UpdateItem", "ssm:SendCommand", "sns:Publish"}},
 				"GrowFunction":      {base, growth, {"dynamodb:UpdateItem"}},
