@@ -61,7 +61,8 @@ type Reset struct {
 	// Actor and Reason are what the history entry records.
 	Actor  string `json:"actor"`
 	Reason string `json:"reason"`
-	// Nothing is true when the slot records nothing: the next launch creates anyway.
+	// Nothing is true when the slot records no volume and nothing recorded is gone:
+	// there is nothing to reset (its next launch creates a volume anyway).
 	Nothing bool `json:"nothing_recorded,omitempty"`
 	// DryRun is true when --yes was not given: nothing was changed.
 	DryRun bool `json:"dry_run,omitempty"`
@@ -138,6 +139,11 @@ func runReset(ctx context.Context, r *Run, yes bool, reason string) error {
 		}
 		rs.Forget = append(rs.Forget, item)
 		kinds = append(kinds, kind)
+	}
+	if len(kinds) == 0 && l.VolumeID == "" {
+		rs.Nothing = true
+		o.Printf("slot %d records no volume (its next launch creates one) and its recorded %s exist(s): nothing to reset.\n", s, strings.Join(present, ", "))
+		return o.Emit(rs)
 	}
 	if len(kinds) == 0 {
 		return Refused("reset is only for a recorded resource that is gone; if its tags are wrong, tag it again "+
