@@ -264,6 +264,15 @@ func TestGoneResourceAbandonsUntilReset(t *testing.T) {
 				t.Fatalf("deleting %s %s at moto: %v", kind, gone, err)
 			}
 
+			// The reconciler reports it as an identity problem, not as anything to create.
+			rep, err := c.runReconcile(c.reconciler(), c.scheduleEvent())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Identity) != 1 || rep.Identity[0].ID != gone || !strings.Contains(rep.Identity[0].Why, "no longer exists") || len(rep.Orphans) != 0 {
+				t.Errorf("reconcile: identity %+v, orphans %+v; want the gone %s only", rep.Identity, rep.Orphans, gone)
+			}
+
 			h.ResetCounts()
 			logStart := len(c.logs.String())
 			var abandoned []string
@@ -398,6 +407,23 @@ func TestRecordedVolumeTaggedForAnotherSlotIsRefused(t *testing.T) {
 	msgs := snsPublished(t, h, topic)
 	if len(msgs) != 1 || !strings.Contains(msgs[0][0], "tags") || !strings.Contains(msgs[0][1], `slotkeeper:slot="2"`) {
 		t.Fatalf("SNS messages %q", msgs)
+	}
+	// Without the cluster tag the volume leaves the cluster's listing; the reconciler
+	// still describes it by its recorded id.
+	if _, err := c.ec2.DeleteTags(context.Background(), &ec2.DeleteTagsInput{Resources: []string{rec.VolumeID},
+		Tags: []ec2types.Tag{{Key: aws.String("slotkeeper:cluster")}}}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = c.runReconcile(c.reconciler(), c.scheduleEvent())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Identity) != 1 || !strings.Contains(rep.Identity[0].Why, `slotkeeper:cluster="" slotkeeper:slot="2"`) {
+		t.Errorf("reconcile without the cluster tag: identity %+v", rep.Identity)
+	}
+	if _, err := c.ec2.CreateTags(context.Background(), &ec2.CreateTagsInput{Resources: []string{rec.VolumeID},
+		Tags: []ec2types.Tag{{Key: aws.String("slotkeeper:cluster"), Value: aws.String(c.cfg.Cluster)}}}); err != nil {
+		t.Fatal(err)
 	}
 	retag("1")
 	next := c.run(1)

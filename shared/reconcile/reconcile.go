@@ -331,8 +331,9 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 			slotTag := tag(tags, resources.TagSlot)
 			if s, ok := recorded[kind][id]; ok {
 				seen[id] = true
-				if tag(tags, resources.TagCluster) != r.cfg.Cluster || slotTag != strconv.Itoa(s) {
-					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records %s %s, whose tags say slot %q", s, kind, id, slotTag))
+				if cluster := tag(tags, resources.TagCluster); cluster != r.cfg.Cluster || slotTag != strconv.Itoa(s) {
+					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records %s %s, whose tags say %s=%q %s=%q: launches of the slot are refused until it is tagged again",
+						s, kind, id, resources.TagCluster, cluster, resources.TagSlot, slotTag))
 				}
 				return
 			}
