@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/terminate"
 	"github.com/slotkeeper/slotkeeper/test/harness"
@@ -28,8 +29,9 @@ func TestPlannedTerminationHandsTheSlotBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmds := c.ssmCommands(ids[1])
-	if len(cmds) != 1 || cmds[0][1] != "systemctl stop kafka.service" || !strings.Contains(cmds[0][0], "broker 1") {
-		t.Errorf("SSM commands to %s: %q, want one controlled shutdown of broker 1", ids[1], cmds)
+	want := strings.Join(hostcmd.SSMCommands(hostcmd.StopAndUnmount("kafka", "/var/lib/kafka", "systemctl stop kafka.service")), "\n")
+	if len(cmds) != 1 || cmds[0][1] != want || !strings.Contains(cmds[0][0], "broker 1") {
+		t.Errorf("SSM commands to %s: %q, want one stop-and-unmount of broker 1 with the configured stop command", ids[1], cmds)
 	}
 	for _, other := range []string{ids[0], ids[2]} {
 		if cmds := c.ssmCommands(other); len(cmds) != 0 {

@@ -71,7 +71,7 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	c := identify(r, body)
 	fault, faulted := h.record(c.action, body)
 
-	next := h.forward.ServeHTTP
+	next := h.modelled(c, h.forward.ServeHTTP)
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
 		next = func(w http.ResponseWriter, _ *http.Request) { h.serveLifecycle(w, c) }
 	}
