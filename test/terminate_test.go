@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -112,8 +113,11 @@ func TestPlannedClassification(t *testing.T) {
 	}
 }
 
-// Must show 5 (issue 3): a crash after each mutating call of the terminate path, then
-// redelivery, ends in the fault-free state; foreign and malformed events change nothing.
+// Must show 5 (issue 3), extended (issue 10, Must show 8): a crash after each mutating
+// call of the terminate path (the removal token's writes included), then redelivery,
+// ends in the fault-free state, the token given back; so does each conditional write
+// whose response is lost (the SDK retries it and meets its own write). Foreign and
+// malformed events change nothing.
 func TestTerminateConvergesAfterCrashes(t *testing.T) {
 	h := harness.Start(t)
 	k := newKafka(t, 3)
@@ -131,8 +135,8 @@ func TestTerminateConvergesAfterCrashes(t *testing.T) {
 	calls := mutating(h)
 	want := c.snapshotOf(roles, "slotkeeper-terminate")
 	t.Logf("fault-free terminate mutating calls: %v", calls)
-	if want.Slots[1].State != "free" {
-		t.Fatalf("fault-free run did not free slot 1: %+v", want.Slots[1])
+	if want.Slots[1].State != "free" || want.Token != "free" || !slices.Contains(calls, "SendCommand") {
+		t.Fatalf("fault-free run did not stop the broker, free slot 1 and give the token back: %+v", want)
 	}
 	for i, action := range calls {
 		skip := 0
@@ -152,6 +156,29 @@ func TestTerminateConvergesAfterCrashes(t *testing.T) {
 				if err := invokeWith(term, payload); err != nil {
 					t.Fatalf("redelivery %d: %v", d+1, err)
 				}
+			}
+			if got := c.snapshotOf(roles, "slotkeeper-terminate"); !reflect.DeepEqual(got, want) {
+				t.Errorf("end state differs\n got: %+v\nwant: %+v", got, want)
+			}
+		})
+	}
+	for i, action := range calls {
+		if action != "UpdateItem" {
+			continue
+		}
+		skip := 0
+		for _, a := range calls[:i] {
+			if a == action {
+				skip++
+			}
+		}
+		t.Run(fmt.Sprintf("response of UpdateItem #%d lost", skip+1), func(t *testing.T) {
+			c, payload, roles := setup(t)
+			term := c.terminate(k.client(t))
+			h.Inject(harness.Fault{Action: action, Kind: harness.LostResponse, Skip: skip, Times: 1})
+			defer h.ClearFaults()
+			if err := invokeWith(term, payload); err != nil {
+				t.Fatalf("a lost response made the delivery fail: %v", err)
 			}
 			if got := c.snapshotOf(roles, "slotkeeper-terminate"); !reflect.DeepEqual(got, want) {
 				t.Errorf("end state differs\n got: %+v\nwant: %+v", got, want)
@@ -189,13 +216,29 @@ func (c *cluster) completionsOf(instance, hook string) []string {
 	return res
 }
 
-// snapshotOf is snapshot with the completions of one hook only.
-func (c *cluster) snapshotOf(roles map[string]string, hook string) snapshot {
+// removalSnapshot is a cluster's end state after terminations: the slots, the
+// instances' tags and completions of one hook, and the removal token.
+type removalSnapshot struct {
+	snapshot
+	// Token is "free" or "held for <role> (slot N)".
+	Token string
+}
+
+// snapshotOf is snapshot with the completions of one hook only, and the removal token.
+func (c *cluster) snapshotOf(roles map[string]string, hook string) removalSnapshot {
 	s := c.snapshot(roles)
 	for id, r := range roles {
 		s.Completions[r] = c.completionsOf(id, hook)
 	}
-	return s
+	tok, err := c.store.GetRemoval(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	token := string(tok.State)
+	if tok.Held() {
+		token = fmt.Sprintf("held for %s (slot %d)", roles[tok.Holder], tok.HolderSlot)
+	}
+	return removalSnapshot{snapshot: s, Token: token}
 }
 
 // Must show 2 (issue 3): while removal is unsafe, terminate holds the instance in

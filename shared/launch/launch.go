@@ -152,7 +152,7 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	// (Lambda keeps events up to an hour, the hook waits 15 minutes) must not claim or
 	// attach anything for an instance whose fate is decided.
 	if err := inv.actions.Active(ctx); errors.Is(err, lifecycle.ErrNotActive) {
-		why := "the lifecycle action is no longer active (completed or expired): " + err.Error()
+		why := err.Error() + " (it was completed or has expired: the instance's fate is decided)"
 		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why)
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	} else if err != nil {
