@@ -228,7 +228,7 @@ func (s *Store) Bind(ctx context.Context, l Lease, b Binding, reason string) (Le
 	sets := map[string]types.AttributeValue{
 		"eni_id": str(b.ENIID), "volume_id": str(b.VolumeID), "ip": str(b.IP),
 	}
-	out, err := s.transit(ctx, l, Bound, []State{Claimed}, sets, nil, reason)
+	out, err := s.transit(ctx, l, Bound, []State{Claimed}, sets, nil, reason, s.stamp())
 	if errors.Is(err, ErrFenced) {
 		cur, gerr := s.Get(ctx, l.Slot)
 		if gerr == nil && cur.State == Bound && cur.Version == l.Version && cur.Holder == l.Holder {
@@ -247,7 +247,7 @@ func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error
 	if l.State == Draining {
 		return l, nil
 	}
-	out, err := s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason)
+	out, err := s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason, s.stamp())
 	if errors.Is(err, ErrFenced) {
 		cur, gerr := s.Get(ctx, l.Slot)
 		if gerr == nil && cur.State == Draining && cur.Version == l.Version && cur.Holder == l.Holder {
@@ -259,18 +259,21 @@ func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error
 
 // Release frees the lease held at l.Version by l.Holder: state free, holder moved to
 // last_holder, version incremented so that anything still acting on the old version is
-// fenced off. Releasing a lease that has already moved on returns ErrFenced; a release
-// that already happened (free at l.Version+1 with l.Holder as last holder, and nobody
-// has claimed it since) returns the released lease.
+// fenced off. Releasing a lease that has already moved on returns ErrFenced. A retry of
+// this very release whose first attempt took effect (a lost response the SDK retried)
+// finds the lease free at l.Version+1 with l.Holder as last holder and its own history
+// entry last, and returns the released lease; a release made by another writer (a
+// concurrent delivery, a reconcile) is ErrFenced: this caller did not release it.
 func (s *Store) Release(ctx context.Context, l Lease, reason string) (Lease, error) {
 	sets := map[string]types.AttributeValue{
 		"last_holder": str(l.Holder),
 		"version":     num(l.Version + 1),
 	}
-	out, err := s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason)
+	now := s.stamp()
+	out, err := s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason, now)
 	if errors.Is(err, ErrFenced) {
 		cur, gerr := s.Get(ctx, l.Slot)
-		if gerr == nil && Released(l, cur) {
+		if gerr == nil && Released(l, cur) && len(cur.History) > 0 && cur.History[len(cur.History)-1].At == now {
 			return cur, nil
 		}
 	}
@@ -284,13 +287,12 @@ func Released(l, cur Lease) bool {
 }
 
 // transit moves l to state `to`, conditioned on the version, holder and state l has,
-// which must be one of `from`, and appends a history entry. It returns the item as
-// written.
-func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason string) (Lease, error) {
+// which must be one of `from`, and appends a history entry stamped now. It returns the
+// item as written.
+func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason, now string) (Lease, error) {
 	if !slices.Contains(from, l.State) {
 		return Lease{}, fmt.Errorf("slot %d cannot move from %s to %s", l.Slot, l.State, to)
 	}
-	now := s.stamp()
 	version := l.Version
 	if v, ok := sets["version"]; ok {
 		version, _ = strconv.ParseInt(v.(*types.AttributeValueMemberN).Value, 10, 64)

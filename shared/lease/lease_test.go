@@ -748,7 +748,7 @@ func (s *suite) testWritesHook(t *testing.T) {
 		{"repeated drain of the bound view", func() error { _, err := st.Drain(ctx, bound, "planned"); return err }, false, 1},
 		{"fenced drain", func() error { _, err := st.Drain(ctx, other(bound), "planned"); return err }, true, 1},
 		{"release", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, false, 1},
-		{"repeated release", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, false, 1},
+		{"repeated release (another call)", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, true, 1},
 		{"fenced release", func() error { _, err := st.Release(ctx, other(drained), "terminated"); return err }, true, 1},
 	}
 	for _, step := range steps {
@@ -826,11 +826,10 @@ func (s *suite) testThrottled(t *testing.T) {
 }
 
 // testCrash covers a write that took effect at DynamoDB while the caller saw an
-// error (the invocation died, or the response was lost). Retrying a claim with the
-// same lease is then fenced, because the write it repeats has already moved the item
-// on; the caller re-reads and finds the slot claimed by it at the next version. A
-// retried release (like bind and drain) re-reads by itself and returns the release
-// that landed.
+// error (the invocation died). A new claim or release with the same lease is then
+// fenced, because the write it repeats has already moved the item on; the caller
+// re-reads and finds the slot claimed by it at the next version, or released. (A
+// response lost and retried by the SDK within one call is testLostResponse.)
 func (s *suite) testCrash(t *testing.T) {
 	const cluster = "crash"
 	st := s.store(cluster)
@@ -850,13 +849,9 @@ func (s *suite) testCrash(t *testing.T) {
 				after.State, after.Version, after.LastHolder, l.Version+1)
 		}
 
-		// The retry's condition fails because the first attempt landed; the store
-		// reads the slot again, recognises its own release and returns it.
-		got, err := st.Release(t.Context(), l, "terminated (retry)")
-		if err != nil {
-			t.Fatalf("retried Release: %v, want the release the crashed attempt made", err)
-		}
-		sameLease(t, "retried Release result", got, after)
+		// A new Release (another invocation) is fenced: the crashed one released it.
+		_, err = st.Release(t.Context(), l, "terminated (retry)")
+		fenced(t, "retried Release", err)
 		sameLease(t, "lease after the retried Release", s.read(t, cluster, 0), after)
 		if cur := get(t, st, 0); cur.HeldBy("i-a") {
 			t.Error("after the fenced retry the slot is still held by i-a")
@@ -890,9 +885,10 @@ func other(l lease.Lease) lease.Lease {
 	return l
 }
 
-// A drain or release repeated by the same holder at the same version (a redelivered
-// event, or a concurrent delivery of the same event) carries on: it returns the lease
-// in the state it was moving it to and writes no second history entry.
+// A drain repeated by the same holder at the same version (a redelivered event, or a
+// concurrent delivery of the same event) carries on: it returns the draining lease and
+// writes no second history entry. A release made by another call is not this call's:
+// it is fenced (the caller did not release the slot; the slot moved on without it).
 func (s *suite) testDrainReleaseRepeated(t *testing.T) {
 	const cluster = "repeated"
 	st := s.store(cluster)
@@ -907,11 +903,8 @@ func (s *suite) testDrainReleaseRepeated(t *testing.T) {
 	}
 	sameLease(t, "repeated Drain", again, drained)
 	released := release(t, st, drained)
-	again, err = st.Release(t.Context(), drained, "terminated (redelivered)")
-	if err != nil {
-		t.Fatalf("repeated Release: %v", err)
-	}
-	sameLease(t, "repeated Release", again, released)
+	_, err = st.Release(t.Context(), drained, "terminated (redelivered)")
+	fenced(t, "a second release of the same lease", err)
 	sameLease(t, "stored lease", s.read(t, cluster, 0), released)
 	if n := len(released.History); n != 4 {
 		t.Errorf("history has %d entries, want 4 (claim, bind, drain, release): %+v", n, released.History)
@@ -927,7 +920,8 @@ func (s *suite) testDrainReleaseRepeated(t *testing.T) {
 
 // A write whose response is lost is retried by the SDK; the retry fails its condition
 // because the first attempt took effect. Drain and Release recognise their own write
-// (as Bind does) instead of reporting that the slot moved on.
+// (as Bind does) instead of reporting that the slot moved on: Drain by the state it
+// was moving the lease to, Release by that state and its own history entry.
 func (s *suite) testLostResponse(t *testing.T) {
 	const cluster = "lost-response"
 	st := s.store(cluster)
