@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,7 +303,10 @@ func handover(t *testing.T, h *harness.Harness, c *cluster, k *kafkaCluster, old
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); tres, terr = runTerminate(t, term, c.terminateEvent(old), "terminate-old") }()
-	go func() { defer wg.Done(); lres, lerr = runLaunch(t, c.launch, c.launchEvent(replacement), "launch-replacement") }()
+	go func() {
+		defer wg.Done()
+		lres, lerr = runLaunch(t, c.launch, c.launchEvent(replacement), "launch-replacement")
+	}()
 	wg.Wait()
 	if terr != nil || lerr != nil {
 		t.Fatalf("terminate: %v; launch: %v", terr, lerr)
@@ -892,4 +896,96 @@ func (c *cluster) slotctl(args ...string) slotctlRun {
 		Getenv: func(k string) string { return c.vars[strings.TrimPrefix(k, config.Prefix)] },
 	})
 	return slotctlRun{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// The result of the stop-and-unmount command is checked: when it fails (here: the
+// filesystem is still in use), the volume and ENI stay on the instance, which may still
+// run Kafka, and an ALERT says so; the slot is released all the same. The replacement
+// then waits until the old instance no longer runs, detaches plainly while it shuts
+// down, and gets the volume once it is terminated: nothing is ever forced off an
+// instance that may run Kafka.
+func TestFailedStopLeavesTheVolumeAttached(t *testing.T) {
+	h := harness.Start(t)
+	var failing atomic.Bool
+	h.Override(harness.Override{Action: "GetCommandInvocation", Rewrite: func(_, resp []byte) []byte {
+		if !failing.Load() {
+			return resp
+		}
+		var m map[string]any
+		if json.Unmarshal(resp, &m) != nil {
+			return resp
+		}
+		m["Status"], m["StatusDetails"], m["ResponseCode"] = "Failed", "Failed", hostcmd.ExitMountBusy
+		m["StandardErrorContent"] = "slotkeeper-stop: /var/lib/kafka is still in use: USER PID ACCESS COMMAND kafka 4242 ..c.. java"
+		b, _ := json.Marshal(m)
+		return b
+	}})
+	k := newKafka(t, 3)
+	c := newCluster(t, h, 3, nil)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("InService", "Healthy", ids...)
+	vol := c.volumes(1)[0].ID
+	h.ResetCounts()
+
+	failing.Store(true)
+	res, err := runTerminate(t, c.terminate(k.client(t)), c.terminateEvent(ids[1]), "failed-stop")
+	failing.Store(false)
+	if err != nil || res.Stopped || !res.LeftAttached || res.Detached != 0 || res.Outcome != terminate.OutcomeReleased {
+		t.Fatalf("terminate after a failed stop: %+v, %v; want the slot released with its resources left attached", res, err)
+	}
+	if d := detaches(h); len(d) != 0 {
+		t.Errorf("detaches %v after a failed stop, want none", d)
+	}
+	if v := c.volumes(1)[0]; v.AttachedTo != ids[1] {
+		t.Errorf("volume %+v, want still attached to %s", v, ids[1])
+	}
+	if !strings.Contains(c.logs.String(), "ALERT: broker stop failed: volume left attached") || !strings.Contains(c.metrics.String(), "VolumesLeftAttached") {
+		t.Errorf("the volume left attached was not signalled (ALERT and metric)")
+	}
+	if l := c.lease(1); l.State != lease.Free || !slices.Equal(c.completionsOf(ids[1], "slotkeeper-terminate"), []string{"CONTINUE"}) {
+		t.Errorf("lease %s, completions %v: want free and one CONTINUE", l.State, c.completionsOf(ids[1], "slotkeeper-terminate"))
+	}
+
+	// The group goes on with the termination; the replacement launches meanwhile.
+	c.inGroup("Terminating:Proceed", "Healthy", ids[1])
+	replacement := c.run(1)
+	h.ResetCounts()
+	var shutdown, terminated time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !strings.Contains(c.logs.String(), "the slot's previous holder is leaving; waiting until it no longer runs") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		shutdown = time.Now()
+		h.HoldPlainDetach(ids[1], true)
+		h.SetInstanceState(ids[1], "shutting-down") // Kafka stops with the OS; the volume is held until then
+		for len(h.Bodies("DetachVolume")) == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		terminated = time.Now()
+		h.SetInstanceState(ids[1], "")
+		h.HoldPlainDetach(ids[1], false)
+		h.TerminateInstance(t, ids[1]) // moto detaches the volume, as EC2 does at termination
+	}()
+	lres, err := runLaunch(t, c.launch, c.launchEvent(replacement), "after-failed-stop")
+	<-done
+	if err != nil || lres.Outcome != launch.OutcomeContinue || lres.Slot != 1 {
+		t.Fatalf("replacement launch: %+v, %v", lres, err)
+	}
+	if v := c.volumes(1)[0]; v.ID != vol || v.AttachedTo != replacement {
+		t.Errorf("volume %+v, want %s on the replacement", v, vol)
+	}
+	for _, body := range h.Bodies("DetachVolume") {
+		if strings.Contains(string(body), "Force=true") {
+			t.Errorf("the volume was forced off the old instance: %s", body)
+		}
+	}
+	recs := c.records()
+	waited := first(recs, replacement, "the slot's previous holder is leaving")
+	t.Logf("stop failed: volume left on %s; the replacement waited from %s, the instance shut down at %s and terminated at %s; detaches %v",
+		ids[1], recs[waited].At.Format("15:04:05.000"), shutdown.Format("15:04:05.000"), terminated.Format("15:04:05.000"), detaches(h))
 }

@@ -47,7 +47,7 @@ esac`,
 *--mountpoint*) echo /dev/nvme1n1 ;;
 *--source*) if [ -e "` + state + `.mounted" ]; then echo /var/lib/kafka; exit 0; fi; if [ ` + b(h.bind) + ` = 1 ]; then echo /mnt/copy; exit 0; fi; exit 1 ;;
 esac`,
-		"fuser": `if [ ` + b(h.busy) + ` = 1 ]; then case "$1" in -vm) echo "USER PID ACCESS COMMAND"; echo "kafka 4242 ..c.. java" ;; *) echo " 4242" ;; esac; exit 0; fi; exit 1`,
+		"fuser":  `if [ ` + b(h.busy) + ` = 1 ]; then case "$1" in -vm) echo "USER PID ACCESS COMMAND"; echo "kafka 4242 ..c.. java" ;; *) echo " 4242" ;; esac; exit 0; fi; exit 1`,
 		"umount": `[ ` + b(h.umountFails) + ` = 1 ] && { echo "umount: $1: target is busy." >&2; exit 32; }; rm -f "` + state + `.mounted"`,
 		"sync":   `exit 0`,
 	}

@@ -143,4 +143,3 @@ func TestWindows(t *testing.T) {
 		}
 	})
 }
-
