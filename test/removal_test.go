@@ -110,23 +110,24 @@ func (c *cluster) inGroup(state, health string, ids ...string) {
 // stopsBrokers makes every stop-and-unmount command take its instance's broker out
 // of kfake, as a controlled shutdown does: unregistered, out of every ISR. It must be
 // installed before the proxy's first call; c is filled in later.
-func stopsBrokers(h *harness.Harness, c **cluster, k *kafkaCluster) {
+func stopsBrokers(h *harness.Harness, cp *atomic.Pointer[cluster], k *kafkaCluster) {
 	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
 		var in struct {
 			InstanceIds []string
 			Parameters  map[string][]string
 		}
-		if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) || *c == nil {
+		c := cp.Load()
+		if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) || c == nil {
 			return resp
 		}
 		for _, id := range in.InstanceIds {
-			leases, err := (*c).store.List(context.Background())
+			leases, err := c.store.List(context.Background())
 			if err != nil {
 				continue
 			}
 			for _, l := range leases {
 				if l.Holder == id {
-					node := int32((*c).cfg.NodeID(l.Slot))
+					node := int32(c.cfg.NodeID(l.Slot))
 					k.Unregister(node)
 					for _, topic := range []string{"orders", "scratch"} {
 						for p := range int32(3) {
@@ -171,9 +172,10 @@ func runLaunch(t *testing.T, l *launch.Handler, payload []byte, request string) 
 func TestTwoRemovalsAtOnce(t *testing.T) {
 	h := harness.Start(t)
 	k := newKafka(t, 3)
-	var c *cluster
-	stopsBrokers(h, &c, k)
-	c = newCluster(t, h, 3, nil)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
 	ids := []string{c.run(0), c.run(1), c.run(2)}
 	c.launchAll(ids...)
 	h.ResetCounts()
@@ -358,9 +360,10 @@ func handover(t *testing.T, h *harness.Harness, c *cluster, k *kafkaCluster, old
 func TestHealthReplacementHandsOver(t *testing.T) {
 	h := harness.Start(t)
 	k := newKafka(t, 3)
-	var c *cluster
-	stopsBrokers(h, &c, k)
-	c = newCluster(t, h, 3, nil)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
 	ids := []string{c.run(0), c.run(1), c.run(2)}
 	c.launchAll(ids...)
 	c.inGroup("InService", "Healthy", ids[0], ids[2])
@@ -375,9 +378,10 @@ func TestHealthReplacementHandsOver(t *testing.T) {
 func TestEvictHandsOver(t *testing.T) {
 	h := harness.Start(t)
 	k := newKafka(t, 3)
-	var c *cluster
-	stopsBrokers(h, &c, k)
-	c = newCluster(t, h, 3, map[string]string{"KAFKA_BOOTSTRAP": strings.Join(k.Addrs, ",")})
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, map[string]string{"KAFKA_BOOTSTRAP": strings.Join(k.Addrs, ",")})
+	cp.Store(c)
 	c.createGroup()
 	ids := []string{c.run(0), c.run(1), c.run(2)}
 	c.launchAll(ids...)
