@@ -150,23 +150,29 @@ func QuorumSafe(q Quorum, node int32, lag time.Duration) QuorumVerdict {
 }
 
 // Quorum describes the KRaft controller quorum with a fresh DescribeQuorum request
-// (answered by the active controller, forwarded by any broker), bounded by
-// CallTimeout.
+// (answered by the active controller, forwarded by any broker), sent to Hedge
+// brokers at once and bounded by CallTimeout like every other call.
 func (c *Client) Quorum(ctx context.Context) (Quorum, error) {
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	req := kmsg.NewPtrDescribeQuorumRequest()
-	t := kmsg.NewDescribeQuorumRequestTopic()
-	t.Topic = MetadataTopic
-	p := kmsg.NewDescribeQuorumRequestTopicPartition()
-	p.Partition = 0
-	t.Partitions = append(t.Partitions, p)
-	req.Topics = append(req.Topics, t)
-	resp, err := req.RequestWith(ctx, c.cl)
+	addr, resp, err := c.first(ctx, func() kmsg.Request {
+		req := kmsg.NewPtrDescribeQuorumRequest()
+		t := kmsg.NewDescribeQuorumRequestTopic()
+		t.Topic = MetadataTopic
+		p := kmsg.NewDescribeQuorumRequestTopicPartition()
+		p.Partition = 0
+		t.Partitions = append(t.Partitions, p)
+		req.Topics = append(req.Topics, t)
+		return req
+	})
 	if err != nil {
 		return Quorum{}, fmt.Errorf("describing the controller quorum: %w", err)
 	}
-	return quorumOf(resp)
+	q, err := quorumOf(resp.(*kmsg.DescribeQuorumResponse))
+	if err != nil {
+		return Quorum{}, fmt.Errorf("%w (answered by %s)", err, addr)
+	}
+	return q, nil
 }
 
 // quorumOf reads the metadata partition's state out of a DescribeQuorum response.
