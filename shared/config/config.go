@@ -150,7 +150,7 @@ var Vars = []Var{
 	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
 	{"KAFKA_PASSWORD", "", "SASL password (required with a SASL mechanism)."},
 	{"SAFETY_MAX_WAIT", "30m", "Longest a planned termination waits for removal safety before it proceeds anyway, loudly."},
-	{"SAFETY_RECHECK", "15s", "First interval between removal-safety checks; it backs off up to 2m."},
+	{"SAFETY_RECHECK", "2s", "First interval between removal-safety checks; it doubles up to 4s (or this value, if larger), so a held termination proceeds within seconds of the ISRs being full."},
 	{"STOP_COMMAND", "systemctl stop kafka", "Shell command run over SSM on a leaving broker for a controlled shutdown."},
 	{"SSM_TIMEOUT", "5m", "Upper bound on each wait for an SSM command's result."},
 	{"CLAIM_TTL", "15m", "A claim unbound for this long, whose claimer is not waiting in Pending:Wait, is released by reconcile."},

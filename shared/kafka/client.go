@@ -518,7 +518,10 @@ func (c *Client) ping(ctx context.Context, ids []int32, addrs map[int32]string) 
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, PingTimeout)
 			defer cancel()
-			resp, err := c.ask(pctx, addr, kmsg.NewPtrApiVersionsRequest())
+			req := kmsg.NewPtrApiVersionsRequest()
+			// Kafka refuses (INVALID_REQUEST) an ApiVersions v3+ without a valid client name.
+			req.ClientSoftwareName, req.ClientSoftwareVersion = "slotkeeper", "1"
+			resp, err := c.ask(pctx, addr, req)
 			ok := err == nil && kerr.ErrorForCode(resp.(*kmsg.ApiVersionsResponse).ErrorCode) == nil
 			mu.Lock()
 			out[id] = ok

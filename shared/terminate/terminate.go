@@ -203,7 +203,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	// 3. Planned and not yet draining: wait until Kafka can lose this broker.
 	if res.Planned && l.State != lease.Draining && inv.Kafka != nil {
 		err := inv.o.Step(ctx, "safety", func(ctx context.Context) error {
-			w := kafka.Wait{First: inv.SafetyRecheck, Max: 2 * time.Minute, Bound: inv.SafetyMaxWait}
+			w := kafka.Wait{First: inv.SafetyRecheck, Max: kafka.MaxRecheck, Bound: inv.SafetyMaxWait}
 			wr, err := w.Until(ctx, func(ctx context.Context) (kafka.Verdict, error) {
 				v, err := inv.Kafka.RemovalSafe(ctx, broker)
 				if err != nil || !v.Safe {

@@ -345,15 +345,40 @@ func (c *Cluster) Close() {
 	})
 }
 
+// The lock of this process: held once, counted per holder.
+var held struct {
+	sync.Mutex
+	f *os.File
+	n int
+}
+
 // Lock takes an exclusive lock shared by every program that uses the runtime of
 // this checkout (a file lock next to the cache), so that test packages running in
 // parallel start their clusters one after another rather than crowding the CPU. It
 // waits until the lock is free or ctx ends; the returned function releases it.
+// Within one process the lock is shared: a second holder does not wait.
 func Lock(ctx context.Context) (func(), error) {
 	rt, err := Runtime()
 	if err != nil {
 		return nil, err
 	}
+	release := func() {
+		held.Lock()
+		defer held.Unlock()
+		if held.n--; held.n == 0 {
+			_ = syscall.Flock(int(held.f.Fd()), syscall.LOCK_UN)
+			held.f.Close()
+			held.f = nil
+		}
+	}
+	held.Lock()
+	if held.n > 0 {
+		held.n++
+		held.Unlock()
+		return sync.OnceFunc(release), nil
+	}
+	held.Unlock()
+
 	path := filepath.Join(filepath.Dir(rt), ".cluster.lock")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
@@ -362,10 +387,7 @@ func Lock(ctx context.Context) (func(), error) {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			return func() {
-				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-				f.Close()
-			}, nil
+			break
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
@@ -378,4 +400,13 @@ func Lock(ctx context.Context) (func(), error) {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+	held.Lock()
+	defer held.Unlock()
+	if held.n > 0 { // another goroutine of this process got there first
+		f.Close()
+	} else {
+		held.f = f
+	}
+	held.n++
+	return sync.OnceFunc(release), nil
 }

@@ -464,3 +464,24 @@ func ReadProperties(r io.Reader) (map[string]string, error) {
 	}
 	return props, sc.Err()
 }
+
+// RunTool runs one of Kafka's command-line tools (a main class of the runtime, for
+// example org.apache.kafka.tools.TopicCommand) and returns its combined output.
+func RunTool(ctx context.Context, runtime, class string, args ...string) (string, error) {
+	s := &Server{Runtime: runtime, Heap: "256m"}
+	dir, err := os.MkdirTemp("", "slotkeeper-kafka-tool-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	s.Dir = dir
+	cmd, err := s.java(append([]string{class}, args...)...)
+	if err != nil {
+		return "", err
+	}
+	out, err := runCtx(ctx, cmd)
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w\n%s", class, strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
