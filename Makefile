@@ -162,7 +162,9 @@ slotctl: ## Build the operator CLI to build/slotctl (for this machine)
 	$(GO) build -o $(BUILD_DIR)/slotctl ./cmd/slotctl
 
 # The demo builds the real functions for this machine and runs them, as Lambda does,
-# against moto from .venv and an in-process Kafka. No AWS account. See docs/demo.md.
+# against moto from .venv and an in-process Kafka (KAFKA=kfake, the default) or
+# Apache Kafka itself (KAFKA=real). No AWS account. See docs/demo.md.
+KAFKA ?= kfake
 .PHONY: demo
-demo: venv slotctl ## Run the whole lifecycle on this machine: moto, Kafka, the real functions (about a minute)
-	$(BUILD_DIR)/slotctl demo
+demo: venv slotctl $(if $(filter real,$(KAFKA)),kafka-runtime) ## Run the whole lifecycle on this machine: moto, Kafka (KAFKA=kfake|real), the real functions (about a minute)
+	$(BUILD_DIR)/slotctl demo --kafka $(KAFKA)
