@@ -250,7 +250,6 @@ type row struct {
 	at        time.Duration // since the fault
 	kafkaISR  bool          // Kafka's metadata still lists the faulty broker in an ISR
 	metaOnly  string        // the rule on Kafka's metadata alone, without reachability
-	verdict   string
 	took      time.Duration
 	safe      bool
 	errText   string

@@ -67,7 +67,7 @@ func Runtime() (string, error) {
 		if cache == "" {
 			root, err := repoRoot()
 			if err != nil {
-				return "", fmt.Errorf("%w: %v; set %s or %s", ErrNoRuntime, err, RuntimeEnv, CacheEnv)
+				return "", fmt.Errorf("%w: %w; set %s or %s", ErrNoRuntime, err, RuntimeEnv, CacheEnv)
 			}
 			cache = filepath.Join(root, ".cache", "kafka")
 		}
@@ -197,8 +197,7 @@ func runCtx(ctx context.Context, cmd *exec.Cmd) (string, error) {
 		return buf.String(), err
 	case <-ctx.Done():
 		_ = cmd.Process.Kill()
-		<-done
-		return buf.String(), ctx.Err()
+		return buf.String(), errors.Join(ctx.Err(), <-done)
 	}
 }
 

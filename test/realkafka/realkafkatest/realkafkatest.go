@@ -69,11 +69,10 @@ func Start(t testing.TB, opt realkafka.Options) *realkafka.Cluster {
 type Shared struct {
 	Options realkafka.Options
 
-	once    sync.Once
-	c       *realkafka.Cluster
-	err     error
-	unlock  func()
-	started time.Duration
+	once   sync.Once
+	c      *realkafka.Cluster
+	err    error
+	unlock func()
 }
 
 // Get returns the package's cluster, starting it on first use; it skips or fails
