@@ -271,7 +271,7 @@ func (c *Cluster) waitFor(ctx context.Context, what string, ok func([]int32) boo
 			if int(id) < len(c.Nodes) {
 				if s := c.Nodes[id]; !s.Running() {
 					_, exit := s.Exited()
-					return fmt.Errorf("waiting for %s: node %d is not running (exit: %w)\n%s", what, id, exit(), s.LogTail(30))
+					return fmt.Errorf("waiting for %s: node %d is not running (exit: %v)\n%s", what, id, exitText(exit()), s.LogTail(30))
 				}
 			}
 		}
@@ -299,7 +299,7 @@ func (c *Cluster) waitFor(ctx context.Context, what string, ok func([]int32) boo
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last broker list %v, last error %w)", what, ctx.Err(), last, lastErr)
+			return fmt.Errorf("waiting for %s (last broker list %v): %w", what, last, errors.Join(ctx.Err(), lastErr))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -409,4 +409,12 @@ func Lock(ctx context.Context) (func(), error) {
 	}
 	held.n++
 	return sync.OnceFunc(release), nil
+}
+
+// exitText describes a process's exit error (nil: status 0).
+func exitText(err error) string {
+	if err == nil {
+		return "status 0"
+	}
+	return err.Error()
 }

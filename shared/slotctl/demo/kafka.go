@@ -148,7 +148,7 @@ func (k *realKafka) caughtUp(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for every replica to be in sync: %w (last error: %w)", ctx.Err(), err)
+			return fmt.Errorf("waiting for every replica to be in sync: %w", errors.Join(ctx.Err(), err))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
