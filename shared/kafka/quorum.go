@@ -63,8 +63,9 @@ func (q Quorum) VoterIDs() []int32 {
 }
 
 // now is the leader's clock as the answer shows it: the leader reports its own
-// caught-up time as the time of the answer (Kafka 3.3+). Should it not, the latest
-// fetch time any replica reports is the closest lower bound.
+// caught-up time as the time of the answer (Kafka 3.3+; test/realkafka's
+// TestQuorumRule checks it on the Kafka the template deploys). Should it not, the
+// latest fetch time any replica reports is the closest lower bound.
 func (q Quorum) now() int64 {
 	var now int64 = -1
 	for _, v := range append(slices.Clone(q.Voters), q.Observers...) {
