@@ -147,3 +147,21 @@ func TestVerdictNamesUnreachableAndUnknown(t *testing.T) {
 		t.Errorf("verdict %s, blockers %+v", r, r.Blocking)
 	}
 }
+
+// An ISR member the broker list no longer has (Kafka lists a fenced broker in the
+// ISRs for a moment) cannot answer: it counts out of the ISR, with the others asked
+// at the same time.
+func TestUnregisteredISRMemberCountsOut(t *testing.T) {
+	c := kafkatest.Start(t)
+	c.CreateTopic(t, "orders", 3, 3, nil)
+	cl := newTestClient(t, c.Config())
+	c.Unregister(2) // the ISRs still list it
+	v, err := cl.RemovalSafe(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", v)
+	if v.Safe || !slices.Equal(v.Unreachable, []int32{2}) || len(v.Blocking) != 3 || !slices.Equal(v.Blocking[0].Silent, []int32{2}) {
+		t.Fatalf("verdict %s: want orders blocked, broker 2 unreachable and silent", v)
+	}
+}

@@ -509,8 +509,10 @@ func (c *Client) ping(ctx context.Context, ids []int32, addrs map[int32]string) 
 	var wg sync.WaitGroup
 	for _, id := range ids {
 		addr, ok := addrs[id]
-		if !ok {
+		if !ok { // not registered: it cannot answer
+			mu.Lock()
 			out[id] = false
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
