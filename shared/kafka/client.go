@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -142,8 +143,11 @@ func (c *Client) conn(addr string) (*kgo.Broker, error) {
 
 // ask sends req to the broker at addr and returns its answer, or an error once ctx
 // ends, whichever comes first: the request runs on its own goroutine, which is left
-// to kgo's own bounds (RequestTimeout) when ctx ends first. A broker that fails or
-// times out is asked last for a while; one that was merely cancelled is not blamed.
+// to kgo's own bounds (RequestTimeout) when ctx ends first. A request that failed
+// on its connection (it died, say after another request on it timed out) is sent
+// once more on a new one; a timeout is not (a hung broker would hang again). A
+// broker that fails or times out is asked last for a while; one that was merely
+// cancelled is not blamed.
 func (c *Client) ask(ctx context.Context, addr string, req kmsg.Request) (kmsg.Response, error) {
 	b, err := c.conn(addr)
 	if err != nil {
@@ -153,16 +157,21 @@ func (c *Client) ask(ctx context.Context, addr string, req kmsg.Request) (kmsg.R
 		resp kmsg.Response
 		err  error
 	}
-	ch := make(chan answer, 1)
-	go func() {
-		resp, err := b.Request(ctx, req)
-		ch <- answer{resp, err}
-	}()
 	var a answer
-	select {
-	case a = <-ch:
-	case <-ctx.Done():
-		a.err = ctx.Err()
+	for attempt := 1; ; attempt++ {
+		ch := make(chan answer, 1)
+		go func() {
+			resp, err := b.Request(ctx, req)
+			ch <- answer{resp, err}
+		}()
+		select {
+		case a = <-ch:
+		case <-ctx.Done():
+			a.err = ctx.Err()
+		}
+		if a.err == nil || attempt == 2 || ctx.Err() != nil || !retriable(a.err) {
+			break
+		}
 	}
 	if a.err != nil && ctx.Err() != nil {
 		a.err = fmt.Errorf("no answer from %s in time: %w", addr, ctx.Err())
@@ -176,6 +185,19 @@ func (c *Client) ask(ctx context.Context, addr string, req kmsg.Request) (kmsg.R
 	}
 	c.mu.Unlock()
 	return a.resp, a.err
+}
+
+// retriable reports whether a request that failed with err is worth a second try on
+// a new connection: not after a timeout, an error Kafka answered, or a closed client.
+func retriable(err error) bool {
+	var ne net.Error
+	var ke *kerr.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout(), errors.As(err, &ke), errors.Is(err, kgo.ErrClientClosed),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	}
+	return true
 }
 
 // candidates lists the addresses to ask a question any broker can answer: the
@@ -435,7 +457,7 @@ func (c *Client) snapshot(ctx context.Context, leaving int32, ping bool) (snapsh
 
 		// 4. The partitions as they are now, read last: from two brokers that answered.
 		var final []Partition
-		final, views, err = c.views(ctx, c.viewCandidates(answered, addrs, leaving, ping))
+		final, views, err = c.views(ctx, c.viewCandidates(answered, addrs, leaving, ping), ping)
 		if err != nil {
 			return snapshot{}, err
 		}
@@ -588,14 +610,15 @@ func (c *Client) viewCandidates(answered map[int32]bool, addrs map[int32]string,
 
 // views reads the partitions from fresh Metadata answers of two brokers among addrs
 // (one if there is only one) and merges them: each broker answers from its own copy
-// of the metadata, so an ISR member counts only if every answer lists it.
-func (c *Client) views(ctx context.Context, addrs []string) ([]Partition, []string, error) {
+// of the metadata, so an ISR member counts only if every answer lists it. strict (a
+// removal verdict) needs both answers; otherwise one will do.
+func (c *Client) views(ctx context.Context, addrs []string, strict bool) ([]Partition, []string, error) {
 	n := min(2, len(addrs))
 	if n == 0 {
 		return nil, nil, errors.New("no broker answered to read the metadata from")
 	}
 	got, resps, err := c.firstN(ctx, addrs, n, func() kmsg.Request { return kmsg.NewPtrMetadataRequest() })
-	if err != nil {
+	if err != nil && (strict || len(got) == 0) {
 		return nil, got, fmt.Errorf("reading the metadata last: %w", err)
 	}
 	var merged []Partition
