@@ -284,12 +284,14 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$SLOTKEEPER_DATA_MOUNT/data
 controlled.shutdown.enable=true
 unclean.leader.election.enable=false
-default.replication.factor=$rf
 min.insync.replicas=$min_isr
 offsets.topic.replication.factor=$rf
 transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$min_isr
 EOF
+	# New topics get their replication factor from the controllers: Kafka 4.x warns
+	# about it on a broker-only node (5.0 ignores it there).
+	((SLOT >= controllers)) || printf 'default.replication.factor=%d\n' "$rf"
 }
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.

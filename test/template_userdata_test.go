@@ -135,7 +135,7 @@ echo "$SLOTKEEPER_CLUSTER $SLOTKEEPER_DNS_NAME $SLOTKEEPER_SLOT_COUNT $SLOTKEEPE
 		t.Fatalf("the bootstrap rejects the user data's settings: %v\n%s", err, stderr.String())
 	}
 	cfg := loadFunctionConfig(t, s, "LaunchFunction")
-	want := "kafka-prod kafka-prod.internal 5 100 3 " + cfg.Grow.DataMount + " https://archive.apache.org/dist/kafka/3.9.1/kafka_2.13-3.9.1.tgz " + cfg.Table
+	want := "kafka-prod kafka-prod.internal 5 100 3 " + cfg.Grow.DataMount + " https://archive.apache.org/dist/kafka/4.4.0/kafka_2.13-4.4.0.tgz " + cfg.Table
 	if got := strings.TrimSpace(string(out)); got != want {
 		t.Errorf("bootstrap settings %q\nwant %q", got, want)
 	}

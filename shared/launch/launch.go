@@ -233,7 +233,17 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	inv.o.Log.InfoContext(ctx, "holding slot", "reused", c.Reused, obs.KeyReason, c.Reason, "writes", c.Writes)
 
 	// 4–6. Attach, tag, bind. Each step is idempotent; a redelivery resumes here.
-	if l, err = inv.becomeBroker(ctx, l); err != nil {
+	claimed := l
+	if l, err = inv.becomeBroker(ctx, l); err != nil && (errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict)) {
+		// A concurrent delivery of the same event may have bound the slot to this
+		// instance meanwhile: then only the followers and the completion are left.
+		if cur, gerr := inv.store.Get(ctx, claimed.Slot); gerr == nil && cur.State == lease.Bound &&
+			cur.Holder == claimed.Holder && cur.Version == claimed.Version {
+			inv.o.Log.InfoContext(ctx, "another delivery of this event bound the slot; carrying on", obs.KeyReason, err.Error())
+			l, err = cur, nil
+		}
+	}
+	if err != nil {
 		if ie := (*resources.IdentityError)(nil); errors.As(err, &ie) {
 			inv.identityAlert(ctx, ie)
 		}
