@@ -394,8 +394,7 @@ func TestServesOnlyWhenBoundAndInService(t *testing.T) {
 		{"abandoned: target Terminated", 0, "Terminated", bound, "InService\n", false,
 			[]string{"target lifecycle state Terminated: this instance never serves as node 2"}},
 		{"launched into a warm pool", 0, "Warmed:Stopped", bound, "InService\n", false,
-			[]string{"target lifecycle state Warmed:Stopped: the group has a warm pool, which slotkeeper does not support (a warm-pool launch claims no slot, " +
-				"and this bootstrap runs once, at first boot, so the instance would never serve): remove the group's warm pool (DeleteWarmPool)"}},
+			[]string{"target lifecycle state Warmed:Stopped: warm pools are not supported (a warm instance gets no slot; this runs once): remove the warm pool"}},
 		{"the lease is bound to another instance", 0, "InService", "bound\ti-0fffffffffffffff0\t4\tvol-0abc123def4567890\n", "InService\n", false,
 			[]string{"not serving after 1s: slot 2's lease is bound by i-0fffffffffffffff0 at version 4, not bound by this instance at version 3"}},
 		{"the lease moved to a later version", 0, "InService", "bound\t" + me + "\t5\tvol-0abc123def4567890\n", "InService\n", false,
@@ -524,19 +523,19 @@ func TestFormatsOnlyWhatSlotkeeperMadeBlank(t *testing.T) {
 		clearsMark bool // a delete-tags call of the mark
 		log        string
 	}{
-		{"blank, marked for this claim", "exit 2", "3", false, true, true, "/dev/nvme1n1 is blank and volume vol-0abc123def4567890 was made blank for this claim (3): formatting it (xfs)"},
+		{"blank, marked for this claim", "exit 2", "3", false, true, true, "/dev/nvme1n1 is blank and volume vol-0abc123def4567890 was made blank for claim 3: formatting it (xfs)"},
 		{"blank, not marked", "exit 2", "", false, false, false,
 			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"},
 		{"blank, marked for an earlier claim", "exit 2", "1", false, false, false,
-			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature, but its slotkeeper:never-formatted mark is for claim 1, not this instance's claim 3: the volume may have been used since; never formatting it"},
+			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim 1, not 3: it may have been used since; never formatting it"},
 		{"blank, marked true (an earlier version's mark)", "exit 2", "true", false, false, false,
-			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature, but its slotkeeper:never-formatted mark is for claim true, not this instance's claim 3"},
+			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim true, not 3"},
 		{"xfs, still marked (formatted, then a crash)", "echo xfs", "3", false, false, true, "/dev/nvme1n1 already holds xfs: keeping it"},
 		{"xfs, marked for an earlier claim", "echo xfs", "1", false, false, true, "volume vol-0abc123def4567890 has a filesystem: cleared its slotkeeper:never-formatted mark"},
 		{"xfs", "echo xfs", "", false, false, false, "/dev/nvme1n1 already holds xfs: keeping it"},
 		{"ext4", "echo ext4", "", false, false, false, "/dev/nvme1n1 already holds ext4: keeping it"},
 		{"blank, marked, the mark cannot be cleared", "exit 2", "3", true, true, true,
-			"REFUSED: could not clear the slotkeeper:never-formatted mark of volume vol-0abc123def4567890: not starting Kafka on a volume still marked never formatted"},
+			"REFUSED: could not clear the slotkeeper:never-formatted mark of vol-0abc123def4567890"},
 		{"partition table, marked", "exit 0", "3", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds a partition table or unknown signature: refusing to touch it"},
 		{"other filesystem", "echo btrfs", "", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds btrfs: refusing to touch it"},
 		{"probe error, marked", "exit 4", "3", false, false, false, "REFUSED: cannot probe /dev/nvme1n1 (blkid exit 4): refusing to format it"},
@@ -646,11 +645,11 @@ func TestNeverFormatsADamagedVolumeMarkedForAnotherClaim(t *testing.T) {
 		want       string
 	}{
 		{"marked for the claim that created it (1), this is claim 5", "1", false,
-			"REFUSED: " + img + " (volume vol-0abc123def4567890) has no filesystem signature, but its slotkeeper:never-formatted mark is for claim 1, not this instance's claim 5"},
+			"REFUSED: " + img + " (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim 1, not 5"},
 		{"mark removed by launch (the slot was bound since)", "", false,
 			"REFUSED: " + img + " (volume vol-0abc123def4567890) has no filesystem signature and is not marked slotkeeper:never-formatted"},
 		{"marked for this claim (launch re-stamps only a never-used volume)", "5", true,
-			"is blank and volume vol-0abc123def4567890 was made blank for this claim (5): formatting it (xfs)"},
+			"is blank and volume vol-0abc123def4567890 was made blank for claim 5: formatting it (xfs)"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			bin := awsStub(t, nil)

@@ -155,7 +155,7 @@ wait_until_serving() {
 			fi
 			;;
 		Terminated | Detached | Standby) die "target lifecycle state $target: this instance never serves as node $NODE_ID" ;;
-		Warmed:*) die "target lifecycle state $target: the group has a warm pool, which slotkeeper does not support (a warm-pool launch claims no slot, and this bootstrap runs once, at first boot, so the instance would never serve): remove the group's warm pool (DeleteWarmPool)" ;;
+		Warmed:*) die "target lifecycle state $target: warm pools are not supported (a warm instance gets no slot; this runs once): remove the warm pool" ;;
 		*) why="target lifecycle state $target, not InService" ;;
 		esac
 		[[ $why == "$said" ]] || log "waiting: $why"
@@ -215,15 +215,15 @@ ensure_filesystem() {
 		[[ -n $MARK ]] ||
 			refuse "$device (volume $VOLUME_ID) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"
 		[[ $MARK == "$LEASE" ]] ||
-			refuse "$device (volume $VOLUME_ID) has no filesystem signature, but its slotkeeper:never-formatted mark is for claim $MARK, not this instance's claim $LEASE: the volume may have been used since; never formatting it"
-		log "$device is blank and volume $VOLUME_ID was made blank for this claim ($LEASE): formatting it (xfs)"
+			refuse "$device (volume $VOLUME_ID) has no filesystem signature and is marked never formatted for claim $MARK, not $LEASE: it may have been used since; never formatting it"
+		log "$device is blank and volume $VOLUME_ID was made blank for claim $LEASE: formatting it (xfs)"
 		mkfs.xfs -q -L kafka-data "$device"
 		;;
 	*) refuse "cannot probe $device (blkid exit $rc): refusing to format it" ;;
 	esac
 	if [[ -n $MARK ]]; then
 		aws ec2 delete-tags --region "$REGION" --resources "$VOLUME_ID" --tags Key=slotkeeper:never-formatted >/dev/null ||
-			refuse "could not clear the slotkeeper:never-formatted mark of volume $VOLUME_ID: not starting Kafka on a volume still marked never formatted"
+			refuse "could not clear the slotkeeper:never-formatted mark of $VOLUME_ID"
 		MARK=""
 		log "volume $VOLUME_ID has a filesystem: cleared its slotkeeper:never-formatted mark"
 	fi
