@@ -338,6 +338,17 @@ func TestTransientNotFoundOfAResourceThisClaimCreated(t *testing.T) {
 			if rec.Recorded(tc.kind) == "" || rec.RecordedBy(tc.kind) != rec.Version {
 				t.Fatalf("%s not recorded by this claim: %+v", tc.kind, rec)
 			}
+			// A NotFound that lasts (past the attach timeout, 2 s here) is not taken for
+			// gone either: the event is retried, with no alert and no ABANDON.
+			poll := c.launch.Poll
+			c.launch.Poll.Timeout = 2 * time.Second
+			h.Inject(harness.Fault{Action: tc.describe, Kind: harness.Crash, Code: tc.code})
+			err := c.invoke(c.launchEvent(first))
+			h.ClearFaults()
+			c.launch.Poll = poll
+			if err == nil || !strings.Contains(err.Error(), "recorded by this claim, to be visible") || len(c.completions(first)) != 0 {
+				t.Fatalf("a lasting NotFound: %v, completions %v; want a retry, nothing completed", err, c.completions(first))
+			}
 			// The redelivery's describe of the recorded resource lags its creation, twice.
 			h.ResetCounts()
 			h.Inject(harness.Fault{Action: tc.describe, Kind: harness.Crash, Code: tc.code, Times: 2})

@@ -269,8 +269,8 @@ func (m *Manager) ENIByID(ctx context.Context, id string) (*ENI, error) {
 //
 // EC2 is eventually consistent: a volume created moments ago may not be visible yet
 // (two deliveries of one event milliseconds apart). So while the id was recorded by
-// the current claim (l.VolumeClaim == l.Version), "not found" is retried (with
-// backoff, up to Poll.Timeout) before the volume is taken for gone.
+// the current claim (l.VolumeClaim == l.Version), "not found" is waited out (see
+// visible) and, if it lasts, retried by redelivery: never ErrMissing.
 func (m *Manager) RecordedVolume(ctx context.Context, l lease.Lease) (*Volume, error) {
 	if l.VolumeID == "" {
 		return nil, nil
@@ -322,19 +322,25 @@ func (m *Manager) RecordedENI(ctx context.Context, l lease.Lease) (*ENI, error) 
 	return e, nil
 }
 
-// visible polls describe until it finds the resource or Poll.Timeout passes (then it
-// returns nil: the resource is taken for gone).
+// VisibleTimeout bounds, per invocation, the wait for a resource the current claim
+// created and recorded to become visible (EC2's eventual consistency lasts seconds).
+const VisibleTimeout = 15 * time.Second
+
+// visible polls describe until it finds the resource, for at most VisibleTimeout (or
+// Poll.Timeout if shorter). A resource still not found is not taken for gone (this
+// claim created it): the error is one a retry may fix, so the event is delivered again
+// and the hook's timeout bounds the whole; a later claim that finds it still missing
+// reports it (ErrMissing).
 func visible[T any](ctx context.Context, m *Manager, what string, describe func(context.Context) (*T, error)) (*T, error) {
 	var found *T
 	m.Log.InfoContext(ctx, "the slot's resource, recorded by this claim, is not visible yet; waiting for it", "resource", what)
-	err := m.wait(ctx, what+" to be visible", func(ctx context.Context) (bool, error) {
+	short := *m
+	short.Poll.Timeout = min(m.Poll.Timeout, VisibleTimeout)
+	err := short.wait(ctx, what+", recorded by this claim, to be visible (EC2 is eventually consistent)", func(ctx context.Context) (bool, error) {
 		var err error
 		found, err = describe(ctx)
 		return found != nil, err
 	})
-	if errors.Is(err, errGaveUp) {
-		return nil, nil
-	}
 	return found, err
 }
 
@@ -782,9 +788,6 @@ func permanentIf(err error) error {
 	return err
 }
 
-// errGaveUp is the error of a wait that ran out of time.
-var errGaveUp = errors.New("gave up")
-
 // wait polls check with jittered exponential backoff until it reports done, the
 // Poll.Timeout passes, or ctx ends. The first check is immediate.
 func (m *Manager) wait(ctx context.Context, what string, check func(context.Context) (bool, error)) error {
@@ -795,7 +798,7 @@ func (m *Manager) wait(ctx context.Context, what string, check func(context.Cont
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("waiting for %s: %w after %s", what, errGaveUp, m.Poll.Timeout)
+			return fmt.Errorf("waiting for %s: gave up after %s", what, m.Poll.Timeout)
 		}
 		jittered := delay/2 + rand.N(delay/2+1)
 		select {
