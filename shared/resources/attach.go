@@ -354,6 +354,9 @@ func (m *Manager) waitVolume(ctx context.Context, id, what string, ok func(Volum
 	var v Volume
 	err := m.wait(ctx, "volume "+id+" "+what, func(ctx context.Context) (bool, error) {
 		out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+		if awsapi.IsNotFound(err) {
+			return false, nil // EC2 is eventually consistent: a volume just created may not show yet
+		}
 		if err != nil {
 			return false, fmt.Errorf("describing volume %s: %w", id, err)
 		}
@@ -370,6 +373,9 @@ func (m *Manager) waitENI(ctx context.Context, id, what string, ok func(ENI) boo
 	var e ENI
 	err := m.wait(ctx, "ENI "+id+" "+what, func(ctx context.Context) (bool, error) {
 		out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+		if awsapi.IsNotFound(err) {
+			return false, nil // EC2 is eventually consistent: an ENI just created may not show yet
+		}
 		if err != nil {
 			return false, fmt.Errorf("describing ENI %s: %w", id, err)
 		}
