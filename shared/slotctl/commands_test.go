@@ -303,7 +303,7 @@ func testPreflight(t *testing.T, f *fixture) {
 				return func() {
 					if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 						AutoScalingGroupName: aws.String(f.st.Config.ASGName), LifecycleHookName: aws.String(demo.TerminateHook),
-						LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(300)}); err != nil {
+						LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(900)}); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -384,7 +384,7 @@ func testEvict(t *testing.T, f *fixture) {
 			setup: func() {
 				if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 					AutoScalingGroupName: aws.String(f.st.Config.ASGName), LifecycleHookName: aws.String(demo.TerminateHook),
-					LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(300)}); err != nil {
+					LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(900)}); err != nil {
 					t.Fatal(err)
 				}
 				l, err := f.store.Get(ctx, 2)

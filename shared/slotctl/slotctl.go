@@ -88,6 +88,8 @@ type Command struct {
 	Name, Args string
 	// Summary is one line for the command list; Help is the full description.
 	Summary, Help string
+	// Examples are command lines shown under Help.
+	Examples []string
 	// Needs lists the configuration variables (without SLOTKEEPER_) that must be set.
 	// Nil means the command reads no slotkeeper configuration at all.
 	Needs []string
@@ -289,6 +291,12 @@ func help(out *Output, cmds []Command, topic string) int {
 	}
 	c := cmds[i]
 	fmt.Fprintf(w, "Usage: slotctl %s [flags]\n\n%s\n", strings.TrimSpace(c.Name+" "+c.Args), c.Help)
+	if len(c.Examples) > 0 {
+		fmt.Fprintln(w, "\nExamples:")
+		for _, e := range c.Examples {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
 	if len(c.Needs) > 0 {
 		fmt.Fprintf(w, "\nNeeds: %s (or the flags; see 'slotctl help config').\n", needList(c.Needs))
 	}

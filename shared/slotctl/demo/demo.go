@@ -254,7 +254,7 @@ func (d *demo) setUp(ctx context.Context) error {
 		}
 	})
 
-	pre := slotctl.Preflight(ctx, d.st.Clients(), d.st.Config)
+	pre := slotctl.Preflight(ctx, d.st.Clients(), d.st.Config, slotctl.PreflightOptions{})
 	var notOK []string
 	for _, c := range pre.Checks {
 		if c.Result != slotctl.CheckOK {
@@ -264,7 +264,11 @@ func (d *demo) setUp(ctx context.Context) error {
 	if len(notOK) > 0 {
 		return fmt.Errorf("preflight of the demo's deployment: %s", strings.Join(notOK, "; "))
 	}
-	d.p.Note("slotctl preflight: all %d checks pass (subnets, lease table, group, hooks, topics, hosted zone)", len(pre.Checks))
+	var names []string
+	for _, c := range pre.Checks {
+		names = append(names, c.Name)
+	}
+	d.p.Note("slotctl preflight: all %d checks pass (%s)", len(pre.Checks), strings.Join(names, ", "))
 	// No instance runs yet, so no broker is registered.
 	for n := range Slots {
 		d.st.Kafka.Unregister(int32(n))

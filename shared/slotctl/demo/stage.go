@@ -34,7 +34,8 @@ const (
 
 // Stage is a slotkeeper deployment on this machine: in moto (behind the harness
 // proxy) a VPC with three AZs, the lease table, a private hosted zone and the brokers'
-// Auto Scaling group with both lifecycle hooks; and an in-process Kafka (kfake) of
+// Auto Scaling group with both lifecycle hooks (900 s, as the template makes them) and
+// its AZRebalance process suspended; and an in-process Kafka (kfake) of
 // three brokers with a topic. Everything was created directly at moto, so the proxy
 // has counted nothing yet.
 type Stage struct {
@@ -78,8 +79,15 @@ func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
 		LaunchTemplate:       &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(cluster + "-broker"), Version: aws.String("$Latest")},
 		MinSize:              aws.Int32(0), MaxSize: aws.Int32(Slots), DesiredCapacity: aws.Int32(0),
 		VPCZoneIdentifier: aws.String(strings.Join(subnets, ",")),
+		HealthCheckType:   aws.String("EC2"), HealthCheckGracePeriod: aws.Int32(600),
 	}); err != nil {
 		t.Fatalf("creating group %s: %v", asgName, err)
+	}
+	// Rebalancing between AZs launches before it terminates: slots cannot follow.
+	if _, err := asg.SuspendProcesses(ctx, &autoscaling.SuspendProcessesInput{
+		AutoScalingGroupName: aws.String(asgName), ScalingProcesses: []string{"AZRebalance"},
+	}); err != nil {
+		t.Fatalf("suspending AZRebalance of %s: %v", asgName, err)
 	}
 	for _, hk := range []struct{ name, transition, result string }{
 		{LaunchHook, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"},
@@ -87,7 +95,7 @@ func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
 	} {
 		if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 			AutoScalingGroupName: aws.String(asgName), LifecycleHookName: aws.String(hk.name),
-			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(300),
+			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(900),
 		}); err != nil {
 			t.Fatalf("creating lifecycle hook %s: %v", hk.name, err)
 		}
