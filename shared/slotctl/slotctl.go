@@ -114,7 +114,7 @@ type Run struct {
 
 // Commands returns slotctl's own commands; Main adds the extra ones it is given.
 func Commands() []Command {
-	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand(), resetCommand()}
+	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand(), resetCommand(), adoptCommand(), rollCommand()}
 }
 
 // globals are the flags every command accepts.

@@ -149,9 +149,35 @@ func (s *Stage) Clients() *slotctl.Clients {
 	return c
 }
 
-// Launch runs an instance of the group in subnet i (AZ a, b, c), tagged as the group
-// tags its instances, and returns its id.
+// Launch runs an instance of the group in subnet i (AZ a, b, c) from the group's
+// launch template, tagged as the group tags its instances, and returns its id. It is
+// not in moto's group: see Join.
 func (s *Stage) Launch(t testing.TB, i int) string {
 	t.Helper()
-	return s.H.RunInstanceTagged(t, s.World, s.World.Subnets[i].ID, map[string]string{"aws:autoscaling:groupName": s.Config.ASGName})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := ec2.NewFromConfig(s.H.DirectConfig()).RunInstances(ctx, &ec2.RunInstancesInput{
+		LaunchTemplate:   &ec2types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(s.Config.Cluster + "-broker"), Version: aws.String("$Latest")},
+		SubnetId:         aws.String(s.World.Subnets[i].ID),
+		SecurityGroupIds: []string{s.World.SecurityGroupID},
+		MinCount:         aws.Int32(1), MaxCount: aws.Int32(1),
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance,
+			Tags: []ec2types.Tag{{Key: aws.String("aws:autoscaling:groupName"), Value: aws.String(s.Config.ASGName)}}}},
+	})
+	if err != nil {
+		t.Fatalf("running an instance in %s: %v", s.World.Subnets[i].ID, err)
+	}
+	return aws.ToString(out.Instances[0].InstanceId)
+}
+
+// Join attaches instances to moto's group, InService (moto raises the desired
+// capacity to the group's size).
+func (s *Stage) Join(t testing.TB, ids ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := autoscaling.NewFromConfig(s.H.DirectConfig()).AttachInstances(ctx, &autoscaling.AttachInstancesInput{
+		AutoScalingGroupName: aws.String(s.Config.ASGName), InstanceIds: ids}); err != nil {
+		t.Fatalf("attaching %v to group %s: %v", ids, s.Config.ASGName, err)
+	}
 }
