@@ -86,8 +86,8 @@ func (e *Env) Clients(ctx context.Context) (*Clients, error) {
 
 // Close releases the Kafka client, if one was made.
 func (e *Env) Close() {
-	if e.clients != nil && e.clients.kafka != nil {
-		e.clients.kafka.Close()
+	if e.clients != nil {
+		e.clients.Close()
 	}
 }
 
@@ -132,6 +132,14 @@ func NewClients(cfg aws.Config) *Clients {
 		Route53:     route53.NewFromConfig(cfg),
 		STS:         sts.NewFromConfig(cfg),
 		CloudWatch:  awsapi.NewCloudWatch(cfg),
+	}
+}
+
+// Close releases the Kafka client, if one was made.
+func (c *Clients) Close() {
+	if c.kafka != nil {
+		c.kafka.Close()
+		c.kafka = nil
 	}
 }
 

@@ -34,11 +34,11 @@ broker's partitions from the other replicas.
 reset refuses (exit code 4, nothing changed) while a recorded resource still exists (it
 is not gone: if its tags are wrong, tag it again), and while the slot is bound or
 draining. Without --yes it only shows what it would do (exit code 4); --reason is
-required either way and goes into the history with the caller's AWS identity.
-
-Example:
-  slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)"        # dry run
-  slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)" --yes  # act`,
+required either way and goes into the history with the caller's AWS identity.`,
+		Examples: []string{
+			`slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)"        # dry run`,
+			`slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)" --yes  # act`,
+		},
 		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
 		Flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&yes, "yes", false, "really reset (without it, only show what would happen)")

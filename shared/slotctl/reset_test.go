@@ -95,7 +95,7 @@ func TestResetAgainstMoto(t *testing.T) {
 	}
 
 	help := f.run(nil, "reset", "--help")
-	if help.code != slotctl.ExitOK || !strings.Contains(help.stdout, "Example:") || !strings.Contains(help.stdout, "slotctl reset 1 --reason") {
+	if help.code != slotctl.ExitOK || !strings.Contains(help.stdout, "Examples:") || !strings.Contains(help.stdout, "slotctl reset 1 --reason") {
 		t.Errorf("reset --help:\n%s", help.stdout)
 	}
 	t.Logf("dry run: exit 4, forget %s; --yes: exit 0, 1 UpdateItem, history %q by %q", rec.VolumeID, last.Reason, last.Actor)

@@ -27,8 +27,9 @@ slotkeeper:refused tag says why), a recorded volume that is gone or tagged for a
 slot, a claim older than SLOTKEEPER_CLAIM_TTL, a DNS record that does not match,
 under-replicated or offline partitions. Exit code 3 when AWS or Kafka cannot be
 reached (the table is still printed if AWS answered).`,
-		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
-		Run:   runStatus,
+		Examples: []string{"slotctl status", "slotctl status --json | jq '.slots[] | {slot, holder, state}'"},
+		Needs:    []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
+		Run:      runStatus,
 	}
 }
 
