@@ -454,6 +454,10 @@ func (r *roller) replace(ctx context.Context, s int, q *kafka.Quorum, readyAt ti
 	}
 	old := w.leases[s]
 	step.Old, step.Volume, step.ENI = old.Holder, old.VolumeID, old.ENIID
+	if !slices.ContainsFunc(w.group.Instances, func(i astypes.Instance) bool { return aws.ToString(i.InstanceId) == old.Holder }) {
+		return step, Refused(fmt.Sprintf("'slotctl status'; a holder outside the group must be replaced by hand, or attached to it (aws autoscaling attach-instances --auto-scaling-group-name %s --instance-ids %s)", r.cfg.ASGName, old.Holder),
+			"%s (slot %d) is not an instance of group %s: the group cannot replace it", old.Holder, s, r.cfg.ASGName)
+	}
 	cctx, cancel := context.WithTimeout(ctx, r.opt.CallTimeout)
 	res, err := r.c.AutoScaling.TerminateInstanceInAutoScalingGroup(cctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
 		InstanceId: aws.String(old.Holder), ShouldDecrementDesiredCapacity: aws.Bool(false),
@@ -615,6 +619,9 @@ func (r *roller) look(ctx context.Context) (world, error) {
 	leases, err := lease.NewStore(r.c.DynamoDB, r.cfg.Table, r.cfg.Cluster).List(ctx)
 	if err != nil {
 		return w, awsError(err, "reading the lease table "+r.cfg.Table)
+	}
+	for s := range r.cfg.SlotCount { // a slot never claimed has no item: it is free
+		w.leases[s] = lease.Lease{Cluster: r.cfg.Cluster, Slot: s, State: lease.Free}
 	}
 	var ids []string
 	for _, l := range leases {
