@@ -120,7 +120,7 @@ func newRollRig(t *testing.T, cluster string) *rollRig {
 		}
 		var res terminate.Result
 		if err := json.Unmarshal(out, &res); err != nil || res.Outcome != terminate.OutcomeReleased || !res.Planned || res.Forced {
-			return fmt.Errorf("terminate of %s answered %s (%v)", id, out, err)
+			return fmt.Errorf("terminate of %s answered %s (%w)", id, out, err)
 		}
 		rig.note("terminate handler released slot %d of %s (planned, %d safety checks)", res.Slot, id, res.SafetyChecks)
 		return nil
@@ -469,11 +469,19 @@ func TestRoll(t *testing.T) {
 	if len(sv.Problems) != 0 {
 		t.Errorf("problems at the end: %v", sv.Problems)
 	}
+	// The group launched each replacement while the old holder was still leaving, as
+	// AWS does: a launch that could not have the slot yet was abandoned and the group
+	// launched another; every termination, and the launch of every holder, continued.
+	abandoned := rig.g.Abandoned()
 	for _, c := range rig.h.Completions() {
-		if c.Result != "CONTINUE" {
+		switch {
+		case c.Result == "CONTINUE":
+		case c.Result == "ABANDON" && c.Hook == demo.LaunchHook && slices.Contains(abandoned, c.InstanceID):
+		default:
 			t.Errorf("completion %+v", c)
 		}
 	}
+	t.Logf("replacements launched while the old holder was leaving and abandoned (then replaced by the group): %d", len(abandoned))
 
 	rig.mu.Lock()
 	t.Logf("Kafka and the handlers, in order:\n  %s", strings.Join(rig.events, "\n  "))
@@ -483,5 +491,5 @@ func TestRoll(t *testing.T) {
 			st.Slot, st.Role, st.NodeID, st.Old, st.New, st.Volume, st.VolumeAfter, float64(st.EvictedAtMS)/1000, float64(st.BoundAtMS)/1000,
 			float64(st.InSyncAtMS)/1000, st.Waits, st.SyncWaits)
 	}
-	t.Logf("3 brokers rolled in %s (killed after the second eviction, resumed)", elapsed.Round(100*time.Millisecond))
+	t.Logf("3 brokers rolled in %s (killed mid-step, once slot 1's replacement was launching; resumed)", elapsed.Round(100*time.Millisecond))
 }

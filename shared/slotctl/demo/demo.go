@@ -611,6 +611,10 @@ func (d *demo) newGroup() error {
 	if err != nil {
 		return err
 	}
+	// The story's group terminates before it launches (an instance maintenance policy
+	// of at most 100 % healthy that waits for the termination): each replacement finds
+	// its slot already handed back.
+	g.TerminateFirst = true
 	asg := d.st.Config.ASGName
 	g.Evicted = func(id string) {
 		d.world("slotctl roll evicts "+id, "TerminateInstanceInAutoScalingGroup, capacity kept; Terminating:Wait")

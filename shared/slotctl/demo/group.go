@@ -43,11 +43,19 @@ import (
 // answers to DescribeAutoScalingGroups and DescribeAutoScalingInstances. Every other
 // call passes through to the harness proxy unchanged, and is counted there.
 //
-// The replacement launches once the terminate action is completed, as for a group
-// whose instance maintenance policy terminates before it launches.
+// By default the replacement is launched at once, while the old instance waits in
+// Terminating:Wait, as AWS does without a launch-before-terminate policy ("terminate and
+// launch": new instances are provisioned at the same time existing instances are
+// terminated). A launch path that cannot have the slot yet abandons the replacement;
+// the group then terminates it and launches another, as AWS does, after a pause that
+// grows with each attempt. With TerminateFirst the replacement is launched only once
+// the old instance has terminated.
 type Group struct {
 	// URL is the endpoint to give the code under test.
 	URL string
+	// TerminateFirst launches a replacement only after the instance it replaces has
+	// terminated.
+	TerminateFirst bool
 	// Terminate runs the terminate function on instance's terminate lifecycle action.
 	Terminate func(ctx context.Context, instance string) error
 	// Launch runs the launch function on instance's launch lifecycle action and
@@ -72,9 +80,19 @@ type Group struct {
 	mu        sync.Mutex
 	states    map[string]string // instance -> lifecycle state, when not InService
 	desired   int32             // the group's desired capacity as AWS would keep it; 0: moto's
+	maxSize   int32             // the group's max size as configured (moto's is one higher)
 	evictions []Eviction
+	abandoned []string
 	errs      []error
 	inflight  sync.WaitGroup
+}
+
+// Abandoned returns the replacements whose launch was abandoned (and that the group
+// then terminated), in order.
+func (g *Group) Abandoned() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.abandoned...)
 }
 
 // Eviction is one TerminateInstanceInAutoScalingGroup the group answered, and what
@@ -172,6 +190,7 @@ func (g *Group) serve(w http.ResponseWriter, r *http.Request) {
 var (
 	lifecycleRE = regexp.MustCompile(`<LifecycleState>[^<]*</LifecycleState>`)
 	desiredRE   = regexp.MustCompile(`<DesiredCapacity>[0-9]+</DesiredCapacity>`)
+	maxSizeRE   = regexp.MustCompile(`<MaxSize>[0-9]+</MaxSize>`)
 )
 
 // rewrite shows the group's lifecycle states and desired capacity in an answer.
@@ -194,6 +213,7 @@ func (g *Group) rewrite(b []byte) []byte {
 	}
 	if g.desired > 0 && strings.Contains(s, "<AutoScalingGroupName>"+g.st.Config.ASGName+"</AutoScalingGroupName>") {
 		s = desiredRE.ReplaceAllString(s, "<DesiredCapacity>"+strconv.Itoa(int(g.desired))+"</DesiredCapacity>")
+		s = maxSizeRE.ReplaceAllString(s, "<MaxSize>"+strconv.Itoa(int(g.maxSize))+"</MaxSize>")
 	}
 	return []byte(s)
 }
@@ -238,9 +258,19 @@ func (g *Group) terminateInGroup(w http.ResponseWriter, form url.Values) {
 		return
 	}
 	if g.desired == 0 {
+		// moto attaches no instance beyond the max size: give it room for a replacement
+		// launched while the old instance is still in the group, and show the real one.
 		out, err := asg.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{g.st.Config.ASGName}})
 		if err == nil && len(out.AutoScalingGroups) == 1 {
-			g.desired = aws.ToInt32(out.AutoScalingGroups[0].DesiredCapacity)
+			g.desired, g.maxSize = aws.ToInt32(out.AutoScalingGroups[0].DesiredCapacity), aws.ToInt32(out.AutoScalingGroups[0].MaxSize)
+			_, err = asg.UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+				AutoScalingGroupName: aws.String(g.st.Config.ASGName), MaxSize: aws.Int32(g.maxSize + g.desired)})
+		}
+		if err != nil {
+			g.desired = 0
+			g.mu.Unlock()
+			writeQueryError(w, http.StatusInternalServerError, "InternalFailure", err.Error())
+			return
 		}
 	}
 	if decrement {
@@ -291,26 +321,48 @@ func writeQueryError(w http.ResponseWriter, status int, code, msg string) {
 	_, _ = w.Write(b)
 }
 
-// lifecycle plays instance id's termination and, when replace, its replacement in az.
+// lifecycle plays instance id's termination and, when replace, its replacement in the
+// same subnet: at once, or after the termination with TerminateFirst.
 func (g *Group) lifecycle(n int, id, az string, replace bool) {
 	defer g.inflight.Done()
 	ctx := g.ctx
 	direct := g.st.H.DirectConfig()
 	asg, ec2c := autoscaling.NewFromConfig(direct), ec2.NewFromConfig(direct)
+	out, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if err != nil || len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
+		g.fail(fmt.Errorf("describing %s: %w", id, errors.Join(err, errors.New("no such instance"))))
+		return
+	}
+	subnet := aws.ToString(out.Reservations[0].Instances[0].SubnetId)
+	var replaced sync.WaitGroup
+	if replace && !g.TerminateFirst {
+		replaced.Add(1)
+		go func() {
+			defer replaced.Done()
+			g.replace(ctx, asg, ec2c, n, id, az, subnet)
+		}()
+	}
+	if g.terminate(ctx, asg, ec2c, n, id) && replace && g.TerminateFirst {
+		g.replace(ctx, asg, ec2c, n, id, az, subnet)
+	}
+	replaced.Wait()
+}
 
+// terminate runs instance id's terminate lifecycle action and, once it was completed
+// with CONTINUE, terminates the instance. It reports whether it did.
+func (g *Group) terminate(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, n int, id string) bool {
 	if err := g.Terminate(ctx, id); err != nil {
 		g.fail(fmt.Errorf("terminate lifecycle action of %s: %w", id, err))
-		return
+		return false
 	}
 	if !g.continued(id) {
 		g.fail(fmt.Errorf("the terminate lifecycle action of %s was not completed with CONTINUE", id))
-		return
+		return false
 	}
 	g.setState(id, "Terminating:Proceed")
-	subnet, err := g.remove(ctx, asg, ec2c, id)
-	if err != nil {
+	if err := g.remove(ctx, asg, ec2c, id); err != nil {
 		g.fail(err)
-		return
+		return false
 	}
 	g.setState(id, "")
 	g.mu.Lock()
@@ -319,9 +371,13 @@ func (g *Group) lifecycle(n int, id, az string, replace bool) {
 	if g.Terminated != nil {
 		g.Terminated(ctx, id)
 	}
-	if !replace {
-		return
-	}
+	return true
+}
+
+// replace launches a replacement for id in subnet until one's launch lifecycle action
+// is completed with CONTINUE; an abandoned one is terminated and another launched.
+func (g *Group) replace(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, n int, id, az, subnet string) {
+	const attempts = 12
 	for attempt := 1; ; attempt++ {
 		nid, err := g.launch(ctx, asg, ec2c, subnet)
 		if err != nil {
@@ -347,19 +403,23 @@ func (g *Group) lifecycle(n int, id, az string, replace bool) {
 			return
 		}
 		// ABANDON: the group terminates the instance and launches another.
-		if _, err := g.remove(ctx, asg, ec2c, nid); err != nil {
+		g.setState(nid, "Terminating:Proceed")
+		if err := g.remove(ctx, asg, ec2c, nid); err != nil {
 			g.fail(err)
 			return
 		}
 		g.setState(nid, "")
-		if attempt == 5 {
-			g.fail(fmt.Errorf("replacement of %s abandoned %d times", id, attempt))
+		g.mu.Lock()
+		g.abandoned = append(g.abandoned, nid)
+		g.mu.Unlock()
+		if attempt == attempts {
+			g.fail(fmt.Errorf("the replacement of %s was abandoned %d times", id, attempt))
 			return
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		case <-time.After(min(time.Duration(attempt)*200*time.Millisecond, time.Second)):
 		}
 	}
 }
@@ -375,24 +435,18 @@ func (g *Group) continued(instance string) bool {
 	return false
 }
 
-// remove takes instance id out of moto's group and terminates it; it returns the
-// instance's subnet.
-func (g *Group) remove(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, id string) (string, error) {
-	out, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
-	if err != nil || len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
-		return "", fmt.Errorf("describing %s: %w", id, errors.Join(err, errors.New("no such instance")))
-	}
-	subnet := aws.ToString(out.Reservations[0].Instances[0].SubnetId)
+// remove takes instance id out of moto's group and terminates it.
+func (g *Group) remove(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, id string) error {
 	// moto keeps the desired capacity only by launching an instance of its own: detach
 	// with a decrement, and show the desired capacity AWS would keep (rewrite).
 	if _, err := asg.DetachInstances(ctx, &autoscaling.DetachInstancesInput{AutoScalingGroupName: aws.String(g.st.Config.ASGName),
 		InstanceIds: []string{id}, ShouldDecrementDesiredCapacity: aws.Bool(true)}); err != nil {
-		return "", fmt.Errorf("detaching %s from moto's group: %w", id, err)
+		return fmt.Errorf("detaching %s from moto's group: %w", id, err)
 	}
 	if _, err := ec2c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
-		return "", fmt.Errorf("terminating %s: %w", id, err)
+		return fmt.Errorf("terminating %s: %w", id, err)
 	}
-	return subnet, nil
+	return nil
 }
 
 // launch runs a replacement from the group's launch template in subnet, tagged as the
