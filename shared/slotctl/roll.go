@@ -289,7 +289,7 @@ type world struct {
 // Roll replaces the old holders of cfg's cluster one at a time (see the roll command's
 // help) and reports what it did. An error after the roll has started comes with the
 // report so far; Resume says how to go on.
-func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, out *Output) (RollReport, error) {
+func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, out *Output) (rep RollReport, err error) {
 	if opt.Poll <= 0 {
 		opt.Poll = 5 * time.Second
 	}
@@ -300,7 +300,6 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 		opt.CallTimeout = 30 * time.Second
 	}
 	r := &roller{c: c, cfg: cfg, opt: opt, out: out, start: time.Now(), roles: map[int]string{}}
-	rep := RollReport{}
 	k, err := c.Kafka()
 	if err != nil {
 		return rep, err
@@ -345,7 +344,7 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 	if opt.Slots != nil {
 		rep.Resume += " --slots " + ints(opt.Slots)
 	}
-	defer func() { rep.ElapsedMS = time.Since(r.start).Milliseconds() }()
+	defer func() { rep.ElapsedMS = time.Since(r.start).Milliseconds() }() // rep is the named result
 
 	// The slots considered: those asked for, or every slot that has a broker.
 	for s := range cfg.SlotCount {

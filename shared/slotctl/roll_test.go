@@ -342,7 +342,7 @@ func TestRoll(t *testing.T) {
 	rep2 := decode[slotctl.RollReport](t, second)
 	elapsed := time.Since(began)
 	rig.g.Wait()
-	if second.code != slotctl.ExitOK || !rep2.Done || len(rep2.Steps) != 1 {
+	if second.code != slotctl.ExitOK || !rep2.Done || len(rep2.Steps) != 1 || rep2.ElapsedMS < rep2.Steps[0].InSyncAtMS {
 		t.Fatalf("resumed roll: exit %d, %+v\nstderr %s", second.code, rep2, second.stderr)
 	}
 	for _, err := range rig.g.Errs() {
