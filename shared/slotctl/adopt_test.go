@@ -3,6 +3,7 @@ package slotctl_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -326,4 +327,119 @@ func TestAdopt(t *testing.T) {
 		}
 		t.Logf("replacement %s holds slot 1 with the adopted volume %s (at %s) and ENI %s (%s)", repl, vol, aws.ToString(att.Device), l.ENIID, l.IP)
 	})
+}
+
+// adoptSequence is the mutating calls of one adoption with --yes, in order: the
+// claim, the records of the volume and the ENI, DeleteOnTermination, the tags of the
+// volume, the ENI and the instance, the bind, the disk alarm and the DNS records.
+var adoptSequence = []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyInstanceAttribute",
+	"CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
+
+// An adoption that dies right after any one of its mutating calls took effect (its
+// answer lost) is finished by running the same command again, and ends as one that
+// never died: the slot bound once (version 1), its ids recorded, the volume kept, every
+// tag, the alarm and the records in place. The second run of each is then a no-op.
+func TestAdoptCrashSweep(t *testing.T) {
+	h := harness.Start(t)
+	st := demo.NewStage(t, h, "ac")
+	ctx := context.Background()
+	direct := ec2.NewFromConfig(h.DirectConfig())
+	store := lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), st.Config.Table, st.Config.Cluster)
+	if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(st.Config.ASGName), MaxSize: aws.Int32(20)}); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for k, v := range st.Vars {
+		vars[config.Prefix+k] = v
+	}
+	vars[config.Prefix+"SLOT_COUNT"] = "12" // slot s lives in subnet s mod 3
+	run := func(args ...string) result {
+		var out, errOut bytes.Buffer
+		code := slotctl.Main(ctx, append([]string{"adopt"}, args...), slotctl.IO{Stdout: &out, Stderr: &errOut,
+			Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
+		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	cw := awsapi.NewCloudWatch(h.DirectConfig())
+	r53 := route53.NewFromConfig(h.DirectConfig())
+
+	for point := -1; point < len(adoptSequence); point++ {
+		s := point + 1 // slot of this sweep point; -1 is the fault-free run
+		name := "no crash"
+		if point >= 0 {
+			name = fmt.Sprintf("crash after call %d (%s)", point+1, adoptSequence[point])
+		}
+		t.Run(name, func(t *testing.T) {
+			b := runBroker(t, st, s%3, []string{"/dev/sdf"}, true, true)
+			h.ResetCounts()
+			if point >= 0 {
+				skip := 0
+				for _, a := range adoptSequence[:point] {
+					if a == adoptSequence[point] {
+						skip++
+					}
+				}
+				h.Inject(harness.Fault{Action: adoptSequence[point], Kind: harness.Crash, Times: 1, Skip: skip})
+				first := run(b.id, "--slot", fmt.Sprint(s), "--yes", "--json")
+				h.ClearFaults()
+				if first.code == slotctl.ExitOK {
+					t.Fatalf("the crashed run succeeded: %s", first.stdout)
+				}
+				if m := h.MutatingCalls(); len(m) != point+1 || m[point] != adoptSequence[point] {
+					t.Fatalf("the crashed run made %v; want the first %d of %v", m, point+1, adoptSequence)
+				}
+			}
+			again := run(b.id, "--slot", fmt.Sprint(s), "--yes", "--json")
+			doc := decode[slotctl.Adoption](t, again)
+			if again.code != slotctl.ExitOK || !doc.Done {
+				t.Fatalf("the finishing run: exit %d, %s %s", again.code, again.stdout, again.stderr)
+			}
+			vol := b.volumes["/dev/sdf"]
+			l, err := store.Get(ctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.State != lease.Bound || l.Version != 1 || l.Holder != b.id || l.VolumeID != vol || l.ENIID != b.eni || l.IP != b.ip {
+				t.Errorf("lease %+v", l)
+			}
+			inst, err := direct.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{b.id}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := inst.Reservations[0].Instances[0]
+			tags := map[string]string{}
+			for _, tg := range i.Tags {
+				tags[aws.ToString(tg.Key)] = aws.ToString(tg.Value)
+			}
+			if tags[resources.TagSlot] != fmt.Sprint(s) || tags[resources.TagNodeID] != fmt.Sprint(s) || tags[resources.TagLease] != "1" {
+				t.Errorf("instance tags %v", tags)
+			}
+			for _, m := range i.BlockDeviceMappings {
+				if aws.ToString(m.DeviceName) == "/dev/sdf" && aws.ToBool(m.Ebs.DeleteOnTermination) {
+					t.Errorf("volume %s still goes with the instance", vol)
+				}
+			}
+			for _, id := range []string{vol, b.eni} {
+				tg, err := direct.DescribeTags(ctx, &ec2.DescribeTagsInput{Filters: []ec2types.Filter{{Name: aws.String("resource-id"), Values: []string{id}},
+					{Name: aws.String("key"), Values: []string{resources.TagSlot}}}})
+				if err != nil || len(tg.Tags) != 1 || aws.ToString(tg.Tags[0].Value) != fmt.Sprint(s) {
+					t.Errorf("%s's slot tag: %+v %v", id, tg, err)
+				}
+			}
+			alarms, err := cw.DescribeAlarms(ctx, &cloudwatch.DescribeAlarmsInput{AlarmNames: []string{grow.AlarmName("ac", s)}})
+			if err != nil || len(alarms.MetricAlarms) != 1 || !slices.ContainsFunc(alarms.MetricAlarms[0].Dimensions, func(d cwtypes.Dimension) bool { return aws.ToString(d.Value) == b.id }) {
+				t.Errorf("disk alarm of slot %d: %+v %v", s, alarms, err)
+			}
+			recs, err := r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{HostedZoneId: aws.String(st.ZoneID)})
+			if err != nil || !slices.ContainsFunc(recs.ResourceRecordSets, func(r r53types.ResourceRecordSet) bool {
+				return aws.ToString(r.Name) == fmt.Sprintf("broker-%d.ac.kafka.internal.", s) && len(r.ResourceRecords) == 1 && aws.ToString(r.ResourceRecords[0].Value) == b.ip
+			}) {
+				t.Errorf("no broker-%d record for %s: %v", s, b.ip, err)
+			}
+			h.ResetCounts()
+			if third := run(b.id, "--slot", fmt.Sprint(s), "--yes", "--json"); third.code != slotctl.ExitOK || len(h.MutatingCalls()) > 0 {
+				t.Errorf("a further run: exit %d, mutating calls %v", third.code, h.MutatingCalls())
+			}
+		})
+	}
 }
