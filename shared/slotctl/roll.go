@@ -564,8 +564,8 @@ func (r *roller) until(ctx context.Context, s int, what string, check func(conte
 			return 0, ctx.Err()
 		}
 		if done {
+			r.lastWait = "" // the next wait prints its reasons afresh
 			if waited && what != "" {
-				r.lastWait = ""
 				r.progress(s, "%s", what)
 			}
 			return time.Since(r.start), nil

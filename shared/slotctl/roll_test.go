@@ -372,6 +372,10 @@ func TestRoll(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("evictions %v, want %v (slots 2, 1, 0)", got, want)
 	}
+	// Every step that waited while under-replicated said so in a progress line.
+	if n := strings.Count(first.stderr+second.stderr, "· waiting: Kafka: 3 under-replicated partition(s)"); n != 2 {
+		t.Errorf("%d progress lines of steps waiting while under-replicated, want 2 (slots 2 and 0)", n)
+	}
 	var printed []string
 	for _, m := range progressLine.FindAllStringSubmatch(first.stderr+second.stderr, -1) {
 		printed = append(printed, m[1])

@@ -139,6 +139,9 @@ func TestDemoEndToEnd(t *testing.T) {
 	if !slices.Equal(order, []int{1, 2, 0}) {
 		t.Errorf("roll order %v, want [1 2 0]", order)
 	}
+	if n := strings.Count(strings.Join(roll.Log, "\n"), "· waiting: Kafka: 3 under-replicated partition(s)"); n != 3 {
+		t.Errorf("%d progress lines of a step waiting while under-replicated, want one per step", n)
+	}
 	var evicting []string
 	for _, line := range strings.Split(stderr.String(), "\n") {
 		if i := strings.Index(line, "roll "); i >= 0 && strings.Contains(line, "· evicting ") {
