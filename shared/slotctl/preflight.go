@@ -447,8 +447,9 @@ func (p *preflight) capacityRebalance(context.Context) Check {
 }
 
 // warmPool: the group has no warm pool. A warm instance runs its user data when it
-// enters the pool, with no slot: the broker bootstrap waits for its identity tags and
-// gives up; when the instance later enters the group its user data does not run again.
+// enters the pool, with no slot: the broker bootstrap refuses to serve in a Warmed:*
+// lifecycle state; when the instance later enters the group its user data does not
+// run again.
 func (p *preflight) warmPool(context.Context) Check {
 	const name = "warm pool"
 	if p.g == nil {
@@ -463,7 +464,7 @@ func (p *preflight) warmPool(context.Context) Check {
 		detail += ", " + string(wp.Status)
 	}
 	return Check{Name: name, Result: CheckFail, Detail: detail,
-		Hint: "a warm instance runs its user data before it has a slot: the broker bootstrap waits for its identity tags, gives up, and the instance is stopped in the pool; when it later enters the group its user data does not run again, so it never becomes a broker",
+		Hint: "a warm instance runs its user data while it warms, with no slot: the broker bootstrap refuses to serve in a Warmed:* lifecycle state and stops; when the instance later enters the group its user data does not run again, so it never becomes a broker",
 		Fix:  "aws autoscaling delete-warm-pool --auto-scaling-group-name " + p.cfg.ASGName + " --force-delete"}
 }
 

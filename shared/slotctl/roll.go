@@ -493,7 +493,7 @@ func (r *roller) replace(ctx context.Context, s int, q *kafka.Quorum, readyAt ti
 		case l.Holder == old.Holder && l.State == lease.Draining:
 			now = fmt.Sprintf("draining: %s hands the slot back (removal safety, controlled shutdown, detach)", old.Holder)
 		case l.State == lease.Free:
-			now = "free: waiting for the replacement's launch"
+			now = "free: handed back; waiting for the replacement to claim it"
 		default:
 			now = fmt.Sprintf("%s by %s: the replacement attaches the slot's volume", l.State, l.Holder)
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/dns"
 	"github.com/slotkeeper/slotkeeper/shared/grow"
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/launch"
@@ -152,14 +153,14 @@ func (rig *rollRig) note(format string, args ...any) {
 	rig.events = append(rig.events, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
 }
 
-// sendCommand sees an SSM SendCommand: the stop command stops the broker of each
-// instance it targets.
+// sendCommand sees an SSM SendCommand: the stop-and-unmount command stops the broker
+// of each instance it targets.
 func (rig *rollRig) sendCommand(req []byte) {
 	var in struct {
 		InstanceIds []string
 		Parameters  map[string][]string
 	}
-	if json.Unmarshal(req, &in) != nil || !slices.Contains(in.Parameters["commands"], rig.st.Config.StopCommand) {
+	if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) {
 		return
 	}
 	for _, id := range in.InstanceIds {
@@ -474,8 +475,9 @@ func TestRoll(t *testing.T) {
 		t.Errorf("problems at the end: %v", sv.Problems)
 	}
 	// The group launched each replacement while the old holder was still leaving, as
-	// AWS does: a launch that could not have the slot yet was abandoned and the group
-	// launched another; every termination, and the launch of every holder, continued.
+	// AWS does: its launch waits for the handover (a launch path without one abandons
+	// it, and the group launches another); every termination, and the launch of every
+	// holder, continued.
 	abandoned := rig.g.Abandoned()
 	for _, c := range rig.h.Completions() {
 		switch {
@@ -485,7 +487,7 @@ func TestRoll(t *testing.T) {
 			t.Errorf("completion %+v", c)
 		}
 	}
-	t.Logf("replacements launched while the old holder was leaving and abandoned (then replaced by the group): %d", len(abandoned))
+	t.Logf("replacements abandoned (then replaced by the group): %d", len(abandoned))
 
 	rig.mu.Lock()
 	t.Logf("Kafka and the handlers, in order:\n  %s", strings.Join(rig.events, "\n  "))

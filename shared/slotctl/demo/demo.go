@@ -263,7 +263,12 @@ func (d *demo) setUp(ctx context.Context) error {
 	env := append(d.st.Env(),
 		"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_XRAY_SDK_DISABLED=true",
 		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true")
-	f, err := newFleet(binDir, d.opt.LogDir, h.URL, env, d.watch)
+	// The functions reach AWS through the group's endpoint, which shows the lifecycle
+	// states of the instances the group terminates and launches (Group).
+	if err := d.newGroup(); err != nil {
+		return err
+	}
+	f, err := newFleet(binDir, d.opt.LogDir, d.group.URL, env, d.watch)
 	if err != nil {
 		return err
 	}
@@ -273,10 +278,6 @@ func (d *demo) setUp(ctx context.Context) error {
 			d.r.Errorf("stopping the functions: %v", err)
 		}
 	})
-
-	if err := d.newGroup(); err != nil {
-		return err
-	}
 
 	// Through the proxy, which answers DescribeInstanceRefreshes for moto.
 	pc := slotctl.NewClients(d.st.H.AWSConfig())
@@ -611,10 +612,6 @@ func (d *demo) newGroup() error {
 	if err != nil {
 		return err
 	}
-	// The story's group terminates before it launches (an instance maintenance policy
-	// of at most 100 % healthy that waits for the termination): each replacement finds
-	// its slot already handed back.
-	g.TerminateFirst = true
 	asg := d.st.Config.ASGName
 	g.Evicted = func(id string) {
 		d.world("slotctl roll evicts "+id, "TerminateInstanceInAutoScalingGroup, capacity kept; Terminating:Wait")

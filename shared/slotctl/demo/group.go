@@ -43,19 +43,15 @@ import (
 // answers to DescribeAutoScalingGroups and DescribeAutoScalingInstances. Every other
 // call passes through to the harness proxy unchanged, and is counted there.
 //
-// By default the replacement is launched at once, while the old instance waits in
+// The replacement is launched at once, while the old instance waits in
 // Terminating:Wait, as AWS does without a launch-before-terminate policy ("terminate and
 // launch": new instances are provisioned at the same time existing instances are
-// terminated). A launch path that cannot have the slot yet abandons the replacement;
-// the group then terminates it and launches another, as AWS does, after a pause that
-// grows with each attempt. With TerminateFirst the replacement is launched only once
-// the old instance has terminated.
+// terminated). A launch path that cannot have the slot yet may wait for the handover,
+// or abandon the replacement; the group then terminates it and launches another, as
+// AWS does, after a pause that grows with each attempt.
 type Group struct {
 	// URL is the endpoint to give the code under test.
 	URL string
-	// TerminateFirst launches a replacement only after the instance it replaces has
-	// terminated.
-	TerminateFirst bool
 	// Terminate runs the terminate function on instance's terminate lifecycle action.
 	Terminate func(ctx context.Context, instance string) error
 	// Launch runs the launch function on instance's launch lifecycle action and
@@ -321,8 +317,8 @@ func writeQueryError(w http.ResponseWriter, status int, code, msg string) {
 	_, _ = w.Write(b)
 }
 
-// lifecycle plays instance id's termination and, when replace, its replacement in the
-// same subnet: at once, or after the termination with TerminateFirst.
+// lifecycle plays instance id's termination and, when replace, at the same time its
+// replacement in the same subnet.
 func (g *Group) lifecycle(n int, id, az string, replace bool) {
 	defer g.inflight.Done()
 	ctx := g.ctx
@@ -335,34 +331,32 @@ func (g *Group) lifecycle(n int, id, az string, replace bool) {
 	}
 	subnet := aws.ToString(out.Reservations[0].Instances[0].SubnetId)
 	var replaced sync.WaitGroup
-	if replace && !g.TerminateFirst {
+	if replace {
 		replaced.Add(1)
 		go func() {
 			defer replaced.Done()
 			g.replace(ctx, asg, ec2c, n, id, az, subnet)
 		}()
 	}
-	if g.terminate(ctx, asg, ec2c, n, id) && replace && g.TerminateFirst {
-		g.replace(ctx, asg, ec2c, n, id, az, subnet)
-	}
+	g.terminate(ctx, asg, ec2c, n, id)
 	replaced.Wait()
 }
 
 // terminate runs instance id's terminate lifecycle action and, once it was completed
-// with CONTINUE, terminates the instance. It reports whether it did.
-func (g *Group) terminate(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, n int, id string) bool {
+// with CONTINUE, terminates the instance.
+func (g *Group) terminate(ctx context.Context, asg *autoscaling.Client, ec2c *ec2.Client, n int, id string) {
 	if err := g.Terminate(ctx, id); err != nil {
 		g.fail(fmt.Errorf("terminate lifecycle action of %s: %w", id, err))
-		return false
+		return
 	}
 	if !g.continued(id) {
 		g.fail(fmt.Errorf("the terminate lifecycle action of %s was not completed with CONTINUE", id))
-		return false
+		return
 	}
 	g.setState(id, "Terminating:Proceed")
 	if err := g.remove(ctx, asg, ec2c, id); err != nil {
 		g.fail(err)
-		return false
+		return
 	}
 	g.setState(id, "")
 	g.mu.Lock()
@@ -371,7 +365,6 @@ func (g *Group) terminate(ctx context.Context, asg *autoscaling.Client, ec2c *ec
 	if g.Terminated != nil {
 		g.Terminated(ctx, id)
 	}
-	return true
 }
 
 // replace launches a replacement for id in subnet until one's launch lifecycle action
