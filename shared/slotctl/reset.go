@@ -61,10 +61,11 @@ and a majority of all voters. What to do for a controller:
   - a static quorum (controller.quorum.voters, which deploy/broker-bootstrap.sh
     writes): the voter set cannot change. Reset with --voter while the other voters
     are caught up, and keep them running until the new node has caught up.
-
-Example:
-  slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)"        # dry run
-  slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)" --yes  # act`,
+`,
+		Examples: []string{
+			`slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)"        # dry run`,
+			`slotctl reset 1 --reason "vol-0abc deleted by mistake (ticket OPS-123)" --yes  # act`,
+		},
 		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT", "SUBNETS"},
 		Flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&yes, "yes", false, "really reset (without it, only show what would happen)")

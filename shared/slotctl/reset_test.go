@@ -131,7 +131,7 @@ func TestResetAgainstMoto(t *testing.T) {
 	}
 
 	help := f.run(nil, "reset", "--help")
-	if help.code != slotctl.ExitOK || !strings.Contains(help.stdout, "Example:") || !strings.Contains(help.stdout, "slotctl reset 1 --reason") ||
+	if help.code != slotctl.ExitOK || !strings.Contains(help.stdout, "Examples:") || !strings.Contains(help.stdout, "slotctl reset 1 --reason") ||
 		!strings.Contains(help.stdout, "remove-controller --controller-id <node id> --controller-directory-id") || !strings.Contains(help.stdout, "--voter") {
 		t.Errorf("reset --help:\n%s", help.stdout)
 	}

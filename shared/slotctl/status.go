@@ -29,8 +29,9 @@ the slot's AZ or subnet, a recorded volume in the error state, a claim older tha
 SLOTKEEPER_CLAIM_TTL, a DNS record that does not match, under-replicated or offline
 partitions. Exit code 3 when AWS or Kafka cannot be
 reached (the table is still printed if AWS answered).`,
-		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
-		Run:   runStatus,
+		Examples: []string{"slotctl status", "slotctl status --json | jq '.slots[] | {slot, holder, state}'"},
+		Needs:    []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
+		Run:      runStatus,
 	}
 }
 

@@ -105,9 +105,10 @@ func endToEnd(t *testing.T, args ...string) {
 		}
 	}
 	wantPrefix := map[string][]string{
-		"launch":    {"continue · slot", "continue · slot", "continue · slot", "continue · slot 1", "continue · slot 0"},
-		"terminate": {"released · slot 0 · planned · "},
-		"reconcile": {"reconciled · released slot 1", "reconciled", "reconciled"},
+		"launch": {"continue · slot", "continue · slot", "continue · slot", "continue · slot 1", "continue · slot 0",
+			"continue · slot 1", "continue · slot 2", "continue · slot 0"}, // the last three: the roll's replacements
+		"terminate": {"released · slot 0 · planned · ", "released · slot 1 · planned · ", "released · slot 2 · planned · ", "released · slot 0 · planned · "},
+		"reconcile": {"reconciled · released slot 1", "reconciled", "reconciled", "reconciled", "reconciled", "reconciled"},
 		"grow":      {"grown · slot 2 · 100 → 144 GiB"},
 	}
 	for fn, want := range wantPrefix {
@@ -128,6 +129,44 @@ func endToEnd(t *testing.T, args ...string) {
 	if len(outcomes["dns"]) < 5 {
 		t.Errorf("dns outcomes %q: want one per instance state change", outcomes["dns"])
 	}
+
+	// The roll (step 7): slots 1, 2, 0 (controllers, then the quorum leader), one at a
+	// time, each back on its own volume and ENI with a new holder, which is the final
+	// table's; its progress lines were printed.
+	roll := doc.Roll
+	if roll == nil || !roll.Done || len(roll.Steps) != 3 {
+		t.Fatalf("roll report %+v", roll)
+	}
+	var order []int
+	for i, st := range roll.Steps {
+		order = append(order, st.Slot)
+		fin := doc.Final.Slots[st.Slot]
+		if st.New == st.Old || st.New != fin.Holder || st.VolumeAfter != st.Volume || fin.Volume != st.Volume || st.ENIAfter != st.ENI || fin.ENI != st.ENI {
+			t.Errorf("roll step %d: %+v; final slot %+v", i, st, fin)
+		}
+		if i > 0 && st.EvictedAtMS <= roll.Steps[i-1].InSyncAtMS {
+			t.Errorf("roll step %d evicted at %d ms, before step %d was in sync (%d ms)", i, st.EvictedAtMS, i-1, roll.Steps[i-1].InSyncAtMS)
+		}
+		if !slices.ContainsFunc(st.SyncWaits, func(w string) bool { return strings.Contains(w, "under-replicated") }) {
+			t.Errorf("roll step %d did not wait while under-replicated: %q", i, st.SyncWaits)
+		}
+	}
+	if !slices.Equal(order, []int{1, 2, 0}) {
+		t.Errorf("roll order %v, want [1 2 0]", order)
+	}
+	if n := strings.Count(strings.Join(roll.Log, "\n"), "· waiting: Kafka: 3 under-replicated partition(s)"); n != 3 {
+		t.Errorf("%d progress lines of a step waiting while under-replicated, want one per step", n)
+	}
+	var evicting []string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if i := strings.Index(line, "roll "); i >= 0 && strings.Contains(line, "· evicting ") {
+			evicting = append(evicting, strings.TrimSpace(line[i:]))
+		}
+	}
+	if len(evicting) != 3 {
+		t.Errorf("progress lines of the roll's evictions: %q", evicting)
+	}
+	t.Logf("roll progress:\n  %s", strings.Join(roll.Log, "\n  "))
 }
 
 func dumpLogs(t *testing.T, dir string) {
