@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"time"
 
@@ -289,7 +290,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 5. Stop the broker and unmount its data volume, then confirm it left the cluster.
 	if running {
-		if res.Stopped, err = inv.stopAndUnmount(ctx, id, broker); err != nil {
+		if res.Stopped, err = inv.stopAndUnmount(ctx, *l, broker); err != nil {
 			return Result{}, err
 		}
 		if res.Stopped {
@@ -488,19 +489,48 @@ func (inv *invocation) drain(ctx context.Context, l lease.Lease) (lease.Lease, e
 	return drained, nil
 }
 
+// StopCommands is the commands parameter (AWS-RunShellScript) of the stop-and-unmount
+// command sent under cfg to a leaving broker to which the slot's volume is attached
+// with id volume at device (both empty when it is not attached there).
+func StopCommands(cfg config.Config, volume, device string) []string {
+	return hostcmd.SSMCommands(hostcmd.StopAndUnmount(hostcmd.Stop{
+		Unit: cfg.KafkaUnit, Command: cfg.StopCommand, Mount: cfg.Grow.DataMount, Volume: volume, Device: device,
+	}))
+}
+
+// attachedDevice names the device EC2 reports for a volume attachment when the script
+// can look for it (/dev/sd<x>, /dev/xvd<x>); any other name is not passed on.
+var attachedDevice = regexp.MustCompile(`^/dev/(sd|xvd)[a-z]+$`)
+
 // stopAndUnmount runs the stop-and-unmount command (hostcmd.StopAndUnmount) on the
-// instance over SSM and reports whether it confirmed that Kafka stopped and the data
-// volume is unmounted with nothing holding it. A command that ran and failed, or whose
-// result did not come in time, or that cannot reach the instance, is not an error: the
-// instance is leaving either way, and its volume then stays attached (see run). An
-// error of the SSM API itself is returned, and the event is delivered again (the
-// script is safe to run twice).
-func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int32) (bool, error) {
+// instance over SSM and reports whether it confirmed that Kafka stopped and the slot's
+// volume (the one l records, when EC2 has it attached to the instance) is mounted
+// nowhere with nothing holding it. A command that ran and failed, or whose result did
+// not come in time, or that cannot reach the instance, is not an error: the instance
+// is leaving either way, and its volume then stays attached (see run). An error of the
+// SSM or EC2 API itself is returned, and the event is delivered again (the script is
+// safe to run twice).
+func (inv *invocation) stopAndUnmount(ctx context.Context, l lease.Lease, broker int32) (bool, error) {
+	id := l.Holder
 	var ok bool
 	err := inv.o.Step(ctx, "stop-and-unmount", func(ctx context.Context) error {
+		var volume, device string
+		if l.VolumeID != "" {
+			v, err := inv.res.VolumeByID(ctx, l.VolumeID)
+			if err != nil {
+				return err
+			}
+			if v != nil && v.AttachedTo == id {
+				volume = v.ID
+				if attachedDevice.MatchString(v.Device) {
+					device = v.Device
+				}
+			} else {
+				inv.o.Log.InfoContext(ctx, "the slot's volume is not attached to the instance; the command checks the data mount only", "volume", l.VolumeID)
+			}
+		}
 		r := &remote.Runner{SSM: inv.ssm, Timeout: inv.cfg.SSMTimeout, Poll: inv.SSMPoll}
-		script := hostcmd.StopAndUnmount(inv.cfg.KafkaUnit, inv.cfg.Grow.DataMount, inv.cfg.StopCommand)
-		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), hostcmd.SSMCommands(script))
+		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), StopCommands(inv.cfg, volume, device))
 		if err != nil {
 			if !errors.Is(err, remote.ErrFailed) && !errors.Is(err, remote.ErrNoResult) && awsapi.Code(err) != "InvalidInstanceId" {
 				return err
@@ -513,7 +543,7 @@ func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int
 		// output reached us, says what it found.
 		rep, _ := hostcmd.ParseStopReport(out.Stdout)
 		inv.o.Log.InfoContext(ctx, "broker stopped and its data volume unmounted", "command", out.CommandID,
-			"unit", inv.cfg.KafkaUnit, "mount", inv.cfg.Grow.DataMount, "device", rep.Device, "unmounted", rep.Unmounted)
+			"unit", inv.cfg.KafkaUnit, "mount", inv.cfg.Grow.DataMount, "volume", volume, "device", rep.Device, "unmounted", rep.Unmounted)
 		ok = true
 		return nil
 	})
