@@ -70,15 +70,16 @@ type Stop struct {
 //     then check that it is no mount point any more;
 //  5. whether or not the mount was a mount point (the unit's own stop may have
 //     unmounted it; SLOTKEEPER_DATA_MOUNT may name another path): check that the
-//     volume's device, and the device that was mounted at the mount, are mounted
-//     nowhere (findmnt --source, which also catches a bind mount) and held open by no
-//     process (fuser).
+//     volume's device and its partitions (lsblk), and the device that was mounted at
+//     the mount, are mounted nowhere (findmnt --source, which also catches a bind
+//     mount) and held open by no process (fuser).
 //
 // It exits 0 only when all of that holds, and then prints one line, "slotkeeper-stop
 // unit=… mount=… volume=… device=… unmounted=yes|already"; otherwise it exits with
 // one of the Exit* codes and says why on standard error. Running it again after it
 // succeeded changes nothing and succeeds again. It needs bash, systemctl, coreutils
-// (sync, tr, readlink), util-linux (mountpoint, findmnt, umount) and psmisc (fuser);
+// (sync, tr, readlink), util-linux (mountpoint, findmnt, lsblk, umount) and psmisc
+// (fuser);
 // without fuser the in-use checks are skipped, and a filesystem still in use makes
 // umount fail instead. The device is looked for under $SLOTKEEPER_DEV_DIR instead of
 // /dev when that is set (tests only).
@@ -156,10 +157,18 @@ func StopAndUnmount(s Stop) string {
 		fmt.Sprintf(`	fail %d "$mount is still a mount point after umount"`, ExitStillMounted),
 		`fi`,
 		"",
-		"# 5. The volume's device (and what was mounted at the mount) is mounted nowhere",
-		"# and held open by no process.",
+		"# 5. The volume's device and its partitions (and what was mounted at the mount)",
+		"# are mounted nowhere and held open by no process.",
+		`devices=()`,
 		`for dev in "$device" "$mounted_from"; do`,
 		`	[[ -n $dev ]] || continue`,
+		`	if parts=$(lsblk -nrpo NAME "$dev" 2>/dev/null) && [[ -n $parts ]]; then`,
+		`		while read -r part; do devices+=("$part"); done <<<"$parts"`,
+		`	else`,
+		`		devices+=("$dev")`,
+		`	fi`,
+		`done`,
+		`for dev in "${devices[@]}"; do`,
 		`	if where=$(findmnt -n -o TARGET --source "$dev"); then`,
 		fmt.Sprintf(`		fail %d "$dev is still mounted at $(printf '%%s' "$where" | oneline)"`, ExitStillMounted),
 		`	fi`,

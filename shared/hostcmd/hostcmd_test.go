@@ -31,8 +31,9 @@ type host struct {
 	// mounted at /mnt/copy; open: a process holds the device itself open.
 	unknownUnit, active, stopFails, mounted, busy, umountFails, bind, open bool
 	// xen: the device has no by-id link; it is /dev/xvdf (attached as /dev/sdf).
-	// noDevice: the volume's device is not there at all.
-	xen, noDevice bool
+	// noDevice: the volume's device is not there at all. partition: the device has a
+	// partition (lsblk lists it), mounted at /mnt/part.
+	xen, noDevice, partition bool
 }
 
 // shims builds the fake host and returns the directory of its shims, the file of
@@ -84,8 +85,13 @@ esac`,
 	if [ -e "` + state + `.mounted" ]; then echo /var/lib/kafka; found=0; fi
 	if [ ` + b(h.bind) + ` = 1 ]; then echo /mnt/copy; found=0; fi
 	exit $found ;;
+*"--source ` + device + `p1") [ ` + b(h.partition) + ` = 1 ] && { echo /mnt/part; exit 0; }; exit 1 ;;
 *--source*) exit 1 ;;
 esac`,
+		"lsblk": `[ "$3" = "` + device + `" ] || exit 32
+echo "` + device + `"
+[ ` + b(h.partition) + ` = 1 ] && echo "` + device + `p1"
+exit 0`,
 		"fuser": `case "$1" in
 -m) [ ` + b(h.busy) + ` = 1 ] && { echo " 4242"; exit 0; }; exit 1 ;;
 -vm) echo "USER PID ACCESS COMMAND"; echo "kafka 4242 ..c.. java"; exit 0 ;;
@@ -175,6 +181,8 @@ func TestStopAndUnmount(t *testing.T) {
 			dev + " is still mounted at /mnt/copy", StopReport{}, nil, "umount"},
 		{"a wrong data mount: the volume is mounted at /var/lib/kafka, the script was told /data", host{mounted: true},
 			with(func(s *Stop) { s.Mount = "/data" }), ExitStillMounted, dev + " is still mounted at /var/lib/kafka", StopReport{}, nil, "umount"},
+		{"a partition of the volume mounted elsewhere", host{partition: true}, kafka, ExitStillMounted, dev + "p1 is still mounted at /mnt/part",
+			StopReport{}, []string{"lsblk -nrpo NAME " + dev, "findmnt -n -o TARGET --source " + dev, "findmnt -n -o TARGET --source " + dev + "p1"}, ""},
 		{"the device held open by a process", host{open: true}, kafka, ExitMountBusy, dev + " is held open: USER PID ACCESS COMMAND root 777 f.... dd",
 			StopReport{}, []string{"fuser " + dev, "fuser -v " + dev}, ""},
 		{"no device for the volume", host{noDevice: true, mounted: true}, kafka, ExitNoDevice, "no device for volume " + testVolume, StopReport{}, nil, "umount"},
