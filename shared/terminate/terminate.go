@@ -227,12 +227,15 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	}
 	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
-	inv := &invocation{Handler: h, o: o, invocationID: newInvocationID(ctx), started: h.now()}
+	inv := &invocation{Handler: h, o: o, invocationID: newInvocationID(ctx), started: time.Now()}
 	if d, ok := ctx.Deadline(); ok {
 		inv.deadline = d
 	}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	inv.store.Actor = obs.Actor(ctx, "terminate")
+	if h.Now != nil {
+		inv.store.Now = h.Now // the removal's recorded start and the gate share one clock
+	}
 	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 
