@@ -56,10 +56,11 @@ var packages = map[string]string{
 	"mkfs.xfs": "xfsprogs", "xfs_growfs": "xfsprogs", "xfs_repair": "xfsprogs",
 	"mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
 	"fuser": "psmisc",
+	"df":    "coreutils", "sync": "coreutils", "awk": "mawk",
 }
 
 // baseTools are the tools every device needs.
-var baseTools = []string{"losetup", "blockdev", "mount", "umount", "findmnt", "blkid"}
+var baseTools = []string{"losetup", "blockdev", "mount", "umount", "findmnt", "blkid", "sync"}
 
 // FSTools returns the tools that make, grow and check a filesystem of type fstype
 // (xfs or ext4).
@@ -587,6 +588,10 @@ func short(sum string) string {
 	}
 	return sum
 }
+
+// Run runs a system tool (looked up with Tool) and returns its standard output; the
+// error includes the command line and its standard error.
+func Run(name string, args ...string) (string, error) { return run(name, args...) }
 
 // run runs a tool (looked up with Tool) and returns its standard output; the error
 // includes the command line and its standard error.
