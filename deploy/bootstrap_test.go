@@ -415,7 +415,7 @@ func TestMountsTheVolumeAtEveryBoot(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", b, want)
 	}
-	if m, _ := os.ReadFile(mounted); string(m) != mount+"\n" {
+	if m, _ := os.ReadFile(mounted); string(m) != "--fstab\n"+fstab+"\n"+mount+"\n" {
 		t.Errorf("mount called with %q", m)
 	}
 }

@@ -157,7 +157,7 @@ mount_data() {
 	printf 'UUID=%s %s %s defaults,noatime,nofail 0 2\n' "$uuid" "$mount" "$fstype" >>"$tmp"
 	chmod 0644 "$tmp"
 	mv -f "$tmp" "$fstab"
-	mountpoint -q "$mount" || mount "$mount"
+	mountpoint -q "$mount" || mount --fstab "$fstab" "$mount"
 	log "$device ($fstype, UUID $uuid) is mounted at $mount"
 }
 
