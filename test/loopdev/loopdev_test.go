@@ -185,3 +185,20 @@ func TestSumsDiff(t *testing.T) {
 		t.Errorf("String does not identify the set: %s / %s", before, after)
 	}
 }
+
+// Product binaries (the functions, slotctl) never link the block-device test helpers.
+func TestNotLinkedByProductBinaries(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../../functions/...", "../../cmd/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list found %d packages: %q", len(deps), deps)
+	}
+	for _, dep := range deps {
+		if strings.HasSuffix(dep, "/test/loopdev") || strings.HasSuffix(dep, "/test/ssmrun") {
+			t.Errorf("a product binary links %s", dep)
+		}
+	}
+}
