@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slotkeeper/slotkeeper/shared/alert"
 	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -53,6 +54,9 @@ type Handler struct {
 	HeartbeatInterval time.Duration
 	// Order ranks claim candidates (slot.Rendezvous).
 	Order slot.Order
+	// Alerts tells the operator of a slot whose recorded volume or ENI is gone or
+	// tagged for another slot (nil: the log and the IdentityAlerts metric only).
+	Alerts *alert.Notifier
 	// Followers keep things that follow a slot's holder (its disk alarm, its DNS
 	// records) in step once the slot is bound, before CONTINUE.
 	Followers []Follower
@@ -200,7 +204,10 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 4–6. Attach, tag, bind. Each step is idempotent; a redelivery resumes here.
 	if l, err = inv.becomeBroker(ctx, l); err != nil {
-		if errors.Is(err, resources.ErrPermanent) || errors.Is(err, lease.ErrFenced) {
+		if ie := (*resources.IdentityError)(nil); errors.As(err, &ie) {
+			inv.identityAlert(ctx, ie)
+		}
+		if errors.Is(err, resources.ErrPermanent) || errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict) {
 			return inv.abandon(ctx, &l, err.Error())
 		}
 		return Result{}, err
@@ -236,12 +243,28 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 	defer stop()
 
 	var b lease.Binding
+	// A resource found or created for the slot is recorded in the lease at once (a
+	// fenced write); from then on it is the slot's by its id.
+	recordENI := func(ctx context.Context, id, ip string) error {
+		rec, err := inv.store.Record(ctx, l, lease.KindENI, id, ip, fmt.Sprintf("recorded ENI %s (%s) as the slot's", id, ip))
+		if err == nil {
+			l = rec
+		}
+		return err
+	}
+	recordVolume := func(ctx context.Context, id string) error {
+		rec, err := inv.store.Record(ctx, l, lease.KindVolume, id, "", fmt.Sprintf("recorded volume %s as the slot's", id))
+		if err == nil {
+			l = rec
+		}
+		return err
+	}
 	if inv.cfg.ENI {
 		err := inv.o.Step(ctx, "attach-eni", func(ctx context.Context) error {
 			if err := inv.fence(ctx, l); err != nil {
 				return err
 			}
-			e, _, err := inv.res.EnsureENI(ctx, s, inv.cfg.SubnetOf(s), l.Version)
+			e, _, err := inv.res.EnsureENI(ctx, l, inv.cfg.SubnetOf(s), recordENI)
 			if err != nil {
 				return err
 			}
@@ -262,7 +285,7 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 		if err := inv.fence(ctx, l); err != nil {
 			return err
 		}
-		v, _, err := inv.res.EnsureVolume(ctx, s, az, l.Version)
+		v, _, err := inv.res.EnsureVolume(ctx, l, az, recordVolume)
 		if err != nil {
 			return err
 		}
@@ -295,6 +318,22 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 		return l, err
 	}
 	return bound, nil
+}
+
+// identityAlert tells the operator that the slot's recorded volume or ENI is gone or
+// tagged for another slot: the launch abandons rather than give the slot a new, blank
+// identity, and every replacement does the same until an operator acts.
+func (inv *invocation) identityAlert(ctx context.Context, ie *resources.IdentityError) {
+	problem := "tags"
+	if ie.Missing {
+		problem = "missing"
+	}
+	inv.o.Metrics.Count("IdentityAlerts", 1, "Kind", ie.Kind, "Problem", problem)
+	msg := fmt.Sprintf("slot %d (broker %d): the launch of %s is abandoned, and so will be every replacement until an operator acts: %s",
+		ie.Slot, inv.cfg.NodeID(ie.Slot), inv.inst.ID, ie.Msg)
+	if aerr := inv.Alerts.Send(ctx, inv.o.Log, fmt.Sprintf("slot %d %s %s %s", ie.Slot, ie.Kind, ie.ID, problem), msg); aerr != nil {
+		inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, aerr.Error())
+	}
 }
 
 // fence checks that l is still the slot's current lease before a mutation made on its
@@ -340,7 +379,7 @@ func (inv *invocation) abandon(ctx context.Context, l *lease.Lease, reason strin
 	}
 	res.Slot = l.Slot
 	err = inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
-		if _, err := inv.res.DetachFrom(ctx, l.Slot, id, resources.Plain); err != nil {
+		if _, err := inv.res.DetachFrom(ctx, *l, id, resources.Plain); err != nil {
 			inv.o.Log.WarnContext(ctx, "could not detach the slot's resources; the next holder will once this instance is gone", obs.KeyErr, err.Error())
 		}
 		_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)

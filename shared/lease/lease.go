@@ -14,9 +14,18 @@
 //	holder     instance id holding the slot (absent when free)
 //	holder_az  availability zone of the holder
 //	last_holder  the previous holder, kept after release
-//	eni_id, volume_id, ip  the slot's resources, recorded at bind
+//	eni_id, volume_id, ip  the slot's ENI (and its IP; in instance mode, the holder's
+//	                       primary IP) and data volume: the authority on the slot's
+//	                       identity. Recorded by the claimer as soon as each exists
+//	                       (Record, a fenced write that never replaces a recorded id),
+//	                       written again at bind, kept across release and claim, and
+//	                       removed only by an operator (Forget: slotctl reset).
 //	claimed_at, updated_at RFC 3339 timestamps
 //	history    list of {at, from, to, version, instance, actor, reason}, newest last
+//
+// Every path uses the recorded ids, never tags, to find a slot's resources; whoever
+// writes a bound lease by other means (adopting a running broker) writes the same
+// three attributes.
 package lease
 
 import (

@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slot"
 )
 
@@ -118,12 +119,16 @@ const (
 	Force
 )
 
-// DetachFrom detaches the slot's volume and ENI from instance if they are attached to
-// it, and waits until both are available. It reports how many it detached.
-func (m *Manager) DetachFrom(ctx context.Context, s int, instance string, mode DetachMode) (detached int, err error) {
-	v, err := m.FindVolume(ctx, s)
-	if err != nil {
-		return 0, err
+// DetachFrom detaches the slot's volume and ENI, the ones lease l records (described by
+// their ids; tags play no part), from instance if they are attached to it, and waits
+// until both are available. It reports how many it detached. A recorded resource
+// that is gone has nothing to detach.
+func (m *Manager) DetachFrom(ctx context.Context, l lease.Lease, instance string, mode DetachMode) (detached int, err error) {
+	var v *Volume
+	if l.VolumeID != "" {
+		if v, err = m.VolumeByID(ctx, l.VolumeID); err != nil {
+			return 0, err
+		}
 	}
 	if v != nil && v.AttachedTo == instance {
 		err := m.detachEscalating(ctx, "volume "+v.ID, mode, func(ctx context.Context, force bool) error {
@@ -138,9 +143,11 @@ func (m *Manager) DetachFrom(ctx context.Context, s int, instance string, mode D
 		}
 		detached++
 	}
-	e, err := m.FindENI(ctx, s)
-	if err != nil {
-		return detached, err
+	var e *ENI
+	if l.ENIID != "" {
+		if e, err = m.ENIByID(ctx, l.ENIID); err != nil {
+			return detached, err
+		}
 	}
 	if e != nil && e.AttachedTo == instance {
 		err := m.detachEscalating(ctx, "ENI "+e.ID, mode, func(ctx context.Context, force bool) error {

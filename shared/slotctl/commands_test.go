@@ -224,13 +224,18 @@ func testHistory(t *testing.T, f *fixture) {
 			for _, tr := range h.Transitions {
 				moves = append(moves, tr.From+">"+tr.To)
 			}
-			if h.State != "bound" || h.Holder != f.ids[1] || h.Version != 1 || !slices.Equal(moves, []string{"free>claimed", "claimed>bound"}) ||
-				h.Transitions[0].Instance != f.ids[1] || !strings.HasPrefix(h.Transitions[0].Actor, "launch") {
+			// The claim, the records of the new ENI and volume (right after each was
+			// created), the bind.
+			if h.State != "bound" || h.Holder != f.ids[1] || h.Version != 1 ||
+				!slices.Equal(moves, []string{"free>claimed", "claimed>claimed", "claimed>claimed", "claimed>bound"}) ||
+				h.Transitions[0].Instance != f.ids[1] || !strings.HasPrefix(h.Transitions[0].Actor, "launch") ||
+				h.VolumeID == "" || h.Transitions[2].Reason != "recorded volume "+h.VolumeID+" as the slot's" ||
+				!strings.HasPrefix(h.Transitions[1].Reason, "recorded ENI "+h.ENIID) {
 				t.Errorf("history %+v", h)
 			}
 		}},
 		{"flags anywhere", []string{"--json", "history", "--table", f.st.Config.Table, "1"}, nil, slotctl.ExitOK, func(t *testing.T, r result) {
-			if h := decode[slotctl.History](t, r); h.Slot != 1 || len(h.Transitions) != 2 {
+			if h := decode[slotctl.History](t, r); h.Slot != 1 || len(h.Transitions) != 4 {
 				t.Errorf("history %+v", h)
 			}
 		}},

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -97,6 +98,7 @@ type Clients struct {
 	AutoScaling awsapi.AutoScaling
 	DynamoDB    awsapi.DynamoDB
 	Route53     awsapi.Route53
+	STS         awsapi.STS
 
 	// KafkaConfig is how Kafka is reached; its Bootstrap empty: no Kafka checks.
 	KafkaConfig config.KafkaConfig
@@ -110,6 +112,7 @@ func NewClients(cfg aws.Config) *Clients {
 		AutoScaling: autoscaling.NewFromConfig(cfg),
 		DynamoDB:    dynamodb.NewFromConfig(cfg),
 		Route53:     route53.NewFromConfig(cfg),
+		STS:         sts.NewFromConfig(cfg),
 	}
 }
 

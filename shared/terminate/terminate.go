@@ -253,7 +253,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 6. Detach the slot's volume and ENI so the replacement can attach them at once.
 	err = inv.o.Step(ctx, "detach", func(ctx context.Context) error {
-		n, err := inv.res.DetachFrom(ctx, l.Slot, id, resources.PlainThenForce)
+		n, err := inv.res.DetachFrom(ctx, *l, id, resources.PlainThenForce)
 		inv.o.Log.InfoContext(ctx, "detached slot resources", "detached", n)
 		return err
 	})
