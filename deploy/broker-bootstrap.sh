@@ -219,18 +219,24 @@ ensure_filesystem() {
 	fi
 }
 
+# set_fstab [LINE]: rewrite fstab without the data mount's line, plus LINE if given.
+set_fstab() {
+	local fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} tmp
+	tmp=$(mktemp "$fstab.XXXXXX")
+	awk -v m="$SLOTKEEPER_DATA_MOUNT" '$2 != m' "$fstab" >"$tmp"
+	[[ -z ${1:-} ]] || printf '%s\n' "$1" >>"$tmp"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$fstab"
+}
+
 # mount_data DEVICE: mount DEVICE at the data mount, now and at every boot.
 mount_data() {
-	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} uuid fstype tmp
+	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT uuid fstype
 	uuid=$(blkid -o value -s UUID "$device") || die "no filesystem UUID on $device"
 	fstype=$(blkid -o value -s TYPE "$device") || die "no filesystem type on $device"
 	mkdir -p "$mount"
-	tmp=$(mktemp "$fstab.XXXXXX")
-	awk -v m="$mount" '$2 != m' "$fstab" >"$tmp"
-	printf 'UUID=%s %s %s defaults,noatime,nofail 0 2\n' "$uuid" "$mount" "$fstype" >>"$tmp"
-	chmod 0644 "$tmp"
-	mv -f "$tmp" "$fstab"
-	mountpoint -q "$mount" || mount --fstab "$fstab" "$mount"
+	set_fstab "UUID=$uuid $mount $fstype defaults,noatime,nofail 0 2"
+	mountpoint -q "$mount" || mount --fstab "${SLOTKEEPER_FSTAB:-/etc/fstab}" "$mount"
 	log "$device ($fstype, UUID $uuid) is mounted at $mount"
 }
 
@@ -294,13 +300,37 @@ EOF
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.
 check_volume_identity() {
-	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid
+	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=""
 	[[ -f $meta ]] || return 0
 	id=$(sed -n 's/^node\.id=//p' "$meta")
 	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	[[ -z $id || $id == "$NODE_ID" ]] || refuse "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
-	[[ -z $cid || $cid == "$(cluster_id)" ]] || refuse "$meta: cluster.id=$cid, not $(cluster_id)"
+	if [[ -n $id && $id != "$NODE_ID" ]]; then
+		why="$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
+	elif [[ -n $cid && $cid != "$(cluster_id)" ]]; then
+		why="$meta: cluster.id=$cid, not $(cluster_id)"
+	fi
+	if [[ -n $why ]]; then
+		# Not this node's log: unmounted, and out of fstab for the next boot.
+		if mountpoint -q "$SLOTKEEPER_DATA_MOUNT"; then
+			umount "$SLOTKEEPER_DATA_MOUNT" || log "could not unmount $SLOTKEEPER_DATA_MOUNT"
+			set_fstab
+		fi
+		refuse "$why"
+	fi
 	log "the volume is node $NODE_ID's: resuming its log"
+}
+
+# prepare_volume: find the volume the lease records, format it only if slotkeeper made
+# it blank, mount it, check it holds this node's log, and give its log to kafka.
+prepare_volume() {
+	local device
+	slot_volume
+	device=$(volume_device "$VOLUME_ID")
+	ensure_filesystem "$device"
+	mount_data "$device"
+	check_volume_identity
+	mkdir -p "$SLOTKEEPER_DATA_MOUNT/data"
+	[[ $(stat -c %u "$SLOTKEEPER_DATA_MOUNT/data") == "$KAFKA_UID" ]] || chown -R "$KAFKA_UID:$KAFKA_UID" "$SLOTKEEPER_DATA_MOUNT/data"
 }
 
 # heap_opts: a quarter of the memory, 512 MiB to 6 GiB (the page cache gets the rest).
@@ -390,16 +420,9 @@ main() {
 	imds_login
 	wait_for_slot
 	wait_until_serving
-	slot_volume
-
-	local device
-	device=$(volume_device "$VOLUME_ID")
-	ensure_filesystem "$device"
-	mount_data "$device"
-	mkdir -p "$SLOTKEEPER_DATA_MOUNT/data" /var/log/kafka
+	prepare_volume
+	mkdir -p /var/log/kafka
 	chown kafka:kafka /var/log/kafka
-	[[ $(stat -c %u "$SLOTKEEPER_DATA_MOUNT/data") == "$KAFKA_UID" ]] || chown -R kafka:kafka "$SLOTKEEPER_DATA_MOUNT/data"
-	check_volume_identity
 
 	kafka_properties | write_file "$KAFKA_CONFIG" 0644
 	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \

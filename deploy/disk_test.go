@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,11 +14,16 @@ import (
 )
 
 // The bootstrap's disk logic on real block devices: the instance metadata is
-// emulated and the EC2 look-up stubbed (aws), as in bootstrap_test.go, but the device
-// is a loop device, and blkid, mkfs, mount and the filesystem are the system's own.
+// emulated and the AWS look-ups stubbed (aws: the lease, the group, the volume and its
+// never-formatted mark), as in bootstrap_test.go, but the device is a loop device, and
+// blkid, mkfs, mount, chown and the filesystem are the system's own.
 
 // volumeID is the slot's volume as the stubbed EC2 look-up names it.
 const volumeID = "vol-0abc123def4567890"
+
+// damagedBytes are zeroed at the start of a device to damage its filesystem: the
+// superblock (xfs: sector 0; ext4: byte 1024) and what follows it.
+const damagedBytes = 64 << 10
 
 // diskDeviceBytes is the size of each test device: the smallest mkfs.xfs accepts,
 // sparse.
@@ -34,9 +41,14 @@ type bootHost struct {
 	boots int
 }
 
+// instanceID is the emulated instance's id (instance()).
+const instanceID = "i-0123456789abcdef0"
+
 // newBootHost makes a loop device of diskDeviceBytes, attached to an emulated
-// instance of slot 1 (node 1) of the cluster kafka-prod as the slot's volume.
-func newBootHost(t *testing.T) *bootHost {
+// instance that holds slot 1 (node 1) of the cluster kafka-prod, in service, as the
+// volume its lease records; marked says whether the volume carries
+// slotkeeper:never-formatted (slotkeeper created it blank).
+func newBootHost(t *testing.T, marked bool) *bootHost {
 	t.Helper()
 	loopdev.Require(t, "mkfs.xfs", "mkfs.ext4", "mountpoint", "curl")
 	// Directories first: cleanups run last-first, so the device (and every mount of
@@ -55,10 +67,12 @@ func newBootHost(t *testing.T) *bootHost {
 	if err := os.Symlink(h.dev.Path(), filepath.Join(byID, "nvme-Amazon_Elastic_Block_Store_"+strings.ReplaceAll(volumeID, "-", ""))); err != nil {
 		t.Fatal(err)
 	}
-	h.stubs = stubs(t, map[string]string{
-		// EC2: the slot's volume attached to this instance.
-		"aws": fmt.Sprintf(`case "$*" in *describe-volumes*) echo %s ;; *) echo "unexpected aws $*" >&2; exit 1 ;; esac`, volumeID),
-	})
+	h.stubs = stubs(t, map[string]string{"aws": awsVolumeStub})
+	if marked {
+		if err := os.WriteFile(filepath.Join(h.stubs, "never-formatted"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	h.env = withIMDS(t, settings(3, 3, 0), &imds{items: instance("kafka-prod", 1, 1, "us-east-1b")})
 	h.env["SLOTKEEPER_DEVICE_DIR"] = byID
 	h.env["SLOTKEEPER_DEVICE_TIMEOUT"] = "2"
@@ -67,14 +81,45 @@ func newBootHost(t *testing.T) *bootHost {
 	return h
 }
 
-// diskSteps are the disk steps of the bootstrap's main, in its order.
-const diskSteps = `check_settings; imds_login; wait_for_slot
-volume=$(slot_volume_id)
-device=$(volume_device "$volume")
-ensure_filesystem "$device"
-mount_data "$device"
-mkdir -p "$SLOTKEEPER_DATA_MOUNT/data"
-check_volume_identity`
+// awsVolumeStub answers the bootstrap's AWS calls for an instance that holds slot 1's
+// lease (bound, version 3, the lease's tag), in service, with the slot's volume
+// attached; the volume's slotkeeper:never-formatted mark is the file never-formatted
+// beside it, which delete-tags removes. Every call is recorded in calls.
+const awsVolumeStub = `dir=$(dirname "$0")
+printf '%s\n' "$*" >>"$dir/calls"
+case "$1 $2" in
+"dynamodb get-item") printf 'bound\t` + instanceID + `\t3\t` + volumeID + `\n' ;;
+"autoscaling describe-auto-scaling-instances") echo InService ;;
+"ec2 describe-volumes")
+	mark=None
+	[[ -e $dir/never-formatted ]] && mark=true
+	printf '` + instanceID + `\t1\t%s\n' "$mark" ;;
+"ec2 delete-tags") [[ $* != *"--resources ` + volumeID + ` --tags Key=slotkeeper:never-formatted"* ]] || rm -f "$dir/never-formatted" ;;
+"ec2 create-tags") ;;
+*) echo "aws stub: unexpected $*" >&2; exit 255 ;;
+esac`
+
+// marked reports whether the volume still carries its never-formatted mark.
+func (h *bootHost) marked() bool {
+	_, err := os.Stat(filepath.Join(h.stubs, "never-formatted"))
+	return err == nil
+}
+
+// refusals are the refusal tags the boots put on the instance.
+func (h *bootHost) refusals() []string {
+	b, _ := os.ReadFile(filepath.Join(h.stubs, "calls"))
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "ec2 create-tags") && strings.Contains(line, "Key=slotkeeper:refused,") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// diskSteps are the bootstrap's main up to its disk's preparation, without the
+// software installation.
+const diskSteps = `check_settings; imds_login; wait_for_slot; wait_until_serving; prepare_volume`
 
 // boot runs the disk steps as a boot does: /run is empty, so blkid has no cache.
 func (h *bootHost) boot() (stderr string, err error) {
@@ -187,6 +232,40 @@ func (h *bootHost) wantIntact(sums loopdev.Sums, when string) {
 	}
 }
 
+// wantOwned checks the log directory belongs to the kafka user's fixed uid.
+func (h *bootHost) wantOwned() {
+	h.t.Helper()
+	st, err := os.Stat(filepath.Join(h.mount, "data"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; uid != 9092 {
+		h.t.Errorf("data/ belongs to uid %d, want kafka's 9092", uid)
+	}
+}
+
+// wantRefused checks a boot refused the device and left it as it was: unmounted,
+// out of fstab, the refusal tagged on the instance, the mark as it was.
+func (h *bootHost) wantRefused(err error, stderr, why string, marked bool) {
+	h.t.Helper()
+	if err == nil || !strings.Contains(stderr, "REFUSED: ") || !strings.Contains(stderr, why) {
+		h.t.Errorf("boot: err %v, want a refusal saying %q:\n%s", err, why, stderr)
+	}
+	s := h.state()
+	if s.mountedAt != "" || len(s.fstabLines) > 0 {
+		h.t.Errorf("a refused device is mounted at %q, fstab lines %q", s.mountedAt, s.fstabLines)
+	}
+	if m, _ := loopdev.Mounts(h.dev.Path()); len(m) > 0 {
+		h.t.Errorf("a refused device is mounted at %q", m)
+	}
+	if n := len(h.refusals()); n != 1 {
+		h.t.Errorf("%d refusal tags on the instance, want 1", n)
+	}
+	if h.marked() != marked {
+		h.t.Errorf("never-formatted mark %v after a refusal, was %v", h.marked(), marked)
+	}
+}
+
 // The bootstrap's disk logic, case by case, on xfs and ext4: what it formats, what it
 // mounts, what it refuses, and that a reboot changes nothing. Each case's figures are
 // logged; the table at the end sums them up.
@@ -197,9 +276,10 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		fstypes []string
+		marked  bool                                                  // the volume carries slotkeeper:never-formatted
 		run     func(t *testing.T, h *bootHost, fstype string) string // returns the outcome for the table
 	}{
-		{"blank device: formatted and mounted", []string{"xfs"}, func(t *testing.T, h *bootHost, _ string) string {
+		{"blank, marked never formatted: formatted, mounted", []string{"xfs"}, true, func(t *testing.T, h *bootHost, _ string) string {
 			if before := h.dev.Probe("TYPE"); before != "" {
 				t.Fatalf("a new loop device holds %q", before)
 			}
@@ -209,12 +289,25 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			s := h.state()
 			h.wantMounted(s, "xfs", "")
-			if !strings.Contains(stderr, "is blank: formatting it (xfs)") {
+			h.wantOwned()
+			if !strings.Contains(stderr, "formatting it (xfs)") {
 				t.Errorf("no log line says it formats:\n%s", stderr)
 			}
-			return fmt.Sprintf("formatted xfs %s, mounted", s.uuid[:8])
+			if h.marked() {
+				t.Errorf("the never-formatted mark is still on the volume after the format")
+			}
+			return fmt.Sprintf("formatted xfs %s, mounted, mark cleared", s.uuid[:8])
 		}},
-		{"own filesystem: mounted, not formatted, data intact", []string{"xfs", "ext4"}, func(t *testing.T, h *bootHost, fstype string) string {
+		{"blank, not marked: refused, never formatted", []string{"xfs"}, false, func(t *testing.T, h *bootHost, _ string) string {
+			sum := h.dev.Sum()
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "not marked slotkeeper:never-formatted", false)
+			if after := h.dev.Sum(); after != sum {
+				t.Errorf("the boot wrote to the device (it now holds %q)", h.dev.Probe("TYPE"))
+			}
+			return fmt.Sprintf("refused; device sha256 %s before and after", sum[:12])
+		}},
+		{"own filesystem: mounted, not formatted, data intact", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
 			uuid, sums := h.formatWithData(fstype, 1)
 			stderr, err := h.boot()
 			if err != nil {
@@ -222,38 +315,60 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			h.wantMounted(h.state(), fstype, uuid)
 			h.wantIntact(sums, "by the boot")
+			h.wantOwned()
 			if !strings.Contains(stderr, "resuming its log") {
 				t.Errorf("no log line says it resumes the log:\n%s", stderr)
 			}
-			return fmt.Sprintf("kept %s %s, mounted; data %s intact", fstype, uuid[:8], sums)
+			return fmt.Sprintf("kept %s %s, mounted; data %s before and after", fstype, uuid[:8], sums)
 		}},
-		{"another node's meta.properties: refused", []string{"xfs", "ext4"}, func(t *testing.T, h *bootHost, fstype string) string {
+		{"own filesystem, mark left by a crash: kept, mark cleared", []string{"xfs", "ext4"}, true, func(t *testing.T, h *bootHost, fstype string) string {
+			uuid, sums := h.formatWithData(fstype, 1)
+			stderr, err := h.boot()
+			if err != nil {
+				t.Fatalf("boot: %v\n%s", err, stderr)
+			}
+			h.wantMounted(h.state(), fstype, uuid)
+			h.wantIntact(sums, "by the boot")
+			if h.marked() {
+				t.Errorf("the never-formatted mark is still on a volume with a filesystem")
+			}
+			return fmt.Sprintf("kept %s %s, mark cleared; data %s before and after", fstype, uuid[:8], sums)
+		}},
+		{"another node's meta.properties: refused, not mounted", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
 			uuid, sums := h.formatWithData(fstype, 2)
 			stderr, err := h.boot()
-			if err == nil || !strings.Contains(stderr, "node.id=2, but slot 1 is node 1") {
-				t.Fatalf("boot: err %v, want a refusal naming node 2:\n%s", err, stderr)
-			}
+			h.wantRefused(err, stderr, "node.id=2, but slot 1 is node 1", false)
 			s := h.state()
 			if s.fstype != fstype || s.uuid != uuid {
 				t.Errorf("the device holds %s %s after the refusal, was %s %s", s.fstype, s.uuid, fstype, uuid)
 			}
-			// Read from the device through a mount of the test's own.
-			if s.mountedAt != "" {
-				if _, err := loopdev.Run("umount", h.mount); err != nil {
-					t.Fatal(err)
-				}
-			}
+			// Read back from the device through a mount of the test's own.
 			check := t.TempDir()
 			h.dev.Mount(check, "ro")
 			if diff := sums.Diff(loopdev.Checksums(t, filepath.Join(check, "data"))); len(diff) > 0 {
 				t.Errorf("data changed by the refusal: %s", strings.Join(diff, "; "))
 			}
-			return fmt.Sprintf("refused (exit %v); %s %s kept; data %s intact", err, fstype, uuid[:8], sums)
+			return fmt.Sprintf("refused, unmounted, no fstab line; %s %s kept; data %s before and after", fstype, uuid[:8], sums)
 		}},
-		{"reboot: the script run again, then after an unmount", []string{"xfs", "ext4"}, func(t *testing.T, h *bootHost, fstype string) string {
+		{"damaged superblock: refused, never formatted", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
+			h.formatWithData(fstype, 1)
+			h.dev.Overwrite(0, damagedBytes)
+			if got := h.dev.Probe("TYPE"); got != "" {
+				t.Fatalf("blkid still finds %s after the first %d KiB were zeroed", got, damagedBytes>>10)
+			}
+			sum := h.dev.Sum()
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "no filesystem signature", false)
+			after := h.dev.Sum()
+			if after != sum {
+				t.Errorf("the boot wrote to the damaged device (it now holds %q %s)", h.dev.Probe("TYPE"), h.dev.Probe("UUID"))
+			}
+			return fmt.Sprintf("refused; device sha256 %s before and %s after", sum[:12], after[:12])
+		}},
+		{"reboot: the script run again, then after an unmount", []string{"xfs", "ext4"}, true, func(t *testing.T, h *bootHost, fstype string) string {
 			var sums loopdev.Sums
 			uuid := ""
-			if fstype == "ext4" { // the script formats xfs only: an adopted ext4 volume
+			if fstype == "ext4" { // the bootstrap formats xfs only: an adopted ext4 volume
 				uuid, _ = h.formatWithData(fstype, 1)
 			}
 			if stderr, err := h.boot(); err != nil {
@@ -276,17 +391,20 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			h.wantMounted(h.state(), fstype, first.uuid)
 			h.wantIntact(sums, "by a reboot (read back from the device)")
-			return fmt.Sprintf("%d boots: %s %s kept, one fstab line, mounted; data %s intact", h.boots, fstype, first.uuid[:8], sums)
+			if h.marked() {
+				t.Errorf("the never-formatted mark survived %d boots", h.boots)
+			}
+			return fmt.Sprintf("%d boots: %s %s kept, one fstab line, mounted; data %s before and after", h.boots, fstype, first.uuid[:8], sums)
 		}},
 	} {
 		for _, fstype := range []string{"xfs", "ext4"} {
-			if !strings.Contains(strings.Join(c.fstypes, " "), fstype) {
-				table = append(table, result{c.name, fstype, "n/a: the bootstrap formats xfs only (it keeps an existing ext4)"})
+			if !slices.Contains(c.fstypes, fstype) {
+				table = append(table, result{c.name, fstype, "n/a: the bootstrap formats xfs only (an existing ext4 is kept)"})
 				continue
 			}
 			t.Run(c.name+"/"+fstype, func(t *testing.T) {
 				caseStart := time.Now()
-				h := newBootHost(t)
+				h := newBootHost(t, c.marked)
 				outcome := c.run(t, h, fstype)
 				if t.Failed() {
 					outcome = "FAILED: " + outcome
@@ -300,7 +418,7 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "disk logic on real devices (%d MiB sparse images), %.2fs in all:\n", diskDeviceBytes>>20, time.Since(start).Seconds())
 	for _, r := range table {
-		fmt.Fprintf(&b, "  %-55s %-5s %s\n", r.cas, r.fstype, r.outcome)
+		fmt.Fprintf(&b, "  %-58s %-5s %s\n", r.cas, r.fstype, r.outcome)
 	}
 	t.Log(b.String())
 }
