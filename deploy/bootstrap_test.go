@@ -678,7 +678,9 @@ func TestClusterID(t *testing.T) {
 }
 
 // Stopping the Kafka unit is a controlled shutdown: SIGTERM, with time to hand the
-// leaderships over, and the exit status Java gives it counted as success.
+// leaderships over, and the exit status Java gives it counted as success; once Kafka
+// exited, the unit unmounts the data volume (as root, a failure ignored), and a start
+// mounts it again.
 func TestKafkaUnitStopsInAControlledWay(t *testing.T) {
 	out, stderr, err := run(t, settings(3, 3, 0), "", "check_settings; SLOT=1 NODE_ID=1; kafka_unit")
 	if err != nil {
@@ -688,6 +690,7 @@ func TestKafkaUnitStopsInAControlledWay(t *testing.T) {
 		"KillSignal=SIGTERM", "SuccessExitStatus=143", "TimeoutStopSec=110", "RequiresMountsFor=/var/lib/kafka",
 		"User=kafka", "ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties", "Restart=on-failure",
 		"WantedBy=multi-user.target",
+		"ExecStopPost=-+/bin/sh -c 'sync -f /var/lib/kafka; ! mountpoint -q /var/lib/kafka || umount /var/lib/kafka'",
 	} {
 		if !strings.Contains(out, "\n"+line+"\n") {
 			t.Errorf("unit lacks %q:\n%s", line, out)

@@ -344,7 +344,12 @@ heap_opts() {
 
 # kafka_unit: print the systemd unit. Stopping it sends SIGTERM: Kafka then shuts down
 # in a controlled way (hands its leaderships over) and exits 143. The terminate
-# function's stop command (systemctl stop kafka) relies on this.
+# function's stop command (systemctl stop kafka) relies on this. Once Kafka has
+# exited, the unit also syncs and unmounts the data volume (ExecStopPost, as root:
+# +), so that a stop leaves the volume ready to be detached; an unmount that fails
+# (something else uses the filesystem) is ignored here (-) and caught by the
+# terminate function's own check. Starting the unit mounts the volume again
+# (RequiresMountsFor).
 kafka_unit() {
 	cat <<EOF
 [Unit]
@@ -363,6 +368,7 @@ ExecStart=$KAFKA_HOME/bin/kafka-server-start.sh $KAFKA_CONFIG
 KillSignal=SIGTERM
 SuccessExitStatus=143
 TimeoutStopSec=$STOP_TIMEOUT_SECONDS
+ExecStopPost=-+/bin/sh -c 'sync -f $SLOTKEEPER_DATA_MOUNT; ! mountpoint -q $SLOTKEEPER_DATA_MOUNT || umount $SLOTKEEPER_DATA_MOUNT'
 Restart=on-failure
 RestartSec=10
 LimitNOFILE=1048576

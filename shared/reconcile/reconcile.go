@@ -278,6 +278,10 @@ func (r *run) repairLeases(ctx context.Context) ([]lease.Lease, error) {
 func (r *run) judge(ctx context.Context, l lease.Lease, state string) (string, *resources.DetachMode, bool, error) {
 	force, plain := resources.Force, resources.Plain
 	switch {
+	case state == slot.ShuttingDown:
+		// Its operating system may still be stopping Kafka: nothing is taken from it
+		// (resources.DetachPolicy); the run after it is terminated releases the slot.
+		return "", nil, false, nil
 	case slot.Dead(state):
 		return fmt.Sprintf("holder %s is %s", l.Holder, stateName(state)), &force, true, nil
 	case l.State != lease.Claimed:

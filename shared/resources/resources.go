@@ -78,6 +78,10 @@ type Manager struct {
 	SGs     []string
 	Poll    Poll
 	Log     *slog.Logger
+	// Detach is the policy for freeing a resource attached to another instance
+	// (attach.go); its zero value never forces a detach from an instance that may
+	// still run Kafka.
+	Detach DetachPolicy
 }
 
 // ENI is the part of a network interface slotkeeper looks at.

@@ -34,6 +34,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
 	"github.com/slotkeeper/slotkeeper/test/harness"
@@ -287,14 +288,14 @@ func (d *demo) watch(fn string, line []byte) {
 	}
 }
 
-// stopCommand sees every SSM SendCommand: a command running the deployment's stop
-// command stops the broker of each instance it targets.
+// stopCommand sees every SSM SendCommand: the stop-and-unmount command (which runs the
+// deployment's stop command) stops the broker of each instance it targets.
 func (d *demo) stopCommand(req []byte) {
 	var in struct {
 		InstanceIds []string
 		Parameters  map[string][]string
 	}
-	if json.Unmarshal(req, &in) != nil || !slices.Contains(in.Parameters["commands"], d.st.Config.StopCommand) {
+	if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) {
 		return
 	}
 	for _, id := range in.InstanceIds {
@@ -304,7 +305,8 @@ func (d *demo) stopCommand(req []byte) {
 		if ok {
 			d.st.Kafka.Unregister(int32(node))
 			d.outOfSync(int32(node))
-			d.world(fmt.Sprintf("SSM runs %q on %s", d.st.Config.StopCommand, id), fmt.Sprintf("broker %d shuts down cleanly, leaves the cluster", node))
+			d.world(fmt.Sprintf("SSM runs %q and unmounts %s on %s", d.st.Config.StopCommand, d.st.Config.Grow.DataMount, id),
+				fmt.Sprintf("broker %d shuts down cleanly, leaves the cluster; its volume is unmounted", node))
 		}
 	}
 }
