@@ -488,6 +488,13 @@ func (inv *invocation) drain(ctx context.Context, l lease.Lease) (lease.Lease, e
 	return drained, nil
 }
 
+// StopCommands is the commands parameter (AWS-RunShellScript) of the stop-and-unmount
+// command sent to a leaving broker under cfg; shared/hostcmd's device test runs
+// exactly this against a real mount.
+func StopCommands(cfg config.Config) []string {
+	return hostcmd.SSMCommands(hostcmd.StopAndUnmount(cfg.KafkaUnit, cfg.Grow.DataMount, cfg.StopCommand))
+}
+
 // stopAndUnmount runs the stop-and-unmount command (hostcmd.StopAndUnmount) on the
 // instance over SSM and reports whether it confirmed that Kafka stopped and the data
 // volume is unmounted with nothing holding it. A command that ran and failed, or whose
@@ -499,8 +506,7 @@ func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int
 	var ok bool
 	err := inv.o.Step(ctx, "stop-and-unmount", func(ctx context.Context) error {
 		r := &remote.Runner{SSM: inv.ssm, Timeout: inv.cfg.SSMTimeout, Poll: inv.SSMPoll}
-		script := hostcmd.StopAndUnmount(inv.cfg.KafkaUnit, inv.cfg.Grow.DataMount, inv.cfg.StopCommand)
-		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), hostcmd.SSMCommands(script))
+		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), StopCommands(inv.cfg))
 		if err != nil {
 			if !errors.Is(err, remote.ErrFailed) && !errors.Is(err, remote.ErrNoResult) && awsapi.Code(err) != "InvalidInstanceId" {
 				return err
