@@ -74,6 +74,9 @@ func growthOnDevice(t *testing.T, fstype string, script func(mount string, sizeG
 	size1 := loopdev.FSBytes(t, mnt)
 	onlineExt4 := fstype != "ext4" || loopdev.Capable(loopdev.CapSysResource)
 	growth := "grown online"
+	if size1 <= size0 {
+		growth = "NOT grown"
+	}
 	if onlineExt4 {
 		rep, ok := ParseReport(res.Stdout)
 		switch {
@@ -108,7 +111,9 @@ func growthOnDevice(t *testing.T, fstype string, script func(mount string, sizeG
 
 	// 3. Again: nothing to do.
 	res = ssmrun.Run(t, script(mnt, targetGiB), ssmrun.Options{})
+	again := "a no-op"
 	if rep, ok := ParseReport(res.Stdout); !res.Success() || !ok || rep.Grew() {
+		again = fmt.Sprintf("exit %d", res.ExitCode)
 		fail("second run: exit %d, report %+v (found %v), stderr %q; want success and no growth", res.ExitCode, rep, ok, lastLines(res.Stderr))
 	}
 	if got := loopdev.FSBytes(t, mnt); got != size1 {
@@ -126,8 +131,8 @@ func growthOnDevice(t *testing.T, fstype string, script func(mount string, sizeG
 	}
 	d.Mount(mnt, "ro")
 	intact("on the device (remounted)")
-	return problems, fmt.Sprintf("%s: filesystem %d MiB on a %d MiB device -> %d MiB on %d MiB (%s); second run a no-op; data %s before, after each run and remounted; checker clean; %.2fs",
-		fstype, size0>>20, deviceBefore>>20, size1>>20, deviceAfter>>20, growth, sums, time.Since(start).Seconds())
+	return problems, fmt.Sprintf("%s: filesystem %d MiB on a %d MiB device -> %d MiB on %d MiB (%s); second run %s; data %s before, after each run and remounted; %d problems; %.2fs",
+		fstype, size0>>20, deviceBefore>>20, size1>>20, deviceAfter>>20, growth, again, sums, len(problems), time.Since(start).Seconds())
 }
 
 // lastLines keeps the end of a tool's chatter: the error is on its last lines.
