@@ -46,10 +46,10 @@ type bootHost struct {
 const instanceID = "i-0123456789abcdef0"
 
 // newBootHost makes a loop device of diskDeviceBytes, attached to an emulated
-// instance that holds slot 1 (node 1) of the cluster kafka-prod, in service, as the
-// volume its lease records; marked says whether the volume carries
-// slotkeeper:never-formatted (slotkeeper created it blank).
-func newBootHost(t *testing.T, marked bool) *bootHost {
+// instance that holds slot 1 (node 1) of the cluster kafka-prod at claim 3, in
+// service, as the volume its lease records; mark is the value of the volume's
+// slotkeeper:never-formatted tag, the claim it was made blank for ("" for none).
+func newBootHost(t *testing.T, mark string) *bootHost {
 	t.Helper()
 	loopdev.Require(t, "mkfs.xfs", "mkfs.ext4", "mountpoint", "curl")
 	// Directories first: cleanups run last-first, so the device (and every mount of
@@ -69,8 +69,8 @@ func newBootHost(t *testing.T, marked bool) *bootHost {
 		t.Fatal(err)
 	}
 	h.stubs = stubs(t, map[string]string{"aws": awsVolumeStub})
-	if marked {
-		if err := os.WriteFile(filepath.Join(h.stubs, "never-formatted"), nil, 0o644); err != nil {
+	if mark != "" {
+		if err := os.WriteFile(filepath.Join(h.stubs, "never-formatted"), []byte(mark), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,8 +84,9 @@ func newBootHost(t *testing.T, marked bool) *bootHost {
 
 // awsVolumeStub answers the bootstrap's AWS calls for an instance that holds slot 1's
 // lease (bound, version 3, the lease's tag), in service, with the slot's volume
-// attached; the volume's slotkeeper:never-formatted mark is the file never-formatted
-// beside it, which delete-tags removes. Every call is recorded in calls.
+// attached; the value of the volume's slotkeeper:never-formatted mark is the content
+// of the file never-formatted beside it, which delete-tags removes. Every call is
+// recorded in calls.
 const awsVolumeStub = `dir=$(dirname "$0")
 printf '%s\n' "$*" >>"$dir/calls"
 case "$1 $2" in
@@ -93,17 +94,20 @@ case "$1 $2" in
 "autoscaling describe-auto-scaling-instances") echo InService ;;
 "ec2 describe-volumes")
 	mark=None
-	[[ -e $dir/never-formatted ]] && mark=true
+	[[ -e $dir/never-formatted ]] && mark=$(cat "$dir/never-formatted")
 	printf '` + instanceID + `\t1\t%s\n' "$mark" ;;
 "ec2 delete-tags") [[ $* != *"--resources ` + volumeID + ` --tags Key=slotkeeper:never-formatted"* ]] || rm -f "$dir/never-formatted" ;;
 "ec2 create-tags") ;;
 *) echo "aws stub: unexpected $*" >&2; exit 255 ;;
 esac`
 
-// marked reports whether the volume still carries its never-formatted mark.
-func (h *bootHost) marked() bool {
-	_, err := os.Stat(filepath.Join(h.stubs, "never-formatted"))
-	return err == nil
+// mark is the value of the volume's never-formatted mark, "" when it has none.
+func (h *bootHost) mark() string {
+	b, err := os.ReadFile(filepath.Join(h.stubs, "never-formatted"))
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 // refusals are the refusal tags the boots put on the instance.
@@ -118,9 +122,11 @@ func (h *bootHost) refusals() []string {
 	return out
 }
 
-// diskSteps are the bootstrap's main up to its disk's preparation, without the
-// software installation.
-const diskSteps = `check_settings; imds_login; wait_for_slot; wait_until_serving; prepare_volume`
+// diskSteps are the bootstrap's main up to its disk's preparation, as main runs them,
+// without the software installation.
+const diskSteps = `check_settings; imds_login; wait_for_slot; wait_until_serving; slot_volume
+device=$(volume_device "$VOLUME_ID")
+prepare_volume "$device"`
 
 // boot runs the disk steps as a boot does: /run is empty, so blkid has no cache.
 func (h *bootHost) boot() (stderr string, err error) {
@@ -247,7 +253,7 @@ func (h *bootHost) wantOwned() {
 
 // wantRefused checks a boot refused the device and left it as it was: unmounted,
 // out of fstab, the refusal tagged on the instance, the mark as it was.
-func (h *bootHost) wantRefused(err error, stderr, why string, marked bool) {
+func (h *bootHost) wantRefused(err error, stderr, why string, mark string) {
 	h.t.Helper()
 	if err == nil || !strings.Contains(stderr, "REFUSED: ") || !strings.Contains(stderr, why) {
 		h.t.Errorf("boot: err %v, want a refusal saying %q:\n%s", err, why, stderr)
@@ -262,8 +268,8 @@ func (h *bootHost) wantRefused(err error, stderr, why string, marked bool) {
 	if n := len(h.refusals()); n != 1 {
 		h.t.Errorf("%d refusal tags on the instance, want 1", n)
 	}
-	if h.marked() != marked {
-		h.t.Errorf("never-formatted mark %v after a refusal, was %v", h.marked(), marked)
+	if h.mark() != mark {
+		h.t.Errorf("never-formatted mark %q after a refusal, was %q", h.mark(), mark)
 	}
 }
 
@@ -277,10 +283,10 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		fstypes []string
-		marked  bool                                                  // the volume carries slotkeeper:never-formatted
+		mark    string                                                // the volume's slotkeeper:never-formatted mark: the claim it was made blank for, or none
 		run     func(t *testing.T, h *bootHost, fstype string) string // returns the outcome for the table
 	}{
-		{"blank, marked never formatted: formatted, mounted", []string{"xfs"}, true, func(t *testing.T, h *bootHost, _ string) string {
+		{"blank, marked never formatted for this claim: formatted", []string{"xfs"}, "3", func(t *testing.T, h *bootHost, _ string) string {
 			if before := h.dev.Probe("TYPE"); before != "" {
 				t.Fatalf("a new loop device holds %q", before)
 			}
@@ -294,21 +300,30 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			if !strings.Contains(stderr, "formatting it (xfs)") {
 				t.Errorf("no log line says it formats:\n%s", stderr)
 			}
-			if h.marked() {
+			if h.mark() != "" {
 				t.Errorf("the never-formatted mark is still on the volume after the format")
 			}
 			return fmt.Sprintf("formatted xfs %s, mounted, mark cleared", s.uuid[:8])
 		}},
-		{"blank, not marked: refused, never formatted", []string{"xfs"}, false, func(t *testing.T, h *bootHost, _ string) string {
+		{"blank, not marked: refused, never formatted", []string{"xfs"}, "", func(t *testing.T, h *bootHost, _ string) string {
 			sum := h.dev.Sum()
 			stderr, err := h.boot()
-			h.wantRefused(err, stderr, "not marked slotkeeper:never-formatted", false)
+			h.wantRefused(err, stderr, "not marked slotkeeper:never-formatted", "")
 			if after := h.dev.Sum(); after != sum {
 				t.Errorf("the boot wrote to the device (it now holds %q)", h.dev.Probe("TYPE"))
 			}
 			return fmt.Sprintf("refused; device sha256 %s before and after", sum[:12])
 		}},
-		{"own filesystem: mounted, not formatted, data intact", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
+		{"blank, marked for an older claim: refused, never formatted", []string{"xfs"}, "2", func(t *testing.T, h *bootHost, _ string) string {
+			sum := h.dev.Sum()
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "marked never formatted for claim 2, not 3", "2")
+			if after := h.dev.Sum(); after != sum {
+				t.Errorf("the boot wrote to the device (it now holds %q)", h.dev.Probe("TYPE"))
+			}
+			return fmt.Sprintf("refused; device sha256 %s before and after", sum[:12])
+		}},
+		{"own filesystem: mounted, not formatted, data intact", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
 			uuid, sums := h.formatWithData(fstype, 1)
 			stderr, err := h.boot()
 			if err != nil {
@@ -322,7 +337,7 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			return fmt.Sprintf("kept %s %s, mounted; data %s before and after", fstype, uuid[:8], sums)
 		}},
-		{"own filesystem, mark left by a crash: kept, mark cleared", []string{"xfs", "ext4"}, true, func(t *testing.T, h *bootHost, fstype string) string {
+		{"own filesystem, mark left by a crash: kept, mark cleared", []string{"xfs", "ext4"}, "3", func(t *testing.T, h *bootHost, fstype string) string {
 			uuid, sums := h.formatWithData(fstype, 1)
 			stderr, err := h.boot()
 			if err != nil {
@@ -330,15 +345,15 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			h.wantMounted(h.state(), fstype, uuid)
 			h.wantIntact(sums, "by the boot")
-			if h.marked() {
+			if h.mark() != "" {
 				t.Errorf("the never-formatted mark is still on a volume with a filesystem")
 			}
 			return fmt.Sprintf("kept %s %s, mark cleared; data %s before and after", fstype, uuid[:8], sums)
 		}},
-		{"another node's meta.properties: refused, not mounted", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
+		{"another node's meta.properties: refused, not mounted", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
 			uuid, sums := h.formatWithData(fstype, 2)
 			stderr, err := h.boot()
-			h.wantRefused(err, stderr, "node.id=2, but slot 1 is node 1", false)
+			h.wantRefused(err, stderr, "node.id=2, but slot 1 is node 1", "")
 			s := h.state()
 			if s.fstype != fstype || s.uuid != uuid {
 				t.Errorf("the device holds %s %s after the refusal, was %s %s", s.fstype, s.uuid, fstype, uuid)
@@ -351,7 +366,7 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			return fmt.Sprintf("refused, unmounted, no fstab line; %s %s kept; data %s before and after", fstype, uuid[:8], sums)
 		}},
-		{"damaged superblock: refused, never formatted", []string{"xfs", "ext4"}, false, func(t *testing.T, h *bootHost, fstype string) string {
+		{"damaged superblock: refused, never formatted", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
 			h.formatWithData(fstype, 1)
 			h.dev.Overwrite(0, damagedBytes)
 			if got := h.dev.Probe("TYPE"); got != "" {
@@ -359,14 +374,14 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			sum := h.dev.Sum()
 			stderr, err := h.boot()
-			h.wantRefused(err, stderr, "no filesystem signature", false)
+			h.wantRefused(err, stderr, "no filesystem signature", "")
 			after := h.dev.Sum()
 			if after != sum {
 				t.Errorf("the boot wrote to the damaged device (it now holds %q %s)", h.dev.Probe("TYPE"), h.dev.Probe("UUID"))
 			}
 			return fmt.Sprintf("refused; device sha256 %s before and %s after", sum[:12], after[:12])
 		}},
-		{"reboot: the script run again, then after an unmount", []string{"xfs", "ext4"}, true, func(t *testing.T, h *bootHost, fstype string) string {
+		{"reboot: the script run again, then after an unmount", []string{"xfs", "ext4"}, "3", func(t *testing.T, h *bootHost, fstype string) string {
 			var sums loopdev.Sums
 			uuid := ""
 			if fstype == "ext4" { // the bootstrap formats xfs only: an adopted ext4 volume
@@ -392,7 +407,7 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			h.wantMounted(h.state(), fstype, first.uuid)
 			h.wantIntact(sums, "by a reboot (read back from the device)")
-			if h.marked() {
+			if h.mark() != "" {
 				t.Errorf("the never-formatted mark survived %d boots", h.boots)
 			}
 			return fmt.Sprintf("%d boots: %s %s kept, one fstab line, mounted; data %s before and after", h.boots, fstype, first.uuid[:8], sums)
@@ -400,12 +415,12 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	} {
 		for _, fstype := range []string{"xfs", "ext4"} {
 			if !slices.Contains(c.fstypes, fstype) {
-				table = append(table, result{c.name, fstype, "n/a: the bootstrap formats xfs only (an existing ext4 is kept)"})
+				table = append(table, result{c.name, fstype, "n/a: a blank device has no filesystem yet; the bootstrap formats xfs only"})
 				continue
 			}
 			t.Run(c.name+"/"+fstype, func(t *testing.T) {
 				caseStart := time.Now()
-				h := newBootHost(t, c.marked)
+				h := newBootHost(t, c.mark)
 				outcome := c.run(t, h, fstype)
 				if t.Failed() {
 					outcome = "FAILED: " + outcome

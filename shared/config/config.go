@@ -166,7 +166,7 @@ var Vars = []Var{
 	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
 	{"KAFKA_PASSWORD", "", "SASL password (required with a SASL mechanism)."},
 	{"SAFETY_MAX_WAIT", "30m", "Longest a planned termination waits for the removal token and removal safety before it proceeds anyway, loudly."},
-	{"SAFETY_RECHECK", "15s", "First interval between removal-safety checks; it backs off up to 2m."},
+	{"SAFETY_RECHECK", "2s", "First interval between removal-safety checks; it doubles up to 4s (or this value, if larger), so a held termination proceeds within seconds of the ISRs being full."},
 	{"UNPLANNED_SAFETY_MAX_WAIT", "2m", "Longest an unplanned termination of a still-running instance waits for the removal token and removal safety before it proceeds anyway, loudly; never longer than SAFETY_MAX_WAIT."},
 	{"STOP_COMMAND", "systemctl stop kafka", "Shell command run over SSM on a leaving broker for a controlled shutdown."},
 	{"KAFKA_UNIT", "kafka", "systemd unit of the broker: after the stop command it must be inactive, or the data volume stays attached."},

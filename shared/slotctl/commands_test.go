@@ -42,7 +42,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, h *harness.Harness, cluster string) *fixture {
 	t.Helper()
-	st := demo.NewStage(t, h, cluster)
+	return newFixtureOf(t, h, demo.NewStage(t, h, cluster))
+}
+
+// newFixtureOf binds the three slots of a stage (kfake's or Apache Kafka's).
+func newFixtureOf(t *testing.T, h *harness.Harness, st *demo.Stage) *fixture {
+	t.Helper()
 	f := &fixture{t: t, h: h, st: st, store: lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), st.Config.Table, st.Config.Cluster)}
 	cfg := h.AWSConfig()
 	log := obs.NewLogger(io.Discard, 0)

@@ -6,7 +6,7 @@
 //	slotctl history <slot>   a slot's transitions and disk growths
 //	slotctl preflight        checks before going live
 //	slotctl evict <slot>     replace a slot's broker on purpose, through the ASG
-//	slotctl reset <slot>     give a slot whose recorded volume (or ENI) is gone a new one
+//	slotctl reset <slot>     give a slot whose recorded volume (or ENI) is gone or unusable a new one
 //	slotctl demo             the whole lifecycle on this machine (package demo)
 //
 // Every command prints for people by default (colour only on a terminal) and, with

@@ -385,7 +385,7 @@ func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, re
 	if !draining && inv.Kafka != nil {
 		err := inv.o.Step(ctx, "safety", func(ctx context.Context) error {
 			var last verdict
-			w := kafka.Wait{First: inv.SafetyRecheck, Max: 2 * time.Minute, Bound: deadline.Sub(inv.now()), Now: inv.Now}
+			w := kafka.Wait{First: inv.SafetyRecheck, Max: kafka.MaxRecheck, Bound: deadline.Sub(inv.now()), Now: inv.Now}
 			wr, err := w.Until(ctx, func(ctx context.Context) (kafka.Verdict, error) {
 				v, err := inv.removalSafe(ctx, broker)
 				if err == nil {
