@@ -312,22 +312,16 @@ EOF
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.
 check_volume_identity() {
-	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=""
+	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=
 	[[ -f $meta ]] || return 0
 	id=$(sed -n 's/^node\.id=//p' "$meta")
 	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	if [[ -n $id && $id != "$NODE_ID" ]]; then
-		why="$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
-	elif [[ -n $cid && $cid != "$(cluster_id)" ]]; then
-		why="$meta: cluster.id=$cid, not $(cluster_id)"
-	fi
-	if [[ -n $why ]]; then
-		# Not this node's log: unmounted, and out of fstab for the next boot.
-		if mountpoint -q "$SLOTKEEPER_DATA_MOUNT"; then
-			umount "$SLOTKEEPER_DATA_MOUNT" || log "could not unmount $SLOTKEEPER_DATA_MOUNT"
-			set_fstab
-		fi
-		refuse "$why"
+	[[ -z $id || $id == "$NODE_ID" ]] || why="node.id=$id, but slot $SLOT is node $NODE_ID"
+	[[ -n $why || -z $cid || $cid == "$(cluster_id)" ]] || why="cluster.id=$cid, not $(cluster_id)"
+	if [[ $why ]]; then
+		# Not this node's log: unmounted (unless in use), and out of fstab for the next boot.
+		mountpoint -q "$SLOTKEEPER_DATA_MOUNT" && umount "$SLOTKEEPER_DATA_MOUNT" && set_fstab
+		refuse "$meta: $why"
 	fi
 	log "the volume is node $NODE_ID's: resuming its log"
 }
