@@ -735,7 +735,7 @@ func TestPrepareVolumeWritesNothingBeforeTheIdentityCheck(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v\n%s", err, stderr)
 			}
-			if want := "-R kafka:kafka " + data + "\n"; string(b) != want {
+			if want := "-R 9092:9092 " + data + "\n"; string(b) != want { // kafka's fixed uid and gid
 				t.Errorf("chown calls %q, want %q (the data directory, once its identity is checked)", b, want)
 			}
 		})
@@ -774,7 +774,7 @@ func TestMountsTheVolumeAtEveryBoot(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", b, want)
 	}
-	if m, _ := os.ReadFile(mounted); string(m) != mount+"\n" {
+	if m, _ := os.ReadFile(mounted); string(m) != "--fstab\n"+fstab+"\n"+mount+"\n" {
 		t.Errorf("mount called with %q", m)
 	}
 }

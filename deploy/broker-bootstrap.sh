@@ -229,18 +229,24 @@ ensure_filesystem() {
 	fi
 }
 
+# set_fstab [LINE]: rewrite fstab without the data mount's line, plus LINE if given.
+set_fstab() {
+	local fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} tmp
+	tmp=$(mktemp "$fstab.XXXXXX")
+	awk -v m="$SLOTKEEPER_DATA_MOUNT" '$2 != m' "$fstab" >"$tmp"
+	[[ -z ${1:-} ]] || printf '%s\n' "$1" >>"$tmp"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$fstab"
+}
+
 # mount_data DEVICE: mount DEVICE at the data mount, now and at every boot.
 mount_data() {
-	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} uuid fstype tmp
+	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT uuid fstype
 	uuid=$(blkid -o value -s UUID "$device") || die "no filesystem UUID on $device"
 	fstype=$(blkid -o value -s TYPE "$device") || die "no filesystem type on $device"
 	mkdir -p "$mount"
-	tmp=$(mktemp "$fstab.XXXXXX")
-	awk -v m="$mount" '$2 != m' "$fstab" >"$tmp"
-	printf 'UUID=%s %s %s defaults,noatime,nofail 0 2\n' "$uuid" "$mount" "$fstype" >>"$tmp"
-	chmod 0644 "$tmp"
-	mv -f "$tmp" "$fstab"
-	mountpoint -q "$mount" || mount "$mount"
+	set_fstab "UUID=$uuid $mount $fstype defaults,noatime,nofail 0 2"
+	mountpoint -q "$mount" || mount --fstab "${SLOTKEEPER_FSTAB:-/etc/fstab}" "$mount"
 	log "$device ($fstype, UUID $uuid) is mounted at $mount"
 }
 
@@ -306,26 +312,31 @@ EOF
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.
 check_volume_identity() {
-	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid
+	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=
 	[[ -f $meta ]] || return 0
 	id=$(sed -n 's/^node\.id=//p' "$meta")
 	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	[[ -z $id || $id == "$NODE_ID" ]] || refuse "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
-	[[ -z $cid || $cid == "$(cluster_id)" ]] || refuse "$meta: cluster.id=$cid, not $(cluster_id)"
+	[[ -z $id || $id == "$NODE_ID" ]] || why="node.id=$id, but slot $SLOT is node $NODE_ID"
+	[[ -n $why || -z $cid || $cid == "$(cluster_id)" ]] || why="cluster.id=$cid, not $(cluster_id)"
+	if [[ $why ]]; then
+		# Not this node's log: unmounted (unless in use), and out of fstab for the next boot.
+		mountpoint -q "$SLOTKEEPER_DATA_MOUNT" && umount "$SLOTKEEPER_DATA_MOUNT" && set_fstab
+		refuse "$meta: $why"
+	fi
 	log "the volume is node $NODE_ID's: resuming its log"
 }
 
 # prepare_volume DEVICE: make DEVICE the data mount, checked to be this node's: its
 # filesystem (ensure_filesystem), mounted (mount_data), its meta.properties
 # (check_volume_identity); only then is anything written to it (the log directory, its
-# owner). A refusal leaves the volume as mounting left it.
+# owner: kafka's fixed uid). A volume holding another node's log is unmounted again.
 prepare_volume() {
 	local device=$1 data=$SLOTKEEPER_DATA_MOUNT/data
 	ensure_filesystem "$device"
 	mount_data "$device"
 	check_volume_identity
 	mkdir -p "$data"
-	[[ $(stat -c %u "$data") == "$KAFKA_UID" ]] || chown -R kafka:kafka "$data"
+	[[ $(stat -c %u "$data") == "$KAFKA_UID" ]] || chown -R "$KAFKA_UID:$KAFKA_UID" "$data"
 }
 
 # heap_opts: a quarter of the memory, 512 MiB to 6 GiB (the page cache gets the rest).
