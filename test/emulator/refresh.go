@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"bytes"
@@ -18,14 +18,14 @@ const actionDescribeInstanceRefreshes = "DescribeInstanceRefreshes"
 // unimplemented answers the calls moto does not implement and passes every other call
 // to next (moto).
 type unimplemented struct {
-	h    *Harness
+	e    *Emulator
 	next http.Handler
 }
 
 func (u unimplemented) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		http.Error(w, "harness: reading request body: "+err.Error(), http.StatusBadRequest)
+		http.Error(w, "emulator: reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -42,7 +42,7 @@ func (u unimplemented) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Xmlns     string   `xml:"xmlns,attr"`
 		Result    result   `xml:"DescribeInstanceRefreshesResult"`
 		RequestID string   `xml:"ResponseMetadata>RequestId"`
-	}{Xmlns: autoscalingNS, RequestID: u.h.newRequestID()}
+	}{Xmlns: autoscalingNS, RequestID: u.e.newRequestID()}
 	out := marshalXML(resp)
 	w.Header().Set("Content-Type", "text/xml")
 	w.Header().Set("X-Amzn-RequestId", resp.RequestID)

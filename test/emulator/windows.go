@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"bytes"
@@ -62,95 +62,95 @@ var ec2StateCodes = map[string]int{
 // SetInstanceState makes DescribeInstances report state (pending, running,
 // shutting-down, terminated, stopping, stopped) for instance id, whatever moto says;
 // "" forgets it.
-func (h *Harness) SetInstanceState(id, state string) {
+func (e *Emulator) SetInstanceState(id, state string) {
 	if _, ok := ec2StateCodes[state]; !ok && state != "" {
-		panic("harness: unknown instance state " + state)
+		panic("emulator: unknown instance state " + state)
 	}
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
 	if state == "" {
-		delete(h.win.states, id)
+		delete(e.win.states, id)
 		return
 	}
-	h.win.states[id] = state
+	e.win.states[id] = state
 }
 
 // HoldPlainDetach makes the proxy hold (hold true) or let through (false) every plain
 // DetachVolume of a volume from instance id: a held one is answered "detaching"
 // without reaching moto, so the volume stays attached.
-func (h *Harness) HoldPlainDetach(id string, hold bool) {
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
+func (e *Emulator) HoldPlainDetach(id string, hold bool) {
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
 	if hold {
-		h.win.held[id] = true
+		e.win.held[id] = true
 	} else {
-		delete(h.win.held, id)
+		delete(e.win.held, id)
 	}
 }
 
 // SetGroupInstance makes the proxy describe instance id as gi (see windows).
-func (h *Harness) SetGroupInstance(id string, gi GroupInstance) {
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
-	h.win.group[id] = gi
+func (e *Emulator) SetGroupInstance(id string, gi GroupInstance) {
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
+	e.win.group[id] = gi
 }
 
 // GroupInstanceOf returns the modelled group view of instance id.
-func (h *Harness) GroupInstanceOf(id string) (GroupInstance, bool) {
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
-	gi, ok := h.win.group[id]
+func (e *Emulator) GroupInstanceOf(id string) (GroupInstance, bool) {
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
+	gi, ok := e.win.group[id]
 	return gi, ok
 }
 
 // GroupTerminations returns the instances TerminateInstanceInAutoScalingGroup was
 // answered for by the model, in order.
-func (h *Harness) GroupTerminations() []string {
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
-	return append([]string(nil), h.win.terminate...)
+func (e *Emulator) GroupTerminations() []string {
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
+	return append([]string(nil), e.win.terminate...)
 }
 
 // ExpireLifecycleAction makes the lifecycle action of (asg, hook, instance) inactive
 // without a completion, as when its heartbeat timeout passes.
-func (h *Harness) ExpireLifecycleAction(asg, hook, instance string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.lifecycle[lifecycleKey{asg: asg, hook: hook, target: "instance:" + instance}] = true
+func (e *Emulator) ExpireLifecycleAction(asg, hook, instance string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lifecycle[lifecycleKey{asg: asg, hook: hook, target: "instance:" + instance}] = true
 }
 
 // modelled wraps next with the windows the call's action is subject to.
-func (h *Harness) modelled(c call, next http.HandlerFunc) http.HandlerFunc {
+func (e *Emulator) modelled(c call, next http.HandlerFunc) http.HandlerFunc {
 	if c.protocol != protocolQuery {
 		return next
 	}
 	switch c.action {
 	case "DescribeInstances":
-		return h.rewriteWith(next, h.rewriteInstanceStates)
+		return e.rewriteWith(next, e.rewriteInstanceStates)
 	case "DetachVolume":
 		instance := c.form.Get("InstanceId")
-		h.win.mu.Lock()
-		held := h.win.held[instance] && c.form.Get("Force") != "true"
-		h.win.mu.Unlock()
+		e.win.mu.Lock()
+		held := e.win.held[instance] && c.form.Get("Force") != "true"
+		e.win.mu.Unlock()
 		if held {
-			return func(w http.ResponseWriter, _ *http.Request) { h.writeHeldDetach(w, c) }
+			return func(w http.ResponseWriter, _ *http.Request) { e.writeHeldDetach(w, c) }
 		}
 	case "DescribeAutoScalingInstances":
-		return h.rewriteWith(next, func(body []byte) []byte { return h.groupAnswer(c, body) })
+		return e.rewriteWith(next, func(body []byte) []byte { return e.groupAnswer(c, body) })
 	case "TerminateInstanceInAutoScalingGroup":
 		id := c.form.Get("InstanceId")
-		h.win.mu.Lock()
-		_, ok := h.win.group[id]
-		h.win.mu.Unlock()
+		e.win.mu.Lock()
+		_, ok := e.win.group[id]
+		e.win.mu.Unlock()
 		if ok {
-			return func(w http.ResponseWriter, _ *http.Request) { h.writeGroupTermination(w, c, id) }
+			return func(w http.ResponseWriter, _ *http.Request) { e.writeGroupTermination(w, c, id) }
 		}
 	}
 	return next
 }
 
 // rewriteWith answers with next's response passed through rewrite when it succeeded.
-func (h *Harness) rewriteWith(next http.HandlerFunc, rewrite func([]byte) []byte) http.HandlerFunc {
+func (e *Emulator) rewriteWith(next http.HandlerFunc, rewrite func([]byte) []byte) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		r.Header.Del("Accept-Encoding")
 		rec := httptest.NewRecorder()
@@ -174,13 +174,13 @@ var stateElemRE = regexp.MustCompile(`^<instanceState><code>\d+</code><name>[a-z
 // rewriteInstanceStates replaces the state of each modelled instance in a
 // DescribeInstances answer: the first <instanceState> after its <instanceId> (moto
 // writes the id first), provided no other instance's id comes in between.
-func (h *Harness) rewriteInstanceStates(body []byte) []byte {
-	h.win.mu.Lock()
-	states := make(map[string]string, len(h.win.states))
-	for k, v := range h.win.states {
+func (e *Emulator) rewriteInstanceStates(body []byte) []byte {
+	e.win.mu.Lock()
+	states := make(map[string]string, len(e.win.states))
+	for k, v := range e.win.states {
 		states[k] = v
 	}
-	h.win.mu.Unlock()
+	e.win.mu.Unlock()
 	if len(states) == 0 {
 		return body
 	}
@@ -212,14 +212,14 @@ var groupMemberRE = regexp.MustCompile(`<member>.*?<InstanceId>(i-[0-9a-f]+)</In
 // groupAnswer rewrites moto's DescribeAutoScalingInstances answer to call c: moto's
 // members for modelled instances are dropped, and every modelled instance the request
 // asked for is described from the model.
-func (h *Harness) groupAnswer(c call, body []byte) []byte {
-	h.win.mu.Lock()
-	defer h.win.mu.Unlock()
-	if len(h.win.group) == 0 {
+func (e *Emulator) groupAnswer(c call, body []byte) []byte {
+	e.win.mu.Lock()
+	defer e.win.mu.Unlock()
+	if len(e.win.group) == 0 {
 		return body
 	}
 	body = groupMemberRE.ReplaceAllFunc(body, func(m []byte) []byte {
-		if _, ok := h.win.group[string(groupMemberRE.FindSubmatch(m)[1])]; ok {
+		if _, ok := e.win.group[string(groupMemberRE.FindSubmatch(m)[1])]; ok {
 			return nil
 		}
 		return m
@@ -230,7 +230,7 @@ func (h *Harness) groupAnswer(c call, body []byte) []byte {
 			continue
 		}
 		for _, id := range vs {
-			gi, ok := h.win.group[id]
+			gi, ok := e.win.group[id]
 			if !ok {
 				continue
 			}
@@ -250,8 +250,8 @@ func (h *Harness) groupAnswer(c call, body []byte) []byte {
 
 // writeHeldDetach answers a held plain DetachVolume as EC2 does while the instance
 // still holds the device: the detach has begun.
-func (h *Harness) writeHeldDetach(w http.ResponseWriter, c call) {
-	id := h.newRequestID()
+func (e *Emulator) writeHeldDetach(w http.ResponseWriter, c call) {
+	id := e.newRequestID()
 	body := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>`+
 		`<DetachVolumeResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>%s</requestId>`+
 		`<volumeId>%s</volumeId><instanceId>%s</instanceId><device>%s</device><status>detaching</status>`+
@@ -265,22 +265,22 @@ func (h *Harness) writeHeldDetach(w http.ResponseWriter, c call) {
 
 // writeGroupTermination answers TerminateInstanceInAutoScalingGroup for a modelled
 // instance: it goes to Terminating:Wait (the terminate hook holds it there).
-func (h *Harness) writeGroupTermination(w http.ResponseWriter, c call, instance string) {
-	h.win.mu.Lock()
-	gi := h.win.group[instance]
+func (e *Emulator) writeGroupTermination(w http.ResponseWriter, c call, instance string) {
+	e.win.mu.Lock()
+	gi := e.win.group[instance]
 	gi.LifecycleState = "Terminating:Wait"
-	h.win.group[instance] = gi
-	h.win.activity++
-	activity := fmt.Sprintf("00000000-0000-4000-8000-%012d", h.win.activity)
-	h.win.terminate = append(h.win.terminate, instance)
-	h.win.mu.Unlock()
+	e.win.group[instance] = gi
+	e.win.activity++
+	activity := fmt.Sprintf("00000000-0000-4000-8000-%012d", e.win.activity)
+	e.win.terminate = append(e.win.terminate, instance)
+	e.win.mu.Unlock()
 	now := time.Now().UTC()
 	body := fmt.Sprintf(`<TerminateInstanceInAutoScalingGroupResponse xmlns="%s"><TerminateInstanceInAutoScalingGroupResult><Activity>`+
 		`<ActivityId>%s</ActivityId><AutoScalingGroupName>%s</AutoScalingGroupName><Description>Terminating EC2 instance: %s</Description>`+
 		`<Cause>At %s an instance was taken out of service in response to a user request.</Cause><StartTime>%s</StartTime>`+
 		`<StatusCode>InProgress</StatusCode><Progress>0</Progress></Activity></TerminateInstanceInAutoScalingGroupResult>`+
 		`<ResponseMetadata><RequestId>%s</RequestId></ResponseMetadata></TerminateInstanceInAutoScalingGroupResponse>`,
-		autoscalingNS, activity, gi.Group, instance, now.Format(time.RFC3339), now.Format("2006-01-02T15:04:05.000Z"), h.newRequestID())
+		autoscalingNS, activity, gi.Group, instance, now.Format(time.RFC3339), now.Format("2006-01-02T15:04:05.000Z"), e.newRequestID())
 	w.Header().Set("Content-Type", "text/xml")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)

@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ type overrideState struct {
 	applied int
 }
 
-// overrideSet is the overrides of one harness, and the hook that applies them: it
+// overrideSet is the overrides of one emulator, and the hook that applies them: it
 // wraps the proxy's forwarder to moto (next), so the proxy itself needs no change.
 type overrideSet struct {
 	next      http.Handler
@@ -44,26 +44,26 @@ type overrideSet struct {
 // the order they were installed; the first one that matches and is not used up
 // rewrites the answer.
 //
-// The first Override of a harness installs the hook in the proxy, and must come before
+// The first Override of an emulator installs the hook in the proxy, and must come before
 // the proxy has received any call (the proxy reads its forwarder without locking):
 // install overrides right after Start and the world set-up, then arm them through
 // Rewrite's own state if they should only apply later. Override panics when that
 // order is not kept, or when o is invalid (a programming error in the test).
-func (h *Harness) Override(o Override) (remove func()) {
+func (e *Emulator) Override(o Override) (remove func()) {
 	if o.Action == "" || o.Rewrite == nil || o.Times < 0 {
-		panic("harness: Override needs an Action, a Rewrite and Times >= 0")
+		panic("emulator: Override needs an Action, a Rewrite and Times >= 0")
 	}
-	h.mu.Lock()
-	set, installed := h.forward.(*overrideSet)
+	e.mu.Lock()
+	set, installed := e.forward.(*overrideSet)
 	if !installed {
-		if len(h.counts) > 0 || len(h.mutating) > 0 {
-			h.mu.Unlock()
-			panic("harness: the first Override must come before the proxy receives its first call")
+		if len(e.counts) > 0 || len(e.mutating) > 0 {
+			e.mu.Unlock()
+			panic("emulator: the first Override must come before the proxy receives its first call")
 		}
-		set = &overrideSet{next: h.forward}
-		h.forward = set
+		set = &overrideSet{next: e.forward}
+		e.forward = set
 	}
-	h.mu.Unlock()
+	e.mu.Unlock()
 
 	st := &overrideState{Override: o}
 	set.mu.Lock()
@@ -99,7 +99,7 @@ func (s *overrideSet) match(action string) *overrideState {
 func (s *overrideSet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		http.Error(w, "harness override: reading request body: "+err.Error(), http.StatusBadRequest)
+		http.Error(w, "emulator override: reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))

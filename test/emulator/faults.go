@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"encoding/json"
@@ -90,30 +90,30 @@ type faultState struct {
 // that applies wins; a fault that is still skipping, or has been applied Times times,
 // passes the call on to the next one. Inject panics on an invalid fault (a
 // programming error in the test).
-func (h *Harness) Inject(f Fault) {
+func (e *Emulator) Inject(f Fault) {
 	switch {
 	case f.Action == "":
-		panic("harness: Fault.Action is empty (use \"*\" for every action)")
+		panic("emulator: Fault.Action is empty (use \"*\" for every action)")
 	case f.Kind < Throttle || f.Kind > LostResponse:
-		panic(fmt.Sprintf("harness: invalid Fault.Kind %v", f.Kind))
+		panic(fmt.Sprintf("emulator: invalid Fault.Kind %v", f.Kind))
 	case f.Times < 0 || f.Skip < 0 || f.Latency < 0 || f.Every < 0:
-		panic(fmt.Sprintf("harness: negative Times, Skip or Latency in %+v", f))
+		panic(fmt.Sprintf("emulator: negative Times, Skip or Latency in %+v", f))
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.faults = append(h.faults, &faultState{Fault: f})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.faults = append(e.faults, &faultState{Fault: f})
 }
 
 // ClearFaults removes all faults.
-func (h *Harness) ClearFaults() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.faults = nil
+func (e *Emulator) ClearFaults() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.faults = nil
 }
 
-// matchFault returns the fault to apply to a call of action. h.mu must be held.
-func (h *Harness) matchFault(action string) (Fault, bool) {
-	for _, fs := range h.faults {
+// matchFault returns the fault to apply to a call of action. e.mu must be held.
+func (e *Emulator) matchFault(action string) (Fault, bool) {
+	for _, fs := range e.faults {
 		if fs.Action != "*" && fs.Action != action {
 			continue
 		}
@@ -134,7 +134,7 @@ func (h *Harness) matchFault(action string) (Fault, bool) {
 }
 
 // writeFault answers c with the error of fault f. message overrides the default.
-func (h *Harness) writeFault(w http.ResponseWriter, c call, f Fault, message string) {
+func (e *Emulator) writeFault(w http.ResponseWriter, c call, f Fault, message string) {
 	status, code, fallbackMessage := http.StatusBadRequest, f.Code, ""
 	isEC2 := c.protocol == protocolQuery && c.service == "ec2"
 	switch f.Kind {
@@ -155,11 +155,11 @@ func (h *Harness) writeFault(w http.ResponseWriter, c call, f Fault, message str
 		} else {
 			code = orDefault(code, "ServiceUnavailable")
 		}
-		fallbackMessage = "Service is unavailable (injected by the test harness)"
+		fallbackMessage = "Service is unavailable (injected by the emulator)"
 	case Crash:
 		code = orDefault(code, "InjectedCrash")
 	}
-	h.writeAPIError(w, c, status, code, orDefault(message, fallbackMessage))
+	e.writeAPIError(w, c, status, code, orDefault(message, fallbackMessage))
 }
 
 func orDefault(s, def string) string {
@@ -192,8 +192,8 @@ type queryErrorResponse struct {
 
 // writeAPIError writes an AWS error in the wire format of c's protocol, so that the
 // SDK parses code and message into a smithy.APIError.
-func (h *Harness) writeAPIError(w http.ResponseWriter, c call, status int, code, message string) {
-	requestID := h.newRequestID()
+func (e *Emulator) writeAPIError(w http.ResponseWriter, c call, status int, code, message string) {
+	requestID := e.newRequestID()
 	fault := "Sender"
 	if status >= 500 {
 		fault = "Receiver"
@@ -230,11 +230,11 @@ func (h *Harness) writeAPIError(w http.ResponseWriter, c call, status int, code,
 func marshalXML(v any) []byte {
 	b, err := xml.Marshal(v)
 	if err != nil {
-		panic(fmt.Sprintf("harness: marshalling %T: %v", v, err)) // fixed, marshalable types
+		panic(fmt.Sprintf("emulator: marshalling %T: %v", v, err)) // fixed, marshalable types
 	}
 	return append([]byte(xml.Header), b...)
 }
 
-func (h *Harness) newRequestID() string {
-	return fmt.Sprintf("harness-%012d", h.requestID.Add(1))
+func (e *Emulator) newRequestID() string {
+	return fmt.Sprintf("emulator-%012d", e.requestID.Add(1))
 }

@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"net/http"
@@ -25,28 +25,28 @@ type idempotentEntry struct {
 
 // idempotent answers a call that carries a ClientToken, forwarding it to next only if
 // no earlier call with the same action and token succeeded.
-func (h *Harness) idempotent(w http.ResponseWriter, r *http.Request, key string, next http.HandlerFunc) {
-	h.mu.Lock()
-	if h.tokens == nil {
-		h.tokens = map[string]*idempotentEntry{}
-	}
-	e, ok := h.tokens[key]
-	if !ok {
-		e = &idempotentEntry{}
-		h.tokens[key] = e
-	}
-	h.mu.Unlock()
-
+func (e *Emulator) idempotent(w http.ResponseWriter, r *http.Request, key string, next http.HandlerFunc) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if !e.done {
+	if e.tokens == nil {
+		e.tokens = map[string]*idempotentEntry{}
+	}
+	ent, ok := e.tokens[key]
+	if !ok {
+		ent = &idempotentEntry{}
+		e.tokens[key] = ent
+	}
+	e.mu.Unlock()
+
+	ent.mu.Lock()
+	defer ent.mu.Unlock()
+	if !ent.done {
 		rec := httptest.NewRecorder()
 		next(rec, r)
 		if rec.Code/100 != 2 {
 			copyResponse(w, rec) // a failed call creates nothing: the token stays unused
 			return
 		}
-		e.done, e.rec = true, rec
+		ent.done, ent.rec = true, rec
 	}
-	copyResponse(w, e.rec)
+	copyResponse(w, ent.rec)
 }

@@ -1,10 +1,9 @@
-package harness
+package emulator
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -39,24 +38,24 @@ var worldSubnets = []Subnet{
 	{AZ: "us-east-1c", CIDR: "10.0.3.0/24"},
 }
 
-// setupTimeout bounds each world-building helper.
-const setupTimeout = 30 * time.Second
+// SetupTimeout bounds each world-building call when its context has no earlier
+// deadline.
+const SetupTimeout = 30 * time.Second
 
 // NewWorld creates, directly at moto (uncounted, unfaulted), a VPC 10.0.0.0/16 with
 // three subnets (see World.Subnets), a security group, and the lease table `table`
 // (PAY_PER_REQUEST; key "cluster" (S) HASH, "slot" (N) RANGE). Each call creates a
-// new VPC; table names must be unique per harness.
-func (h *Harness) NewWorld(t testing.TB, table string) *World {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+// new VPC; table names must be unique per emulator.
+func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
 	defer cancel()
-	cfg := h.DirectConfig()
+	cfg := e.DirectConfig()
 	ec2c := ec2.NewFromConfig(cfg)
 	w := &World{Table: table}
 
 	vpc, err := ec2c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.0.0.0/16")})
 	if err != nil {
-		t.Fatalf("creating world VPC: %v", err)
+		return nil, fmt.Errorf("creating world VPC: %w", err)
 	}
 	w.VPCID = aws.ToString(vpc.Vpc.VpcId)
 
@@ -67,7 +66,7 @@ func (h *Harness) NewWorld(t testing.TB, table string) *World {
 			AvailabilityZone: aws.String(s.AZ),
 		})
 		if err != nil {
-			t.Fatalf("creating subnet %s in %s: %v", s.CIDR, s.AZ, err)
+			return nil, fmt.Errorf("creating subnet %s in %s: %w", s.CIDR, s.AZ, err)
 		}
 		s.ID = aws.ToString(out.Subnet.SubnetId)
 		w.Subnets = append(w.Subnets, s)
@@ -79,13 +78,13 @@ func (h *Harness) NewWorld(t testing.TB, table string) *World {
 		VpcId:       vpc.Vpc.VpcId,
 	})
 	if err != nil {
-		t.Fatalf("creating security group in %s: %v", w.VPCID, err)
+		return nil, fmt.Errorf("creating security group in %s: %w", w.VPCID, err)
 	}
 	w.SecurityGroupID = aws.ToString(sg.GroupId)
 
 	w.AMI, err = pickAMI(ctx, ec2c)
 	if err != nil {
-		t.Fatalf("%v", err)
+		return nil, fmt.Errorf("%w", err)
 	}
 
 	ddb := dynamodb.NewFromConfig(cfg)
@@ -101,16 +100,16 @@ func (h *Harness) NewWorld(t testing.TB, table string) *World {
 			{AttributeName: aws.String("slot"), KeyType: ddbtypes.KeyTypeRange},
 		},
 	}); err != nil {
-		t.Fatalf("creating lease table %s: %v", table, err)
+		return nil, fmt.Errorf("creating lease table %s: %w", table, err)
 	}
 	// moto creates tables ACTIVE at once; the waiter keeps this correct if that changes.
 	if err := dynamodb.NewTableExistsWaiter(ddb, func(o *dynamodb.TableExistsWaiterOptions) {
 		o.MinDelay = 50 * time.Millisecond
 		o.MaxDelay = 200 * time.Millisecond
-	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, setupTimeout); err != nil {
-		t.Fatalf("waiting for lease table %s: %v", table, err)
+	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, SetupTimeout); err != nil {
+		return nil, fmt.Errorf("waiting for lease table %s: %w", table, err)
 	}
-	return w
+	return w, nil
 }
 
 // pickAMI returns one of moto's built-in images: an Amazon Linux 2 one if present
@@ -133,17 +132,15 @@ func pickAMI(ctx context.Context, ec2c *ec2.Client) (string, error) {
 
 // RunInstance launches one t3.large instance of the world's AMI and security group in
 // subnetID, directly at moto, and returns its id. moto reports it "running" at once.
-func (h *Harness) RunInstance(t testing.TB, w *World, subnetID string) string {
-	t.Helper()
-	return h.RunInstanceTagged(t, w, subnetID, nil)
+func (e *Emulator) RunInstance(ctx context.Context, w *World, subnetID string) (string, error) {
+	return e.RunInstanceTagged(ctx, w, subnetID, nil)
 }
 
 // RunInstanceTagged is RunInstance with instance tags set at launch, for example
 // aws:autoscaling:groupName, which EC2 Auto Scaling puts on the instances it launches
 // (moto accepts the aws: prefix at RunInstances).
-func (h *Harness) RunInstanceTagged(t testing.TB, w *World, subnetID string, tags map[string]string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+func (e *Emulator) RunInstanceTagged(ctx context.Context, w *World, subnetID string, tags map[string]string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
 	defer cancel()
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(w.AMI),
@@ -160,17 +157,17 @@ func (h *Harness) RunInstanceTagged(t testing.TB, w *World, subnetID string, tag
 		}
 		in.TagSpecifications = []ec2types.TagSpecification{spec}
 	}
-	out, err := ec2.NewFromConfig(h.DirectConfig()).RunInstances(ctx, in)
+	out, err := ec2.NewFromConfig(e.DirectConfig()).RunInstances(ctx, in)
 	if err != nil {
-		t.Fatalf("running an instance in %s: %v", subnetID, err)
+		return "", fmt.Errorf("running an instance in %s: %w", subnetID, err)
 	}
-	return aws.ToString(out.Instances[0].InstanceId)
+	return aws.ToString(out.Instances[0].InstanceId), nil
 }
 
 // TerminateInstance terminates instance id directly at moto.
 //
 // What moto 5.2.5 does on termination, unlike AWS in places (checked by
-// the harness tests):
+// test/harness's tests):
 //   - The instance is "terminated" at once (TerminateInstances answers
 //     "shutting-down"; the next describe says "terminated"); there is no
 //     shutting-down period.
@@ -188,13 +185,13 @@ func (h *Harness) RunInstanceTagged(t testing.TB, w *World, subnetID string, tag
 // not check that the volume is available or in the instance's AZ (attaching an in-use
 // volume to a second instance "succeeds"); DetachVolume without InstanceId fails with
 // HTTP 500 (moto needs the instance id); detaching and attaching are instant.
-func (h *Harness) TerminateInstance(t testing.TB, id string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+func (e *Emulator) TerminateInstance(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
 	defer cancel()
-	if _, err := ec2.NewFromConfig(h.DirectConfig()).TerminateInstances(ctx, &ec2.TerminateInstancesInput{
+	if _, err := ec2.NewFromConfig(e.DirectConfig()).TerminateInstances(ctx, &ec2.TerminateInstancesInput{
 		InstanceIds: []string{id},
 	}); err != nil {
-		t.Fatalf("terminating instance %s: %v", id, err)
+		return fmt.Errorf("terminating instance %s: %w", id, err)
 	}
+	return nil
 }

@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"encoding/xml"
@@ -51,23 +51,23 @@ func isLifecycleAction(action string) bool {
 
 // Completions returns the successful CompleteLifecycleAction calls, in arrival order.
 // A call hit by a Crash fault took effect, so it is included.
-func (h *Harness) Completions() []LifecycleCall {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]LifecycleCall(nil), h.completion...)
+func (e *Emulator) Completions() []LifecycleCall {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]LifecycleCall(nil), e.completion...)
 }
 
 // Heartbeats returns the successful RecordLifecycleActionHeartbeat calls, in arrival
 // order.
-func (h *Harness) Heartbeats() []LifecycleCall {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]LifecycleCall(nil), h.heartbeats...)
+func (e *Emulator) Heartbeats() []LifecycleCall {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]LifecycleCall(nil), e.heartbeats...)
 }
 
 // serveLifecycle answers a CompleteLifecycleAction or RecordLifecycleActionHeartbeat
 // query-protocol call.
-func (h *Harness) serveLifecycle(w http.ResponseWriter, c call) {
+func (e *Emulator) serveLifecycle(w http.ResponseWriter, c call) {
 	lc := LifecycleCall{
 		Action:     c.action,
 		ASG:        c.form.Get("AutoScalingGroupName"),
@@ -78,7 +78,7 @@ func (h *Harness) serveLifecycle(w http.ResponseWriter, c call) {
 		At:         time.Now(),
 	}
 	if msg := validateLifecycleCall(lc); msg != "" {
-		h.writeAPIError(w, c, http.StatusBadRequest, "ValidationError", msg)
+		e.writeAPIError(w, c, http.StatusBadRequest, "ValidationError", msg)
 		return
 	}
 
@@ -86,27 +86,27 @@ func (h *Harness) serveLifecycle(w http.ResponseWriter, c call) {
 	if lc.InstanceID == "" {
 		key.target = "token:" + lc.Token
 	}
-	h.mu.Lock()
-	completed := h.lifecycle[key]
+	e.mu.Lock()
+	completed := e.lifecycle[key]
 	if !completed {
 		if lc.Action == actionComplete {
-			h.lifecycle[key] = true
-			h.completion = append(h.completion, lc)
+			e.lifecycle[key] = true
+			e.completion = append(e.completion, lc)
 		} else {
-			h.heartbeats = append(h.heartbeats, lc)
+			e.heartbeats = append(e.heartbeats, lc)
 		}
 	}
-	h.mu.Unlock()
+	e.mu.Unlock()
 
 	if completed {
 		msg := "No active Lifecycle Action found with instance ID " + lc.InstanceID
 		if lc.InstanceID == "" {
 			msg = "No active Lifecycle Action found with token " + lc.Token
 		}
-		h.writeAPIError(w, c, http.StatusBadRequest, "ValidationError", msg)
+		e.writeAPIError(w, c, http.StatusBadRequest, "ValidationError", msg)
 		return
 	}
-	writeLifecycleResponse(w, lc.Action, h.newRequestID())
+	writeLifecycleResponse(w, lc.Action, e.newRequestID())
 }
 
 // validateLifecycleCall returns the ValidationError message for an invalid call, or "".

@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"bytes"
@@ -54,14 +54,14 @@ func isMutating(action string) bool {
 
 // serveHTTP is the proxy: identify the call, count it, apply the first matching fault,
 // then answer it (moto, or the lifecycle emulation).
-func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
+func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/moto-api/") {
-		h.forward.ServeHTTP(w, r) // moto's own control API: not an AWS call
+		e.forward.ServeHTTP(w, r) // moto's own control API: not an AWS call
 		return
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		http.Error(w, "harness proxy: reading request body: "+err.Error(), http.StatusBadRequest)
+		http.Error(w, "emulator proxy: reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	_ = r.Body.Close()
@@ -69,11 +69,11 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	r.ContentLength = int64(len(body))
 
 	c := identify(r, body)
-	fault, faulted := h.record(c.action, body)
+	fault, faulted := e.record(c.action, body)
 
-	next := h.modelled(c, h.forward.ServeHTTP)
+	next := e.modelled(c, e.forward.ServeHTTP)
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
-		next = func(w http.ResponseWriter, _ *http.Request) { h.serveLifecycle(w, c) }
+		next = func(w http.ResponseWriter, _ *http.Request) { e.serveLifecycle(w, c) }
 	}
 	if c.service == "dynamodb" && isMutating(c.action) {
 		// DynamoDB evaluates a write's condition and applies the write atomically.
@@ -82,14 +82,14 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// the lease store's fencing relies on.
 		base := next
 		next = func(w http.ResponseWriter, r *http.Request) {
-			h.dynamoWrites.Lock()
-			defer h.dynamoWrites.Unlock()
+			e.dynamoWrites.Lock()
+			defer e.dynamoWrites.Unlock()
 			base(w, r)
 		}
 	}
 	if token := c.form.Get("ClientToken"); c.protocol == protocolQuery && c.service == "ec2" && token != "" {
 		base := next
-		next = func(w http.ResponseWriter, r *http.Request) { h.idempotent(w, r, c.action+"/"+token, base) }
+		next = func(w http.ResponseWriter, r *http.Request) { e.idempotent(w, r, c.action+"/"+token, base) }
 	}
 	if !faulted {
 		next(w, r)
@@ -98,12 +98,12 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch fault.Kind {
 	case Throttle, ServerError:
-		h.writeFault(w, c, fault, "") // answered here: moto never sees the call
+		e.writeFault(w, c, fault, "") // answered here: moto never sees the call
 	case Latency:
 		select {
 		case <-time.After(fault.Latency):
 			next(w, r)
-		case <-r.Context().Done(): // the client gave up or the harness is stopping
+		case <-r.Context().Done(): // the client gave up or the emulator is stopping
 		}
 	case Crash, LostResponse:
 		rec := httptest.NewRecorder()
@@ -115,31 +115,31 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if fault.Kind == LostResponse {
-			h.writeFault(w, c, fault, "injected lost response: the call took effect at the server, but its response was lost")
+			e.writeFault(w, c, fault, "injected lost response: the call took effect at the server, but its response was lost")
 			return
 		}
-		h.writeFault(w, c, fault, "injected crash: the call took effect at the server, but its response was discarded")
+		e.writeFault(w, c, fault, "injected crash: the call took effect at the server, but its response was discarded")
 	}
 }
 
 // record counts the call and returns the fault to apply to it, if any.
-func (h *Harness) record(action string, body []byte) (Fault, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.counts[action]++
+func (e *Emulator) record(action string, body []byte) (Fault, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.counts[action]++
 	if isMutating(action) {
-		if h.bodies == nil {
-			h.bodies = map[string][][]byte{}
+		if e.bodies == nil {
+			e.bodies = map[string][][]byte{}
 		}
-		h.bodies[action] = append(h.bodies[action], body)
+		e.bodies[action] = append(e.bodies[action], body)
 	}
 	if forbiddenActions[action] {
-		h.forbidden = append(h.forbidden, action)
+		e.forbidden = append(e.forbidden, action)
 	}
 	if isMutating(action) {
-		h.mutating = append(h.mutating, action)
+		e.mutating = append(e.mutating, action)
 	}
-	return h.matchFault(action)
+	return e.matchFault(action)
 }
 
 func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
@@ -248,17 +248,17 @@ func segmentsMatch(pattern, segs []string) bool {
 // Calls returns how many calls of action the proxy received, faulted ones included.
 // Every SDK retry attempt is a call. Actions are keyed by name only (EC2 and Auto
 // Scaling both have DescribeTags, for example).
-func (h *Harness) Calls(action string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.counts[action]
+func (e *Emulator) Calls(action string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.counts[action]
 }
 
 // CallCounts returns a copy of the per-action call counts.
-func (h *Harness) CallCounts() map[string]int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return maps.Clone(h.counts)
+func (e *Emulator) CallCounts() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.counts)
 }
 
 // MutatingCalls returns the mutating actions the proxy received, in arrival order,
@@ -267,20 +267,20 @@ func (h *Harness) CallCounts() map[string]int {
 // Record, Send, Change, Associate, Disassociate, BatchWrite, TransactWrite, Start,
 // Stop, Reboot, Set, Release, Allocate, Assign, Unassign, Replace, Cancel, Register,
 // Deregister, Enable, Disable, Tag, Untag or Execute.
-func (h *Harness) MutatingCalls() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]string(nil), h.mutating...)
+func (e *Emulator) MutatingCalls() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.mutating...)
 }
 
 // ResetCounts forgets all counted calls (Calls, CallCounts, MutatingCalls). Faults,
 // lifecycle state and recorded lifecycle calls are kept.
-func (h *Harness) ResetCounts() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.counts = map[string]int{}
-	h.mutating = nil
-	h.bodies = nil
+func (e *Emulator) ResetCounts() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.counts = map[string]int{}
+	e.mutating = nil
+	e.bodies = nil
 }
 
 // Bodies returns the request bodies of the mutating calls of action the proxy has
@@ -288,8 +288,8 @@ func (h *Harness) ResetCounts() {
 // protocols, JSON for JSON protocols). Tests read what code under test sent where the
 // emulator's own record is not faithful (moto's SSM ListCommands, for one, lists every
 // instance as a target of a command sent to one).
-func (h *Harness) Bodies(action string) [][]byte {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([][]byte(nil), h.bodies[action]...)
+func (e *Emulator) Bodies(action string) [][]byte {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([][]byte(nil), e.bodies[action]...)
 }
