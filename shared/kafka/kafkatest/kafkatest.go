@@ -1,296 +1,69 @@
-// Package kafkatest runs an in-process Kafka cluster (franz-go's kfake) for tests,
-// with Metadata answers that a test can script.
-//
-// kfake does not model replication: every partition it reports has ISR equal to
-// its replicas, and every broker stays registered. Tests of removal safety and
-// health need partitions out of the ISR, offline partitions and brokers that left,
-// so Cluster answers every Metadata request itself (a kfake ControlKey hook) from
-// the cluster's own real answer with the test's edits applied:
+// Package kafkatest runs an in-process Kafka cluster (franz-go's kfake) with
+// scriptable Metadata and DescribeQuorum answers for tests: it wraps package
+// test/fakekafka, stopping the cluster when the test ends and failing the test where
+// fakekafka returns an error.
 //
 //	c := kafkatest.Start(t)                  // 3 brokers, min.insync.replicas=2
 //	c.CreateTopic(t, "orders", 3, 3, nil)    // 3 partitions, replication factor 3
 //	c.SetISR("orders", 0, 0, 1)              // broker 2 fell out of orders/0's ISR
 //	c.Restore("orders", 0)                   // and caught up again
 //
-// The real answer is fetched through kfake's normal request path when the
-// cluster starts and after every CreateTopic (call Refresh after changing the
-// cluster's topology by other means, e.g. Fake.MoveTopicPartition). That fetch is
-// told apart from the code under test by IncludeTopicAuthorizedOperations, which
-// only this package sets; such requests are left to kfake.
+// Everything but Start, CreateTopic and Refresh is fakekafka's API, promoted through
+// the embedded *fakekafka.Cluster.
 package kafkatest
 
 import (
 	"context"
-	"slices"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/test/fakekafka"
 )
 
 // Brokers and MinISR are the defaults of Start: node ids 0..Brokers-1, and the
 // brokers' min.insync.replicas.
 const (
-	Brokers = 3
-	MinISR  = 2
+	Brokers = fakekafka.Brokers
+	MinISR  = fakekafka.MinISR
 )
 
-// Cluster is a kfake cluster with scriptable Metadata answers. Its methods are
-// safe for concurrent use.
+// Quorum scripts the answer to DescribeQuorum (fakekafka.Quorum).
+type Quorum = fakekafka.Quorum
+
+// Unknown is a Quorum.Behind value: the leader knows nothing of the voter.
+const Unknown = fakekafka.Unknown
+
+// Cluster is a kfake cluster with scriptable answers, for one test.
 type Cluster struct {
-	// Fake is the kfake cluster itself.
-	Fake *kfake.Cluster
-	// Addrs are the brokers' host:port, all on 127.0.0.1.
-	Addrs []string
-
-	admin    *kgo.Client
-	answered atomic.Int64
-
-	mu      sync.Mutex
-	base    *kmsg.MetadataResponse    // kfake's own answer, for all topics
-	isr     map[partition][]int32     // scripted ISRs
-	offline map[partition]bool        // scripted leaderless partitions
-	gone    map[int32]bool            // brokers left out of the broker list
-	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
-	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
-	// noQuorumAPI: leave DescribeQuorum out of the ApiVersions answer (HideQuorumAPI).
-	noQuorumAPI bool
+	*fakekafka.Cluster
 }
 
-type partition struct {
-	topic string
-	p     int32
-}
-
-// Start starts a cluster of Brokers brokers whose min.insync.replicas is MinISR,
-// registers its shutdown with t.Cleanup and installs the Metadata script. opts are
-// applied after those defaults (kfake.NumBrokers and kfake.BrokerConfigs override
-// them).
+// Start starts a cluster (fakekafka.Start) and registers its shutdown with
+// t.Cleanup.
 func Start(t testing.TB, opts ...kfake.Opt) *Cluster {
 	t.Helper()
-	all := append([]kfake.Opt{
-		kfake.NumBrokers(Brokers),
-		kfake.BrokerConfigs(map[string]string{"min.insync.replicas": strconv.Itoa(MinISR)}),
-	}, opts...)
-	fake, err := kfake.NewCluster(all...)
+	c, err := fakekafka.Start(opts...)
 	if err != nil {
-		t.Fatalf("starting kfake: %v", err)
+		t.Fatalf("%v", err)
 	}
-	c := &Cluster{
-		Fake:    fake,
-		Addrs:   fake.ListenAddrs(),
-		isr:     map[partition][]int32{},
-		offline: map[partition]bool{},
-		gone:    map[int32]bool{},
-	}
-	c.admin, err = kgo.NewClient(kgo.SeedBrokers(c.Addrs...), kgo.RequestRetries(3))
-	if err != nil {
-		fake.Close()
-		t.Fatalf("kafkatest admin client: %v", err)
-	}
-	t.Cleanup(func() {
-		c.admin.Close()
-		fake.Close()
-	})
-	c.Refresh(t)
-	fake.ControlKey(int16(kmsg.Metadata), c.control)
-	c.advertiseQuorum(t)
-	fake.ControlKey(int16(kmsg.DescribeQuorum), c.controlQuorum)
-	return c
-}
-
-// Config is a slotkeeper Kafka configuration pointing at the cluster.
-func (c *Cluster) Config() config.KafkaConfig {
-	return config.KafkaConfig{Bootstrap: slices.Clone(c.Addrs)}
+	t.Cleanup(c.Close)
+	return &Cluster{Cluster: c}
 }
 
 // CreateTopic creates a topic with the given partition count, replication factor
 // and topic configs (nil for none), then refreshes the real Metadata answer.
 func (c *Cluster) CreateTopic(t testing.TB, topic string, partitions int32, rf int16, configs map[string]*string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := kadm.NewClient(c.admin).CreateTopic(ctx, partitions, rf, configs, topic)
-	if err == nil {
-		err = resp.Err
+	if err := c.Cluster.CreateTopic(context.Background(), topic, partitions, rf, configs); err != nil {
+		t.Fatalf("%v", err)
 	}
-	if err != nil {
-		t.Fatalf("creating topic %s: %v", topic, err)
-	}
-	c.Refresh(t)
 }
 
 // Refresh re-reads kfake's real Metadata answer, on which scripted answers are based.
 func (c *Cluster) Refresh(t testing.TB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req := kmsg.NewPtrMetadataRequest()
-	req.IncludeTopicAuthorizedOperations = true // marks this request as ours: kfake answers it
-	resp, err := req.RequestWith(ctx, c.admin)
-	if err != nil {
-		t.Fatalf("reading kfake metadata: %v", err)
+	if err := c.Cluster.Refresh(context.Background()); err != nil {
+		t.Fatalf("%v", err)
 	}
-	c.mu.Lock()
-	c.base = resp
-	c.mu.Unlock()
-}
-
-// Replicas returns a partition's replicas as kfake assigned them (nil if unknown).
-func (c *Cluster) Replicas(topic string, p int32) []int32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, t := range c.base.Topics {
-		if t.Topic != nil && *t.Topic == topic {
-			for _, bp := range t.Partitions {
-				if bp.Partition == p {
-					return slices.Clone(bp.Replicas)
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// SetISR makes Metadata report isr as the partition's in-sync replicas.
-func (c *Cluster) SetISR(topic string, p int32, isr ...int32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.isr[partition{topic, p}] = slices.Clone(isr)
-}
-
-// SetOffline makes Metadata report the partition as Kafka reports one that lost
-// all its in-sync replicas: leader -1, empty ISR, LEADER_NOT_AVAILABLE.
-func (c *Cluster) SetOffline(topic string, p int32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.offline[partition{topic, p}] = true
-}
-
-// Restore drops every edit of one partition: it is reported fully in sync again.
-func (c *Cluster) Restore(topic string, p int32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.isr, partition{topic, p})
-	delete(c.offline, partition{topic, p})
-}
-
-// Unregister leaves node out of the broker list, as after a broker's controlled
-// shutdown. Partitions are not changed: script their ISR separately if needed.
-func (c *Cluster) Unregister(node int32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gone[node] = true
-}
-
-// Register puts node back in the broker list.
-func (c *Cluster) Register(node int32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.gone, node)
-}
-
-// Reset drops every edit: all brokers registered, every partition in sync.
-func (c *Cluster) Reset() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.isr)
-	clear(c.offline)
-	clear(c.gone)
-	c.quorum = nil
-}
-
-// Answered counts the Metadata requests answered by the script, i.e. those sent
-// by anything but this package: a test can prove that a check sent a fresh one.
-func (c *Cluster) Answered() int64 { return c.answered.Load() }
-
-// Close stops the cluster, as if Kafka went down. It is safe to call twice.
-func (c *Cluster) Close() { c.Fake.Close() }
-
-// control is the kfake ControlKey hook for Metadata requests.
-func (c *Cluster) control(kreq kmsg.Request) (kmsg.Response, error, bool) {
-	c.Fake.KeepControl()
-	req := kreq.(*kmsg.MetadataRequest)
-	if req.IncludeTopicAuthorizedOperations {
-		return nil, nil, false // Refresh: let kfake answer
-	}
-	c.answered.Add(1)
-	return c.answer(req), nil, true
-}
-
-// answer builds a Metadata response for req from the real answer and the edits.
-func (c *Cluster) answer(req *kmsg.MetadataRequest) *kmsg.MetadataResponse {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	resp := req.ResponseKind().(*kmsg.MetadataResponse)
-	resp.ClusterID = c.base.ClusterID
-	resp.ControllerID = -1
-	for _, b := range c.base.Brokers {
-		if c.gone[b.NodeID] {
-			continue
-		}
-		resp.Brokers = append(resp.Brokers, b)
-		if b.NodeID == c.base.ControllerID || resp.ControllerID < 0 {
-			resp.ControllerID = b.NodeID
-		}
-	}
-
-	// nil Topics asks for every topic; otherwise only those named (by name or id).
-	if req.Topics == nil {
-		for _, t := range c.base.Topics {
-			resp.Topics = append(resp.Topics, c.edited(t))
-		}
-		return resp
-	}
-	for _, rt := range req.Topics {
-		i := slices.IndexFunc(c.base.Topics, func(t kmsg.MetadataResponseTopic) bool {
-			if rt.TopicID != [16]byte{} {
-				return t.TopicID == rt.TopicID
-			}
-			return rt.Topic != nil && t.Topic != nil && *t.Topic == *rt.Topic
-		})
-		if i < 0 {
-			unknown := kmsg.NewMetadataResponseTopic()
-			unknown.Topic, unknown.TopicID = rt.Topic, rt.TopicID
-			unknown.ErrorCode = kerr.UnknownTopicOrPartition.Code
-			resp.Topics = append(resp.Topics, unknown)
-			continue
-		}
-		resp.Topics = append(resp.Topics, c.edited(c.base.Topics[i]))
-	}
-	return resp
-}
-
-// edited returns a deep copy of t with the scripted edits applied.
-func (c *Cluster) edited(t kmsg.MetadataResponseTopic) kmsg.MetadataResponseTopic {
-	t.AuthorizedOperations = -2147483648 // "not requested", as Kafka answers by default
-	parts := make([]kmsg.MetadataResponseTopicPartition, 0, len(t.Partitions))
-	for _, p := range t.Partitions {
-		p.Replicas = slices.Clone(p.Replicas)
-		p.ISR = slices.Clone(p.ISR)
-		p.OfflineReplicas = slices.Clone(p.OfflineReplicas)
-		key := partition{p: p.Partition}
-		if t.Topic != nil {
-			key.topic = *t.Topic
-		}
-		if isr, ok := c.isr[key]; ok {
-			p.ISR = slices.Clone(isr)
-		}
-		if c.offline[key] {
-			p.Leader, p.ISR = -1, []int32{}
-			p.ErrorCode = kerr.LeaderNotAvailable.Code
-		}
-		parts = append(parts, p)
-	}
-	t.Partitions = parts
-	return t
 }

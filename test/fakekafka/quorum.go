@@ -1,9 +1,9 @@
-package kafkatest
+package fakekafka
 
 import (
 	"context"
+	"fmt"
 	"slices"
-	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -96,16 +96,13 @@ func (c *Cluster) controlQuorum(kreq kmsg.Request) (kmsg.Response, error, bool) 
 // advertiseQuorum makes the brokers advertise DescribeQuorum (versions 0–2) in their
 // ApiVersions answers, which kfake leaves it out of: a client does not send a request
 // its broker does not advertise. The answer is kfake's own, read once, plus that key.
-func (c *Cluster) advertiseQuorum(t testing.TB) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+func (c *Cluster) advertiseQuorum(ctx context.Context) error {
 	resp, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, c.admin)
 	if err == nil {
 		err = kerr.ErrorForCode(resp.ErrorCode)
 	}
 	if err != nil {
-		t.Fatalf("reading kfake's ApiVersions: %v", err)
+		return fmt.Errorf("reading kfake's ApiVersions: %w", err)
 	}
 	if !slices.ContainsFunc(resp.ApiKeys, func(k kmsg.ApiVersionsResponseApiKey) bool { return k.ApiKey == int16(kmsg.DescribeQuorum) }) {
 		k := kmsg.NewApiVersionsResponseApiKey()
@@ -116,6 +113,7 @@ func (c *Cluster) advertiseQuorum(t testing.TB) {
 	c.apis = resp
 	c.mu.Unlock()
 	c.Fake.ControlKey(int16(kmsg.ApiVersions), c.controlApiVersions)
+	return nil
 }
 
 // controlApiVersions answers ApiVersions with the answer advertiseQuorum built
