@@ -99,7 +99,7 @@ func runBroker(t *testing.T, st *demo.Stage, i int, devices []string, withENI, i
 		t.Fatalf("%s has no root volume among %v", b.id, b.volumes)
 	}
 	if inGroup {
-		st.Join(t, b.id)
+		join(t, st, b.id)
 	}
 	return b
 }
@@ -111,7 +111,7 @@ func runBroker(t *testing.T, st *demo.Stage, i int, devices []string, withENI, i
 // the real launch handler gives the adopted volume and ENI.
 func TestAdopt(t *testing.T) {
 	h := harness.Start(t)
-	st := demo.NewStage(t, h, "ad")
+	st := newStage(t, h, "ad", demo.StageOptions{})
 	ctx := context.Background()
 	direct := ec2.NewFromConfig(h.DirectConfig())
 	store := lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), st.Config.Table, st.Config.Cluster)
@@ -307,7 +307,7 @@ func TestAdopt(t *testing.T) {
 		lh := launch.New(st.Config, ec2c, asg, ddb, log, io.Discard)
 		lh.Followers = []launch.Follower{grow.NewAlarms(st.Config, awsapi.NewCloudWatch(cfg), log), dns.New(st.Config, route53.NewFromConfig(cfg), ec2c, ddb, log)}
 		lh.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 10 * time.Second}
-		repl := st.Launch(t, 1)
+		repl := launchOne(t, st, 1)
 		out, err = lh.Invoke(ctx, demo.LifecycleEvent(st.Config.ASGName, repl, true))
 		if err != nil || !strings.Contains(string(out), `"continue"`) {
 			t.Fatalf("launch of %s: %s %v", repl, out, err)
@@ -341,7 +341,7 @@ var adoptSequence = []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyIn
 // tag, the alarm and the records in place. The second run of each is then a no-op.
 func TestAdoptCrashSweep(t *testing.T) {
 	h := harness.Start(t)
-	st := demo.NewStage(t, h, "ac")
+	st := newStage(t, h, "ac", demo.StageOptions{})
 	ctx := context.Background()
 	direct := ec2.NewFromConfig(h.DirectConfig())
 	store := lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), st.Config.Table, st.Config.Cluster)

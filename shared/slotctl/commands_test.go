@@ -43,7 +43,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, h *harness.Harness, cluster string) *fixture {
 	t.Helper()
-	return newFixtureOf(t, h, demo.NewStage(t, h, cluster))
+	return newFixtureOf(t, h, newStage(t, h, cluster, demo.StageOptions{}))
 }
 
 // newFixtureOf binds the three slots of a stage (kfake's or Apache Kafka's).
@@ -56,7 +56,7 @@ func newFixtureOf(t *testing.T, h *harness.Harness, st *demo.Stage) *fixture {
 	lh.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 10 * time.Second}
 	ctx := context.Background()
 	for i := range demo.Slots {
-		id := st.Launch(t, i)
+		id := launchOne(t, st, i)
 		out, err := lh.Invoke(ctx, demo.LifecycleEvent(st.Config.ASGName, id, true))
 		if err != nil || !strings.Contains(string(out), `"continue"`) {
 			t.Fatalf("launching %s: %s %v", id, out, err)
@@ -363,7 +363,9 @@ func testPreflight(t *testing.T, f *fixture) {
 		// Last: kafkatest cannot delete the topic again.
 		{name: "replication factor at min ISR", wantCode: slotctl.ExitProblem, want: []want{{"topics", "fail"}},
 			setup: func() func() {
-				f.st.Kafka.CreateTopic(t, "scratch", 1, 2, nil)
+				if err := f.st.Kafka.CreateTopic(context.Background(), "scratch", 1, 2, nil); err != nil {
+					t.Fatal(err)
+				}
 				return func() {}
 			}},
 	}

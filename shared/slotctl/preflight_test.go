@@ -89,7 +89,7 @@ func TestPreflightAutoScaling(t *testing.T) {
 		return resp
 	}})
 
-	st := demo.NewStage(t, h, "pa")
+	st := newStage(t, h, "pa", demo.StageOptions{})
 	ctx := context.Background()
 	asg := autoscaling.NewFromConfig(h.DirectConfig())
 	// group creates a group like the stage's (hooks of 900 s, AZRebalance suspended,

@@ -20,7 +20,7 @@ import (
 func TestCommandsAgainstRealKafka(t *testing.T) {
 	h := harness.Start(t)
 	k := realkafkatest.Start(t, realkafka.Options{Nodes: demo.Slots})
-	f := newFixtureOf(t, h, demo.NewStageWith(t, h, "rk", demo.StageOptions{RealKafka: k}))
+	f := newFixtureOf(t, h, newStage(t, h, "rk", demo.StageOptions{RealKafka: k}))
 
 	status := func(name string, wantCode int) slotctl.Survey {
 		t.Helper()

@@ -82,7 +82,7 @@ func newRollRig(t *testing.T, cluster string) *rollRig {
 	}})
 	rig.f = newFixture(t, h, cluster)
 	rig.st = rig.f.st
-	rig.st.Join(t, rig.f.ids...)
+	join(t, rig.st, rig.f.ids...)
 	for i, id := range rig.f.ids {
 		rig.node[id] = int32(i)
 	}

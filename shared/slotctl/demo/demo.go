@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -40,10 +41,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
-	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
-	"github.com/slotkeeper/slotkeeper/test/harness"
+	"github.com/slotkeeper/slotkeeper/test/emulator"
+	"github.com/slotkeeper/slotkeeper/test/fakekafka"
 	"github.com/slotkeeper/slotkeeper/test/realkafka"
 )
 
@@ -106,7 +107,8 @@ type Report struct {
 // demo is one run of the story.
 type demo struct {
 	opt   Options
-	r     *runner
+	r     *teardown
+	log   io.Writer // the setup log
 	p     *progress
 	start time.Time
 	st    *Stage
@@ -139,7 +141,7 @@ type demo struct {
 	// During the roll, the KRaft quorum is scripted (quorum); a stopped broker is
 	// behind until it has caught up again.
 	rolling bool
-	quorum  kafkatest.Quorum
+	quorum  fakekafka.Quorum
 }
 
 // Run tells the story (see the package documentation) and reports it. The error is
@@ -174,16 +176,12 @@ func Run(ctx context.Context, opt Options) (Report, error) {
 		return rep, fmt.Errorf("creating the setup log: %w", err)
 	}
 	defer setupLog.Close()
-	d.r = newRunner(setupLog)
+	d.r, d.log = &teardown{}, setupLog
 	d.p = newProgress(opt.Out, d.start)
 
 	ctx, cancel := context.WithCancel(ctx) // stops the build, should the story end first
 	defer cancel()
-	var storyErr error
-	err = d.r.guard(func() { storyErr = d.story(ctx, &rep) })
-	if storyErr != nil && err == nil {
-		err = storyErr
-	}
+	err = d.story(ctx, &rep)
 	if cerr := d.r.finish(); cerr != nil && err == nil {
 		err = fmt.Errorf("after the story: %w", cerr)
 	}
@@ -196,7 +194,7 @@ func Run(ctx context.Context, opt Options) (Report, error) {
 	return rep, err
 }
 
-// story is the demo proper; a setup failure inside it panics (runner.Fatalf).
+// story is the demo proper.
 func (d *demo) story(ctx context.Context, rep *Report) error {
 	if err := d.setUp(ctx); err != nil {
 		return err
@@ -243,11 +241,33 @@ func (d *demo) setUp(ctx context.Context) error {
 	binDir := filepath.Join(d.opt.LogDir, "functions")
 	go func() { built <- build(ctx, d.opt.Root, binDir) }()
 
-	var h *harness.Harness
-	_ = d.p.Wait("starting moto, the AWS emulator", func() error {
-		h = harness.Start(d.r)
+	var h *emulator.Emulator
+	if err := d.p.Wait("starting moto, the AWS emulator", func() error {
+		var err error
+		h, err = emulator.Start()
+		if errors.Is(err, emulator.ErrNoMoto) && os.Getenv("CI") != "true" {
+			// Under CI=true a missing emulator is a broken set-up, not a reason to skip.
+			return fmt.Errorf("%w: %w", ErrNoEmulator, err)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.log, "moto at %s, the proxy at %s\n", h.MotoURL, h.URL)
+		d.r.Cleanup(func() {
+			if err := h.Close(); err != nil {
+				d.r.Errorf("stopping the emulator: %v", err)
+			}
+			fmt.Fprintf(d.log, "moto's output (last 64 KiB):\n%s\n", h.MotoOutput())
+		})
+		d.r.Cleanup(func() {
+			if calls := h.Forbidden(); len(calls) > 0 {
+				d.r.Errorf("a function called %v: slotkeeper must never delete a broker's volume or ENI", calls)
+			}
+		})
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
 	var opt StageOptions
 	switch d.opt.Kafka {
 	case "", KafkaFake:
@@ -267,10 +287,17 @@ func (d *demo) setUp(ctx context.Context) error {
 	default:
 		return fmt.Errorf("unknown Kafka %q: want %s or %s", d.opt.Kafka, KafkaFake, KafkaReal)
 	}
-	_ = d.p.Wait("building the world: VPC, lease table, zone, group, Kafka", func() error {
-		d.st = NewStageWith(d.r, h, "demo", opt)
+	if err := d.p.Wait("building the world: VPC, lease table, zone, group, Kafka", func() error {
+		st, err := NewStageWith(ctx, h, "demo", opt)
+		if err != nil {
+			return fmt.Errorf("building the world: %w", err)
+		}
+		d.st = st
+		d.r.Cleanup(st.Close)
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
 	if d.st.Real != nil {
 		d.k = &realKafka{c: d.st.Real}
 	} else {
@@ -280,7 +307,7 @@ func (d *demo) setUp(ctx context.Context) error {
 		d.st.Config.Table, d.st.Config.DNS.Name, d.st.Config.ASGName, d.k.name(), Topic)
 	// A controlled shutdown (the stop command over SSM) stops the broker: it leaves the
 	// cluster metadata and the ISRs. moto runs no command; the proxy tells the demo.
-	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
+	h.Override(emulator.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
 		d.stopCommand(req)
 		return resp
 	}})
@@ -463,7 +490,10 @@ func (d *demo) brokerUp(ctx context.Context, id string) (int, error) {
 func (d *demo) launchThree(ctx context.Context) error {
 	ids := make([]string, Slots)
 	for i := range ids {
-		ids[i] = d.st.Launch(d.r, i)
+		var err error
+		if ids[i], err = d.st.Launch(ctx, i); err != nil {
+			return err
+		}
 	}
 	d.world("the group launches three instances", "one in each of us-east-1a, b, c; Pending:Wait")
 	slots := make([]int, Slots)
@@ -499,7 +529,9 @@ func (d *demo) launchThree(ctx context.Context) error {
 // (a hardware failure); the state-change events reach dns and reconcile.
 func (d *demo) crash(ctx context.Context) error {
 	id := d.crashed
-	d.st.H.TerminateInstance(d.r, id)
+	if err := d.st.H.TerminateInstance(ctx, id); err != nil {
+		return err
+	}
 	if err := d.k.crashed(1); err != nil {
 		return err
 	}
@@ -527,7 +559,10 @@ func (d *demo) crash(ctx context.Context) error {
 
 // replace: the group's health check notices and launches a replacement in the AZ.
 func (d *demo) replace(ctx context.Context) error {
-	d.replacement = d.st.Launch(d.r, 1)
+	var err error
+	if d.replacement, err = d.st.Launch(ctx, 1); err != nil {
+		return err
+	}
 	d.k.catchingUp(1)
 	d.world(fmt.Sprintf("the group replaces it: %s", d.replacement), "in us-east-1b; Pending:Wait")
 	return d.p.Wait("the replacement takes slot 1", func() error {
@@ -597,7 +632,9 @@ func (d *demo) scaleIn(ctx context.Context) error {
 		return fmt.Errorf("the termination ended %v (planned %v, forced %v): %v", r.res["outcome"], r.res["planned"], r.res["forced"], r.res["reason"])
 	}
 	// CONTINUE: the group terminates the instance; its state changes follow.
-	d.st.H.TerminateInstance(d.r, d.leaver)
+	if err := d.st.H.TerminateInstance(ctx, d.leaver); err != nil {
+		return err
+	}
 	d.world("the group terminates "+d.leaver, "Terminating:Proceed")
 	if _, err := d.invoke(ctx, "dns", "EC2: "+d.leaver+" is terminated", StateChangeEvent(d.leaver, "terminated")); err != nil {
 		return err
@@ -608,7 +645,10 @@ func (d *demo) scaleIn(ctx context.Context) error {
 
 // scaleOut: the group grows back to 3; the AZ short of a broker is us-east-1a.
 func (d *demo) scaleOut(ctx context.Context) error {
-	d.returner = d.st.Launch(d.r, 0)
+	var err error
+	if d.returner, err = d.st.Launch(ctx, 0); err != nil {
+		return err
+	}
 	d.world(fmt.Sprintf("the group scales out: %s", d.returner), "2 to 3, in us-east-1a; Pending:Wait")
 	return d.p.Wait("the new instance takes slot 0", func() error {
 		if _, err := d.brokerUp(ctx, d.returner); err != nil {
@@ -698,7 +738,7 @@ func (d *demo) behind(node int32) {
 	if !d.rolling || !slices.Contains(d.quorum.Voters, node) {
 		return
 	}
-	d.quorum.Behind[node] = kafkatest.Unknown
+	d.quorum.Behind[node] = fakekafka.Unknown
 	if d.quorum.Leader == node {
 		for _, v := range d.quorum.Voters {
 			if _, b := d.quorum.Behind[v]; !b {
@@ -744,10 +784,12 @@ func (d *demo) rollAll(ctx context.Context) error {
 	for _, r := range d.beforeRoll.Slots {
 		d.rollHolders = append(d.rollHolders, r.Holder)
 	}
-	d.st.Join(d.r, d.rollHolders...) // in the group, InService
+	if err := d.st.Join(ctx, d.rollHolders...); err != nil { // in the group, InService
+		return err
+	}
 	d.mu.Lock()
 	d.rolling = true
-	d.quorum = kafkatest.Quorum{Leader: 0, Voters: []int32{0, 1, 2}, Behind: map[int32]time.Duration{}}
+	d.quorum = fakekafka.Quorum{Leader: 0, Voters: []int32{0, 1, 2}, Behind: map[int32]time.Duration{}}
 	if d.st.Real == nil { // Apache Kafka's quorum is its own
 		d.st.Kafka.SetQuorum(d.quorum)
 	}

@@ -2,9 +2,9 @@ package demo
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -18,9 +18,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/slotkeeper/slotkeeper/shared/config"
-	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
-	"github.com/slotkeeper/slotkeeper/test/harness"
+	"github.com/slotkeeper/slotkeeper/test/emulator"
+	"github.com/slotkeeper/slotkeeper/test/fakekafka"
 	"github.com/slotkeeper/slotkeeper/test/realkafka"
 )
 
@@ -35,17 +35,18 @@ const (
 	VolumeGiB = 100
 )
 
-// Stage is a slotkeeper deployment on this machine: in moto (behind the harness
+// Stage is a slotkeeper deployment on this machine: in moto (behind the emulator's
 // proxy) a VPC with three AZs, the lease table, a private hosted zone and the brokers'
 // Auto Scaling group with both lifecycle hooks (900 s, as the template makes them) and
 // its AZRebalance process suspended; and a Kafka of three brokers with a topic:
 // in-process (kfake), or Apache Kafka itself (StageOptions.RealKafka). Everything was
-// created directly at moto, so the proxy has counted nothing yet.
+// created directly at moto, so the proxy has counted nothing yet. Close stops the
+// in-process Kafka; the emulator is the caller's.
 type Stage struct {
-	H     *harness.Harness
-	World *harness.World
+	H     *emulator.Emulator
+	World *emulator.World
 	// Kafka is the in-process Kafka (kfake, scriptable ISR); nil when Real is set.
-	Kafka *kafkatest.Cluster
+	Kafka *fakekafka.Cluster
 	// Real is the Apache Kafka cluster of StageOptions.RealKafka, else nil.
 	Real   *realkafka.Cluster
 	ZoneID string
@@ -65,19 +66,25 @@ type StageOptions struct {
 }
 
 // NewStage builds a deployment of cluster in h, with kfake. Names derive from
-// cluster, so several stages can share a harness.
-func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
-	t.Helper()
-	return NewStageWith(t, h, cluster, StageOptions{})
+// cluster, so several stages can share an emulator.
+func NewStage(ctx context.Context, h *emulator.Emulator, cluster string) (*Stage, error) {
+	return NewStageWith(ctx, h, cluster, StageOptions{})
 }
 
 // NewStageWith builds a deployment of cluster in h with the given Kafka.
-func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOptions) *Stage {
-	t.Helper()
-	w := h.NewWorld(t, cluster+"-leases")
-	s := &Stage{H: h, World: w}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+func NewStageWith(ctx context.Context, h *emulator.Emulator, cluster string, opt StageOptions) (s *Stage, err error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	w, err := h.NewWorld(ctx, cluster+"-leases")
+	if err != nil {
+		return nil, err
+	}
+	s = &Stage{H: h, World: w}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
 	direct := h.DirectConfig()
 
 	// The brokers' group: the slot subnets, room for the slots, both hooks.
@@ -87,7 +94,7 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		LaunchTemplateName: aws.String(cluster + "-broker"),
 		LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String(w.AMI), InstanceType: ec2types.InstanceTypeT3Large},
 	}); err != nil {
-		t.Fatalf("creating the launch template: %v", err)
+		return nil, fmt.Errorf("creating the launch template: %w", err)
 	}
 	asg := autoscaling.NewFromConfig(direct)
 	var subnets []string
@@ -101,13 +108,13 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		VPCZoneIdentifier: aws.String(strings.Join(subnets, ",")),
 		HealthCheckType:   aws.String("EC2"), HealthCheckGracePeriod: aws.Int32(600),
 	}); err != nil {
-		t.Fatalf("creating group %s: %v", asgName, err)
+		return nil, fmt.Errorf("creating group %s: %w", asgName, err)
 	}
 	// Rebalancing between AZs launches before it terminates: slots cannot follow.
 	if _, err := asg.SuspendProcesses(ctx, &autoscaling.SuspendProcessesInput{
 		AutoScalingGroupName: aws.String(asgName), ScalingProcesses: []string{"AZRebalance"},
 	}); err != nil {
-		t.Fatalf("suspending AZRebalance of %s: %v", asgName, err)
+		return nil, fmt.Errorf("suspending AZRebalance of %s: %w", asgName, err)
 	}
 	for _, hk := range []struct{ name, transition, result string }{
 		{LaunchHook, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"},
@@ -117,7 +124,7 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 			AutoScalingGroupName: aws.String(asgName), LifecycleHookName: aws.String(hk.name),
 			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(900),
 		}); err != nil {
-			t.Fatalf("creating lifecycle hook %s: %v", hk.name, err)
+			return nil, fmt.Errorf("creating lifecycle hook %s: %w", hk.name, err)
 		}
 	}
 
@@ -129,7 +136,7 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		VPC:              &r53types.VPC{VPCId: aws.String(w.VPCID), VPCRegion: r53types.VPCRegion(h.Region)},
 	})
 	if err != nil {
-		t.Fatalf("creating hosted zone %s: %v", dnsName, err)
+		return nil, fmt.Errorf("creating hosted zone %s: %w", dnsName, err)
 	}
 	s.ZoneID = strings.TrimPrefix(aws.ToString(zone.HostedZone.Id), "/hostedzone/")
 
@@ -140,7 +147,7 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		bootstrap = s.Real.Addrs
 		cl, err := s.Real.Client()
 		if err != nil {
-			t.Fatalf("a client of Apache Kafka: %v", err)
+			return nil, fmt.Errorf("a client of Apache Kafka: %w", err)
 		}
 		resp, err := kadm.NewClient(cl).CreateTopic(ctx, 3, 3, nil, Topic)
 		cl.Close()
@@ -148,11 +155,15 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 			err = resp.Err
 		}
 		if err != nil {
-			t.Fatalf("creating topic %s in Apache Kafka: %v", Topic, err)
+			return nil, fmt.Errorf("creating topic %s in Apache Kafka: %w", Topic, err)
 		}
 	} else {
-		s.Kafka = kafkatest.Start(t)
-		s.Kafka.CreateTopic(t, Topic, 3, 3, nil)
+		if s.Kafka, err = fakekafka.Start(); err != nil {
+			return nil, err
+		}
+		if err := s.Kafka.CreateTopic(ctx, Topic, 3, 3, nil); err != nil {
+			return nil, err
+		}
 		bootstrap = s.Kafka.Addrs
 	}
 
@@ -167,9 +178,17 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		"STOP_COMMAND": "systemctl stop kafka", "LOG_LEVEL": "debug",
 	}
 	if s.Config, err = config.Load(func(k string) string { return s.Vars[strings.TrimPrefix(k, config.Prefix)] }); err != nil {
-		t.Fatalf("the demo's configuration: %v", err)
+		return nil, fmt.Errorf("the demo's configuration: %w", err)
 	}
-	return s
+	return s, nil
+}
+
+// Close stops the stage's in-process Kafka, if it has one. It is safe to call more
+// than once.
+func (s *Stage) Close() {
+	if s.Kafka != nil {
+		s.Kafka.Close()
+	}
 }
 
 // Env returns the deployment's configuration as "SLOTKEEPER_NAME=value" entries.
@@ -191,9 +210,8 @@ func (s *Stage) Clients() *slotctl.Clients {
 // Launch runs an instance of the group in subnet i (AZ a, b, c) from the group's
 // launch template, tagged as the group tags its instances, and returns its id. It is
 // not in moto's group: see Join.
-func (s *Stage) Launch(t testing.TB, i int) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (s *Stage) Launch(ctx context.Context, i int) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	out, err := ec2.NewFromConfig(s.H.DirectConfig()).RunInstances(ctx, &ec2.RunInstancesInput{
 		LaunchTemplate:   &ec2types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(s.Config.Cluster + "-broker"), Version: aws.String("$Latest")},
@@ -204,19 +222,19 @@ func (s *Stage) Launch(t testing.TB, i int) string {
 			Tags: []ec2types.Tag{{Key: aws.String("aws:autoscaling:groupName"), Value: aws.String(s.Config.ASGName)}}}},
 	})
 	if err != nil {
-		t.Fatalf("running an instance in %s: %v", s.World.Subnets[i].ID, err)
+		return "", fmt.Errorf("running an instance in %s: %w", s.World.Subnets[i].ID, err)
 	}
-	return aws.ToString(out.Instances[0].InstanceId)
+	return aws.ToString(out.Instances[0].InstanceId), nil
 }
 
 // Join attaches instances to moto's group, InService (moto raises the desired
 // capacity to the group's size).
-func (s *Stage) Join(t testing.TB, ids ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (s *Stage) Join(ctx context.Context, ids ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := autoscaling.NewFromConfig(s.H.DirectConfig()).AttachInstances(ctx, &autoscaling.AttachInstancesInput{
 		AutoScalingGroupName: aws.String(s.Config.ASGName), InstanceIds: ids}); err != nil {
-		t.Fatalf("attaching %v to group %s: %v", ids, s.Config.ASGName, err)
+		return fmt.Errorf("attaching %v to group %s: %w", ids, s.Config.ASGName, err)
 	}
+	return nil
 }
