@@ -247,26 +247,15 @@ func describeHolders(ctx context.Context, c *Clients, leases []lease.Lease) (map
 		}
 	}
 	holders := map[string]dns.Holder{}
-	if len(ids) == 0 {
-		return holders, nil
-	}
-	p := ec2.NewDescribeInstancesPaginator(c.EC2, &ec2.DescribeInstancesInput{
-		Filters: []ec2types.Filter{{Name: aws.String("instance-id"), Values: ids}},
+	err := resources.EachInstance(ctx, c.EC2, ids, func(i ec2types.Instance) { // at most 200 ids a request
+		h := dns.Holder{IP: aws.ToString(i.PrivateIpAddress), State: slot.Gone}
+		if i.State != nil {
+			h.State = string(i.State.Name)
+		}
+		holders[aws.ToString(i.InstanceId)] = h
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, awsError(err, "describing the slot holders")
-		}
-		for _, r := range page.Reservations {
-			for _, i := range r.Instances {
-				h := dns.Holder{IP: aws.ToString(i.PrivateIpAddress), State: slot.Gone}
-				if i.State != nil {
-					h.State = string(i.State.Name)
-				}
-				holders[aws.ToString(i.InstanceId)] = h
-			}
-		}
+	if err != nil {
+		return nil, awsError(err, "describing the slot holders")
 	}
 	return holders, nil
 }
