@@ -26,10 +26,11 @@ func main() {
 	cfg, awsCfg, log := app.Init("reconcile")
 	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
 	h := reconcile.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
+	cw := awsapi.NewCloudWatch(awsCfg)
 	h.Repairers = []reconcile.Repairer{
-		grow.New(cfg, ec2c, ddb, ssm.NewFromConfig(awsCfg), sns.NewFromConfig(awsCfg), log, os.Stdout), // pending growths
-		grow.NewAlarms(cfg, awsapi.NewCloudWatch(awsCfg), log),                                         // disk alarms on holders
-		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log),                                    // records
+		grow.New(cfg, ec2c, ddb, ssm.NewFromConfig(awsCfg), sns.NewFromConfig(awsCfg), cw, log, os.Stdout), // pending growths, disks still full
+		grow.NewAlarms(cfg, cw, log),                                // disk alarms on holders
+		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log), // records
 	}
 	if len(cfg.Kafka.Bootstrap) > 0 {
 		k, err := kafka.NewClient(cfg.Kafka)

@@ -72,6 +72,7 @@ type ENI struct {
 // Volume is the part of a volume slotkeeper looks at.
 type Volume struct {
 	ID, AZ, State   string
+	Type            string // EBS volume type (gp3, ...)
 	SizeGiB         int32
 	AttachedTo      string
 	AttachmentState string
@@ -307,7 +308,7 @@ func toENI(n types.NetworkInterface) ENI {
 func toVolume(v types.Volume) Volume {
 	vol := Volume{
 		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone),
-		State: string(v.State), SizeGiB: aws.ToInt32(v.Size),
+		State: string(v.State), SizeGiB: aws.ToInt32(v.Size), Type: string(v.VolumeType),
 	}
 	for _, a := range v.Attachments {
 		if a.State == types.VolumeAttachmentStateDetached {
