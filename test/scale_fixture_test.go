@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -245,7 +247,7 @@ func (s *scale) status() (int, slotctl.Survey, string) {
 		"SUBNETS": strings.Join(s.cfg.Subnets, ","), "SECURITY_GROUPS": strings.Join(s.cfg.SecurityGroups, ","),
 	}
 	var out, errOut bytes.Buffer
-	code := slotctl.Main(context.Background(), []string{"status", "--json"}, slotctl.IO{
+	code := slotctl.Main(context.Background(), []string{"status", "--json", "--timeout", scaleDeadline.String()}, slotctl.IO{
 		Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return vars[strings.TrimPrefix(k, config.Prefix)] },
 		Clients: slotctl.NewClients(s.h.AWSConfig()),
 	})
@@ -303,4 +305,40 @@ func (v *valuesPerRequest) snapshot() (map[string]int, map[string]int) {
 		seen[k] = n
 	}
 	return most, seen
+}
+
+// scaleDeadline bounds one invocation at scale: moto's tag filters make the describes
+// that find a slot's ENI or volume take seconds each at a thousand slots (EC2 answers
+// them in milliseconds), more on a busy machine; the launch function's own budget is
+// 900 s.
+const scaleDeadline = 10 * time.Minute
+
+// invoke delivers payload to the launch handler as the Lambda runtime does, with
+// scaleDeadline.
+func (s *scale) invoke(payload []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), scaleDeadline)
+	defer cancel()
+	ctx = lambdacontext.NewContext(ctx, &lambdacontext.LambdaContext{AwsRequestID: fmt.Sprintf("scale-%d", time.Now().UnixNano())})
+	_, err := lambda.NewHandler(s.launch).Invoke(ctx, payload)
+	return err
+}
+
+// launchAll delivers the launch events of instances concurrently (see invoke).
+func (s *scale) launchAll(instances ...string) {
+	s.t.Helper()
+	errs := make([]error, len(instances))
+	var wg sync.WaitGroup
+	for i, id := range instances {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.invoke(s.launchEvent(id))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			s.t.Fatalf("launch of %s: %v", instances[i], err)
+		}
+	}
 }

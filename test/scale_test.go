@@ -50,7 +50,9 @@ func TestThousandSlots(t *testing.T) {
 	h.TerminateInstance(t, s.holders[500])
 	h.ResetCounts()
 	began = time.Now()
-	rep, err := s.reconcile.Run(context.Background(), s.scheduleEvent())
+	ctx, cancel := context.WithTimeout(context.Background(), scaleDeadline)
+	defer cancel()
+	rep, err := s.reconcile.Run(ctx, s.scheduleEvent())
 	if err != nil || rep.Outcome != reconcile.OutcomeReconciled || !slices.Equal(rep.Released, []int{500}) ||
 		rep.SlotsByState["bound"] != 999 || rep.SlotsByState["free"] != 1 {
 		t.Fatalf("reconcile: %+v, %v; want slot 500 released, 999 bound", rep, err)
@@ -65,7 +67,7 @@ func TestThousandSlots(t *testing.T) {
 	foreign := h.RunInstance(t, s.w, s.w.Subnets[0].ID)
 	h.TerminateInstance(t, foreign)
 	h.ResetCounts()
-	rep, err = s.reconcile.Run(context.Background(), s.terminatedEvent(foreign))
+	rep, err = s.reconcile.Run(ctx, s.terminatedEvent(foreign))
 	if err != nil || rep.Outcome != reconcile.OutcomeIgnored || sum(h.CallCounts()) != 1 || len(h.MutatingCalls()) != 0 {
 		t.Fatalf("foreign terminated event at 1000 slots: %+v, %v, calls %v; want ignored after one read", rep, err, h.CallCounts())
 	}
