@@ -90,6 +90,13 @@ $(foreach f,$(FUNCTIONS),$(eval $(call SAM_BUILD_RULE,$(f),$(call sam_logical_id
 venv: ## Create or update .venv with the pinned Python test tools
 	@bash scripts/venv.sh $(VENV) $(PY_REQUIREMENTS)
 
+# Apache Kafka's server runtime (pinned in scripts/kafka-runtime.pom.xml, checked
+# against scripts/kafka-runtime.sha256) for the real-Kafka tests and `make demo
+# KAFKA=real`, cached in .cache/kafka. Quick when the cache is in place.
+.PHONY: kafka-runtime
+kafka-runtime: ## Fetch and verify Apache Kafka's runtime from Maven Central into .cache/kafka (needs java, mvn)
+	@bash scripts/kafka-runtime.sh
+
 .PHONY: fmt
 fmt: ## Format the Go sources in place (gofmt -w)
 	@$(if $(GO_FILES),gofmt -w $(GO_FILES),true)
@@ -128,7 +135,7 @@ sam-check: venv ## sam validate --lint, and an offline sam build with a bootstra
 # The template tests (test/template_*_test.go) need the SAM translator that the
 # venv's SAM CLI brings; the venv target provides it.
 .PHONY: test
-test: venv fmt-check vet shellcheck cfn-lint sam-check ## Check formatting, vet, lint scripts and template, sam build, and run all tests with the race detector
+test: venv kafka-runtime fmt-check vet shellcheck cfn-lint sam-check ## Check formatting, vet, lint scripts and template, sam build, fetch Kafka, and run all tests with the race detector
 	@echo "==> go test"
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -155,7 +162,9 @@ slotctl: ## Build the operator CLI to build/slotctl (for this machine)
 	$(GO) build -o $(BUILD_DIR)/slotctl ./cmd/slotctl
 
 # The demo builds the real functions for this machine and runs them, as Lambda does,
-# against moto from .venv and an in-process Kafka. No AWS account. See docs/demo.md.
+# against moto from .venv and an in-process Kafka (KAFKA=kfake, the default) or
+# Apache Kafka itself (KAFKA=real). No AWS account. See docs/demo.md.
+KAFKA ?= kfake
 .PHONY: demo
-demo: venv slotctl ## Run the whole lifecycle on this machine: moto, Kafka, the real functions (about a minute)
-	$(BUILD_DIR)/slotctl demo
+demo: venv slotctl $(if $(filter real,$(KAFKA)),kafka-runtime) ## Run the whole lifecycle on this machine: moto, Kafka (KAFKA=kfake|real), the real functions (about a minute)
+	$(BUILD_DIR)/slotctl demo --kafka $(KAFKA)

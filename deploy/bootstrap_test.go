@@ -3,7 +3,8 @@
 // defines functions) and runs one of them, with the instance metadata service
 // emulated over loopback (IMDSv2, tokens required) and the commands that touch
 // devices or AWS (aws, blkid, mkfs.xfs, mount, mountpoint) replaced by stubs on PATH
-// that record their arguments.
+// that record their arguments. The aws stub answers the lease, the group's lifecycle
+// state and the volume from files, as the AWS CLI's text output has them.
 package deploy_test
 
 import (
@@ -34,6 +35,9 @@ type imds struct {
 	// running, but launch has not tagged it yet.
 	tagsAfter int
 	tagReads  int
+	// targetAfter hides autoscaling/target-lifecycle-state for that many reads.
+	targetAfter int
+	targetReads int
 	// refused counts reads that came without a valid token.
 	refused int
 }
@@ -63,6 +67,12 @@ func (m *imds) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ok = false
 		}
 	}
+	if item == "autoscaling/target-lifecycle-state" {
+		m.targetReads++
+		if m.targetReads <= m.targetAfter {
+			ok = false
+		}
+	}
 	v, found := m.items[item]
 	if !ok || !found {
 		http.NotFound(w, r)
@@ -82,6 +92,7 @@ func instance(cluster string, slot, nodeID int, az string) map[string]string {
 		"tags/instance/slotkeeper:node-id":        fmt.Sprint(nodeID),
 		"tags/instance/slotkeeper:lease":          "3",
 		"tags/instance/aws:autoscaling:groupName": "kafka-prod",
+		"autoscaling/target-lifecycle-state":      "InService",
 	}
 }
 
@@ -112,6 +123,7 @@ func run(t *testing.T, env map[string]string, stubs string, commands string) (st
 func settings(slots, controllers, base int) map[string]string {
 	return map[string]string{
 		"SLOTKEEPER_CLUSTER":          "kafka-prod",
+		"SLOTKEEPER_TABLE":            "slotkeeper-kafka-prod-leases",
 		"SLOTKEEPER_DNS_NAME":         "kafka-prod.internal",
 		"SLOTKEEPER_SLOT_COUNT":       fmt.Sprint(slots),
 		"SLOTKEEPER_NODE_ID_BASE":     fmt.Sprint(base),
@@ -208,6 +220,9 @@ func TestKafkaConfigurationOfEverySlot(t *testing.T) {
 					"transaction.state.log.replication.factor": c.rf,
 					"transaction.state.log.min.isr":            c.minISR,
 				}
+				if roles == "broker" {
+					delete(want, "default.replication.factor") // a controller setting (Kafka 4.x warns on a broker)
+				}
 				if !maps.Equal(got, want) {
 					for k := range maps.Keys(merged(got, want)) {
 						if got[k] != want[k] {
@@ -290,19 +305,157 @@ func stubs(t *testing.T, scripts map[string]string) string {
 	return dir
 }
 
-// The slot's volume is found by asking EC2 for the slot's volume attached to this
-// instance, then by its id among the NVMe devices; anything but exactly one volume
-// stops the boot.
-func TestFindsTheSlotVolumeByID(t *testing.T) {
+// awsStub writes an aws command for PATH into a new directory and returns the
+// directory (for PATH, and for the answers and calls files). It records each call's
+// arguments as one line of dir/calls and answers:
+//
+//	dynamodb get-item                             dir/lease
+//	autoscaling describe-auto-scaling-instances   dir/group
+//	ec2 describe-volumes                          dir/volume
+//	anything else (create-tags, delete-tags)      nothing, success
+//
+// answers holds the files' contents; a file of several lines answers one line per
+// call, its last line for good. A missing file fails the call.
+func awsStub(t *testing.T, answers map[string]string) string {
+	t.Helper()
+	dir := stubs(t, map[string]string{"aws": `dir=$(dirname "$0")
+printf '%s\n' "$*" >>"$dir/calls"
+case "$1 $2" in
+"dynamodb get-item") f=lease ;;
+"autoscaling describe-auto-scaling-instances") f=group ;;
+"ec2 describe-volumes") f=volume ;;
+*) exit 0 ;;
+esac
+[[ -f $dir/$f ]] || { echo "stub: no $f" >&2; exit 255; }
+if (($(wc -l <"$dir/$f") > 1)); then
+	head -n 1 "$dir/$f"
+	tail -n +2 "$dir/$f" >"$dir/$f.next" && mv "$dir/$f.next" "$dir/$f"
+else
+	cat "$dir/$f"
+fi`})
+	for name, text := range answers {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// calls returns the aws calls the stub in dir received, one per line.
+func calls(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "calls"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+func countPrefix(lines []string, prefix string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// Must show 4 (waits): Kafka starts only once the instance may serve as node N: its
+// target lifecycle state (IMDS) is InService, the slot's lease is bound to it at its
+// slotkeeper:lease version, and the group has it InService (launch completed CONTINUE).
+// Until then it waits, saying why; an instance on its way out never serves; and the
+// volume it then uses is the one the lease records.
+func TestServesOnlyWhenBoundAndInService(t *testing.T) {
+	const me = "i-0123456789abcdef0"
+	bound := "bound\t" + me + "\t3\tvol-0abc123def4567890\n"
 	for _, c := range []struct {
-		name, ids string
-		link      bool
-		want      string // device, or error text
+		name        string
+		targetAfter int
+		target      string
+		lease       string
+		group       string
+		serves      bool
+		logs        []string
 	}{
-		{"one volume", "vol-0abc123def4567890", true, "nvme1n1"},
-		{"no volume", "", true, "found 0"},
-		{"two volumes", "vol-0abc123def4567890\tvol-0fff000111222333a", true, "found 2"},
-		{"no device yet", "vol-0abc123def4567890", false, "does not exist"},
+		{"target state appears late, then bound, then in service", 3, "InService",
+			"claimed\t" + me + "\t3\tNone\nclaimed\t" + me + "\t3\tvol-0abc123def4567890\n" + bound,
+			"Pending:Wait\nPending:Proceed\nInService\n", true,
+			[]string{"waiting: target lifecycle state unknown, not InService",
+				"waiting: slot 2's lease is claimed by " + me + " at version 3, not bound by this instance at version 3",
+				"waiting: the group has this instance Pending:Wait, not InService",
+				"serving as node 2: target InService, lease bound at version 3, group InService"}},
+		{"abandoned: target Terminated", 0, "Terminated", bound, "InService\n", false,
+			[]string{"target lifecycle state Terminated: this instance never serves as node 2"}},
+		{"the lease is bound to another instance", 0, "InService", "bound\ti-0fffffffffffffff0\t4\tvol-0abc123def4567890\n", "InService\n", false,
+			[]string{"not serving after 1s: slot 2's lease is bound by i-0fffffffffffffff0 at version 4, not bound by this instance at version 3"}},
+		{"the lease moved to a later version", 0, "InService", "bound\t" + me + "\t5\tvol-0abc123def4567890\n", "InService\n", false,
+			[]string{"not serving after 1s: slot 2's lease is bound by " + me + " at version 5, not bound by this instance at version 3"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			items := instance("kafka-prod", 2, 2, "us-east-1c")
+			items["autoscaling/target-lifecycle-state"] = c.target
+			m := &imds{items: items, targetAfter: c.targetAfter}
+			env := withIMDS(t, settings(3, 3, 0), m)
+			env["SLOTKEEPER_SERVE_TIMEOUT"] = "1"
+			if c.serves {
+				env["SLOTKEEPER_SERVE_TIMEOUT"] = "60"
+			}
+			dir := awsStub(t, map[string]string{"lease": c.lease, "group": c.group})
+			stdout, stderr, err := run(t, env, dir, `check_settings; imds_login; wait_for_slot; wait_until_serving; echo "volume=$VOLUME_ID"`)
+			if (err == nil) != c.serves {
+				t.Fatalf("err %v, want serving %v\n%s", err, c.serves, stderr)
+			}
+			for _, l := range c.logs {
+				if !strings.Contains(stderr, "slotkeeper-bootstrap: "+l) && !strings.Contains(stderr, "slotkeeper-bootstrap: ERROR: "+l) {
+					t.Errorf("log lacks %q:\n%s", l, stderr)
+				}
+			}
+			got := calls(t, dir)
+			if c.serves {
+				if strings.TrimSpace(stdout) != "volume=vol-0abc123def4567890" {
+					t.Errorf("stdout %q, want the recorded volume", stdout)
+				}
+				// 3 reads before the target state appears; then 2 with the lease claimed and
+				// 3 with it bound (the group: Pending:Wait, Pending:Proceed, InService).
+				if m.targetReads != 8 || countPrefix(got, "dynamodb get-item") != 5 || countPrefix(got, "autoscaling describe-auto-scaling-instances") != 3 {
+					t.Errorf("target state read %d times, calls %q", m.targetReads, got)
+				}
+				want := `dynamodb get-item --region us-east-1 --table-name slotkeeper-kafka-prod-leases --consistent-read --key {"cluster":{"S":"kafka-prod"},"slot":{"N":"2"}}`
+				if !strings.HasPrefix(got[0], want) {
+					t.Errorf("lease read %q, want it to start %q", got[0], want)
+				}
+			}
+			if c.target == "Terminated" && len(got) != 0 {
+				t.Errorf("an instance on its way out made AWS calls %q", got)
+			}
+			for _, l := range strings.Split(stderr, "\n") {
+				if strings.Contains(l, "waiting") || strings.Contains(l, "serv") {
+					t.Log(l)
+				}
+			}
+		})
+	}
+}
+
+// The volume the lease records must be attached here and tagged for the slot; its
+// device is found by its id among the NVMe devices.
+func TestFindsTheRecordedVolumeByID(t *testing.T) {
+	const me = "i-0123456789abcdef0"
+	for _, c := range []struct {
+		name, volume, answer string
+		link                 bool
+		want                 string // device, or the refusal
+	}{
+		{"attached, marked", "vol-0abc123def4567890", me + "\t2\ttrue", true, "nvme1n1 yes"},
+		{"attached, not marked", "vol-0abc123def4567890", me + "\t2\tNone", true, "nvme1n1 no"},
+		{"the lease records none", "None", "", true, "REFUSED: slot 2's lease records no volume"},
+		{"attached elsewhere", "vol-0abc123def4567890", "i-0fffffffffffffff0\t2\tNone", true, "REFUSED: volume vol-0abc123def4567890, which the lease records, is attached to i-0fffffffffffffff0, not here"},
+		{"tagged for another slot", "vol-0abc123def4567890", me + "\t1\tNone", true, "REFUSED: volume vol-0abc123def4567890 is tagged slotkeeper:slot=1, not 2"},
+		{"no device yet", "vol-0abc123def4567890", me + "\t2\tNone", false, "does not exist"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -319,58 +472,78 @@ func TestFindsTheSlotVolumeByID(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			args := filepath.Join(dir, "aws-args")
-			bin := stubs(t, map[string]string{"aws": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q; printf '%%b\\n' %q", args, c.ids)})
+			bin := awsStub(t, map[string]string{"volume": c.answer + "\n"})
 			env := settings(3, 3, 0)
 			env["SLOTKEEPER_DEVICE_DIR"] = byID
 			env["SLOTKEEPER_DEVICE_TIMEOUT"] = "1"
-			stdout, stderr, err := run(t, env, bin, `INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2
-volume=$(slot_volume_id)
-volume_device "$volume"`)
+			stdout, stderr, err := run(t, env, bin, `INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 VOLUME_ID=`+c.volume+`
+slot_volume
+device=$(volume_device "$VOLUME_ID")
+echo "$device $NEVER_FORMATTED"`)
 			if strings.HasPrefix(c.want, "nvme") {
-				if err != nil || strings.TrimSpace(stdout) != dev {
-					t.Fatalf("device %q, err %v, stderr %q; want %s", stdout, err, stderr, dev)
+				want := dev + strings.TrimPrefix(c.want, "nvme1n1")
+				if err != nil || strings.TrimSpace(stdout) != want {
+					t.Fatalf("got %q, err %v, stderr %q; want %s", stdout, err, stderr, want)
 				}
-				b, _ := os.ReadFile(args)
-				for _, f := range []string{"Name=attachment.instance-id,Values=i-0123456789abcdef0", "Name=tag:slotkeeper:cluster,Values=kafka-prod", "Name=tag:slotkeeper:slot,Values=2", "us-east-1"} {
-					if !strings.Contains(string(b), f+"\n") {
-						t.Errorf("aws ec2 describe-volumes lacks %q:\n%s", f, b)
-					}
+				if got := calls(t, bin); len(got) != 1 || !strings.HasPrefix(got[0], "ec2 describe-volumes --region us-east-1 --volume-ids vol-0abc123def4567890 ") {
+					t.Errorf("aws calls %q, want one describe-volumes of the recorded volume by id", got)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(stderr, c.want) {
 				t.Errorf("err %v, stderr %q; want a failure saying %q", err, stderr, c.want)
 			}
+			if strings.HasPrefix(c.want, "REFUSED") && countPrefix(calls(t, bin), "ec2 create-tags --region us-east-1 --resources i-0123456789abcdef0 --tags Key=slotkeeper:cluster,Value=kafka-prod Key=slotkeeper:refused,Value=") != 1 {
+				t.Errorf("the refusal is not in the instance's slotkeeper:refused tag: %q", calls(t, bin))
+			}
 		})
 	}
 }
 
-// Only a blank device is formatted. A device that holds xfs or ext4 is kept as is;
-// one that holds anything else, or that cannot be probed, stops the boot untouched.
-func TestFormatsOnlyABlankDevice(t *testing.T) {
+// Must show 4 (formatting): a device is formatted only when it has no signature and its
+// volume carries slotkeeper:never-formatted (slotkeeper created it blank); the mark is
+// cleared once the filesystem exists. A device without a signature and without the
+// mark (perhaps a damaged superblock) is refused, as is anything but xfs or ext4: no
+// mkfs, the reason logged and in the instance's slotkeeper:refused tag.
+func TestFormatsOnlyWhatSlotkeeperMadeBlank(t *testing.T) {
 	for _, c := range []struct {
-		name        string
-		blkid       string // stub: what blkid -p prints and its exit status
-		formats, ok bool
+		name       string
+		blkid      string // stub: what blkid -p prints and its exit status
+		marked     bool
+		formats    bool
+		clearsMark bool
+		log        string // "" = success without a log line to check
 	}{
-		{"blank", "exit 2", true, true},
-		{"xfs", "echo xfs", false, true},
-		{"ext4", "echo ext4", false, true},
-		{"partition table", "exit 0", false, false},
-		{"other filesystem", "echo btrfs", false, false},
-		{"probe error", "exit 4", false, false},
+		{"blank, marked never formatted", "exit 2", true, true, true, "/dev/nvme1n1 is blank and volume vol-0abc123def4567890 was never formatted: formatting it (xfs)"},
+		{"blank, not marked", "exit 2", false, false, false,
+			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"},
+		{"xfs, still marked (formatted, then a crash)", "echo xfs", true, false, true, "/dev/nvme1n1 already holds xfs: keeping it"},
+		{"xfs", "echo xfs", false, false, false, "/dev/nvme1n1 already holds xfs: keeping it"},
+		{"ext4", "echo ext4", false, false, false, "/dev/nvme1n1 already holds ext4: keeping it"},
+		{"partition table, marked", "exit 0", true, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds a partition table or unknown signature: refusing to touch it"},
+		{"other filesystem", "echo btrfs", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds btrfs: refusing to touch it"},
+		{"probe error, marked", "exit 4", true, false, false, "REFUSED: cannot probe /dev/nvme1n1 (blkid exit 4): refusing to format it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			formatted := filepath.Join(dir, "mkfs")
-			bin := stubs(t, map[string]string{
-				"blkid":    c.blkid,
-				"mkfs.xfs": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q", formatted),
-			})
-			_, stderr, err := run(t, settings(3, 3, 0), bin, "ensure_filesystem /dev/nvme1n1")
-			if (err == nil) != c.ok {
-				t.Fatalf("err %v, want success %v; stderr %q", err, c.ok, stderr)
+			bin := awsStub(t, nil)
+			formatted := filepath.Join(bin, "mkfs")
+			for name, body := range map[string]string{"blkid": c.blkid, "mkfs.xfs": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q", formatted)} {
+				if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/usr/bin/env bash\n"+body+"\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mark := "no"
+			if c.marked {
+				mark = "yes"
+			}
+			_, stderr, err := run(t, settings(3, 3, 0), bin,
+				"INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 VOLUME_ID=vol-0abc123def4567890 NEVER_FORMATTED="+mark+"\nensure_filesystem /dev/nvme1n1")
+			refused := strings.HasPrefix(c.log, "REFUSED")
+			if (err == nil) == refused {
+				t.Fatalf("err %v, want refused %v; stderr %q", err, refused, stderr)
+			}
+			if !strings.Contains(stderr, "slotkeeper-bootstrap: "+c.log) {
+				t.Errorf("log lacks %q:\n%s", c.log, stderr)
 			}
 			b, statErr := os.ReadFile(formatted)
 			if formats := statErr == nil; formats != c.formats {
@@ -379,6 +552,16 @@ func TestFormatsOnlyABlankDevice(t *testing.T) {
 			if c.formats && !strings.HasSuffix(string(b), "/dev/nvme1n1\n") {
 				t.Errorf("mkfs.xfs arguments %q", b)
 			}
+			got := calls(t, bin)
+			clear := "ec2 delete-tags --region us-east-1 --resources vol-0abc123def4567890 --tags Key=slotkeeper:never-formatted"
+			if n := countPrefix(got, clear); (n == 1) != c.clearsMark || n > 1 {
+				t.Errorf("the mark cleared %d times, want %v: %q", n, c.clearsMark, got)
+			}
+			tagged := countPrefix(got, "ec2 create-tags --region us-east-1 --resources i-0123456789abcdef0 --tags Key=slotkeeper:cluster,Value=kafka-prod Key=slotkeeper:refused,Value=")
+			if (tagged == 1) != refused {
+				t.Errorf("refusal tags %d, want refused %v: %q", tagged, refused, got)
+			}
+			t.Log(c.log)
 		})
 	}
 }
@@ -420,8 +603,9 @@ func TestMountsTheVolumeAtEveryBoot(t *testing.T) {
 	}
 }
 
-// A volume that already holds another node's or another cluster's log is refused;
-// the slot's own is resumed.
+// Must show 4 (another node's log): a volume that already holds another node's or
+// another cluster's log is refused (the reason logged and in the instance's
+// slotkeeper:refused tag); the slot's own is resumed.
 func TestRefusesAnotherBrokersVolume(t *testing.T) {
 	mount := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(mount, "data"), 0o755); err != nil {
@@ -449,12 +633,20 @@ func TestRefusesAnotherBrokersVolume(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, stderr, err := run(t, env, "", "SLOT=1 NODE_ID=1; check_volume_identity")
+			bin := awsStub(t, nil)
+			_, stderr, err := run(t, env, bin, "INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=1 NODE_ID=1; check_volume_identity")
 			if c.want == "" && err != nil {
 				t.Errorf("refused: %v %s", err, stderr)
 			}
-			if c.want != "" && (err == nil || !strings.Contains(stderr, c.want)) {
+			if c.want != "" && (err == nil || !strings.Contains(stderr, "slotkeeper-bootstrap: REFUSED: "+meta+": "+c.want)) {
 				t.Errorf("err %v, stderr %q; want a refusal saying %q", err, stderr, c.want)
+			}
+			refusals := countPrefix(calls(t, bin), "ec2 create-tags --region us-east-1 --resources i-0123456789abcdef0 --tags Key=slotkeeper:cluster,Value=kafka-prod Key=slotkeeper:refused,Value=")
+			if (refusals == 1) != (c.want != "") {
+				t.Errorf("refusal tags %d: %q", refusals, calls(t, bin))
+			}
+			if c.want != "" {
+				t.Log(strings.TrimSpace(stderr))
 			}
 		})
 	}
@@ -489,7 +681,9 @@ func TestClusterID(t *testing.T) {
 }
 
 // Stopping the Kafka unit is a controlled shutdown: SIGTERM, with time to hand the
-// leaderships over, and the exit status Java gives it counted as success.
+// leaderships over, and the exit status Java gives it counted as success; once Kafka
+// exited, the unit unmounts the data volume (as root, a failure ignored), and a start
+// mounts it again.
 func TestKafkaUnitStopsInAControlledWay(t *testing.T) {
 	out, stderr, err := run(t, settings(3, 3, 0), "", "check_settings; SLOT=1 NODE_ID=1; kafka_unit")
 	if err != nil {
@@ -499,6 +693,7 @@ func TestKafkaUnitStopsInAControlledWay(t *testing.T) {
 		"KillSignal=SIGTERM", "SuccessExitStatus=143", "TimeoutStopSec=110", "RequiresMountsFor=/var/lib/kafka",
 		"User=kafka", "ExecStart=/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties", "Restart=on-failure",
 		"WantedBy=multi-user.target",
+		"ExecStopPost=-+/bin/sh -c 'sync -f /var/lib/kafka; ! mountpoint -q /var/lib/kafka || umount /var/lib/kafka'",
 	} {
 		if !strings.Contains(out, "\n"+line+"\n") {
 			t.Errorf("unit lacks %q:\n%s", line, out)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # slotkeeper broker bootstrap: makes an instance of the broker Auto Scaling group the
 # Kafka broker of the slot the launch function gives it. It installs Java, Kafka and
-# the CloudWatch agent; waits (IMDSv2) for the instance's slotkeeper tags; finds the
-# slot's volume by id in /dev/disk/by-id, formats it only if blank, mounts it; writes
-# the KRaft configuration; starts the CloudWatch agent and Kafka (systemd).
+# the CloudWatch agent; waits (IMDSv2) for the instance's slotkeeper tags, then until
+# it may serve (target lifecycle state InService, the slot's lease bound to it, the
+# group has it InService); finds the volume the lease records by id in
+# /dev/disk/by-id, formats it only if slotkeeper made it blank, mounts it; writes the
+# KRaft configuration; starts the CloudWatch agent and Kafka (systemd). A refusal to
+# use the volume stops it before Kafka starts, with the reason in the log and in the
+# instance's slotkeeper:refused tag.
 #
 # The user data writes this file, /etc/slotkeeper/broker.env and
 # /etc/slotkeeper/cloudwatch-agent.json and runs it once as root. Running it again is
@@ -23,13 +27,26 @@ readonly AGENT_HOME=/opt/aws/amazon-cloudwatch-agent
 # (SLOTKEEPER_SSM_TIMEOUT, 2m; test/template_test.go checks it).
 readonly STOP_TIMEOUT_SECONDS=110
 
-# Identity of this instance, set by wait_for_slot.
-INSTANCE_ID="" REGION="" AZ="" SLOT="" NODE_ID=""
+# Identity of this instance, set by wait_for_slot; the slot's volume, set by
+# wait_until_serving and slot_volume.
+INSTANCE_ID="" REGION="" AZ="" SLOT="" NODE_ID="" LEASE=""
+VOLUME_ID="" NEVER_FORMATTED=no
 IMDS_TOKEN=""
 
 log() { printf 'slotkeeper-bootstrap: %s\n' "$*" >&2; }
 die() {
 	log "ERROR: $*"
+	exit 1
+}
+
+# refuse REASON: never start Kafka here. The reason goes to the log and to the
+# instance's slotkeeper:refused tag, which slotctl status shows.
+refuse() {
+	local why
+	why=$(printf '%s' "$*" | tr -c '[:alnum:] .:/=_@+-' ' ' | cut -c1-250)
+	log "REFUSED: $*"
+	aws ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags "Key=slotkeeper:cluster,Value=$SLOTKEEPER_CLUSTER" \
+		"Key=slotkeeper:refused,Value=$why" >/dev/null || log "could not tag $INSTANCE_ID with the refusal"
 	exit 1
 }
 
@@ -48,7 +65,7 @@ load_settings() {
 check_settings() {
 	: "${SLOTKEEPER_NODE_ID_BASE:=0}" "${SLOTKEEPER_CONTROLLER_COUNT:=3}" "${SLOTKEEPER_DATA_MOUNT:=/var/lib/kafka}"
 	local name
-	for name in SLOTKEEPER_CLUSTER SLOTKEEPER_DNS_NAME SLOTKEEPER_SLOT_COUNT; do
+	for name in SLOTKEEPER_CLUSTER SLOTKEEPER_DNS_NAME SLOTKEEPER_SLOT_COUNT SLOTKEEPER_TABLE; do
 		[[ -n ${!name:-} ]] || die "$name is not set"
 	done
 	for name in SLOTKEEPER_SLOT_COUNT SLOTKEEPER_NODE_ID_BASE SLOTKEEPER_CONTROLLER_COUNT; do
@@ -90,6 +107,7 @@ wait_for_slot() {
 		sleep "${SLOTKEEPER_POLL_INTERVAL:-5}"
 	done
 	SLOT=$(imds tags/instance/slotkeeper:slot) || die "no slotkeeper:slot tag"
+	LEASE=$(imds tags/instance/slotkeeper:lease) || die "no slotkeeper:lease tag"
 	cluster=$(imds tags/instance/slotkeeper:cluster) || die "no slotkeeper:cluster tag"
 	INSTANCE_ID=$(imds instance-id) || die "no instance-id"
 	REGION=$(imds placement/region) || die "no placement/region"
@@ -102,16 +120,61 @@ wait_for_slot() {
 	log "instance $INSTANCE_ID in $AZ is slot $SLOT, node $NODE_ID"
 }
 
-# slot_volume_id: print the id of the slot's volume attached to this instance.
-slot_volume_id() {
-	local out ids
-	out=$(aws ec2 describe-volumes --region "$REGION" --output text --query 'Volumes[].VolumeId' --filters \
-		"Name=attachment.instance-id,Values=$INSTANCE_ID" \
-		"Name=tag:slotkeeper:cluster,Values=$SLOTKEEPER_CLUSTER" \
-		"Name=tag:slotkeeper:slot,Values=$SLOT") || die "describing the slot's volume failed"
-	read -r -a ids <<<"$out"
-	((${#ids[@]} == 1)) || die "expected one volume of slot $SLOT attached to $INSTANCE_ID, found ${#ids[@]}: ${ids[*]}"
-	printf '%s\n' "${ids[0]}"
+# read_lease: print the slot's lease (consistent read): state, holder, version, volume.
+read_lease() {
+	aws dynamodb get-item --region "$REGION" --table-name "$SLOTKEEPER_TABLE" --consistent-read \
+		--key "{\"cluster\":{\"S\":\"$SLOTKEEPER_CLUSTER\"},\"slot\":{\"N\":\"$SLOT\"}}" --output text \
+		--query '[Item.state.S,Item.holder.S,Item.version.N,Item.volume_id.S]'
+}
+
+# wait_until_serving: wait until this instance may serve as node NODE_ID, and set
+# VOLUME_ID to the volume the slot's lease records. It may once all three hold:
+#   - IMDS autoscaling/target-lifecycle-state is InService (not Terminated: an
+#     abandoned instance never serves; this already reads InService in Pending:Wait);
+#   - the lease is bound, held by this instance at its slotkeeper:lease version;
+#   - the group has it InService: launch completed the lifecycle action with CONTINUE.
+wait_until_serving() {
+	local deadline=$((SECONDS + ${SLOTKEEPER_SERVE_TIMEOUT:-1800})) target why said="" state holder version volume group
+	while :; do
+		target=$(imds autoscaling/target-lifecycle-state) || target=unknown
+		case $target in
+		InService)
+			read -r state holder version volume < <(read_lease) || state=unreadable
+			why="slot $SLOT's lease is $state by ${holder:-nobody} at version ${version:-0}, not bound by this instance at version $LEASE"
+			if [[ $state == bound && $holder == "$INSTANCE_ID" && $version == "$LEASE" ]]; then
+				group=$(aws autoscaling describe-auto-scaling-instances --region "$REGION" --instance-ids "$INSTANCE_ID" \
+					--output text --query 'AutoScalingInstances[0].LifecycleState') || group=unknown
+				why="the group has this instance $group, not InService"
+				if [[ $group == InService ]]; then
+					VOLUME_ID=$volume
+					log "serving as node $NODE_ID: target InService, lease bound at version $LEASE, group InService"
+					return 0
+				fi
+			fi
+			;;
+		Terminated | Detached | Standby | Warmed:*) die "target lifecycle state $target: this instance never serves as node $NODE_ID" ;;
+		*) why="target lifecycle state $target, not InService" ;;
+		esac
+		[[ $why == "$said" ]] || log "waiting: $why"
+		said=$why
+		((SECONDS < deadline)) || die "not serving after ${SLOTKEEPER_SERVE_TIMEOUT:-1800}s: $why"
+		sleep "${SLOTKEEPER_POLL_INTERVAL:-5}"
+	done
+}
+
+# slot_volume: check the recorded volume is attached here and tagged for the slot; set
+# NEVER_FORMATTED from its slotkeeper:never-formatted mark.
+slot_volume() {
+	local out attached slot mark
+	[[ $VOLUME_ID == vol-* ]] || refuse "slot $SLOT's lease records no volume"
+	out=$(aws ec2 describe-volumes --region "$REGION" --volume-ids "$VOLUME_ID" --output text --query \
+		"Volumes[0].[Attachments[0].InstanceId,Tags[?Key=='slotkeeper:slot']|[0].Value,Tags[?Key=='slotkeeper:never-formatted']|[0].Value]") ||
+		die "describing volume $VOLUME_ID failed"
+	read -r attached slot mark <<<"$out"
+	[[ $attached == "$INSTANCE_ID" ]] || refuse "volume $VOLUME_ID, which the lease records, is attached to $attached, not here"
+	[[ $slot == "$SLOT" ]] || refuse "volume $VOLUME_ID is tagged slotkeeper:slot=$slot, not $SLOT"
+	if [[ $mark == true ]]; then NEVER_FORMATTED=yes; else NEVER_FORMATTED=no; fi
+	log "slot $SLOT's volume is $VOLUME_ID (never formatted: $NEVER_FORMATTED)"
 }
 
 # volume_device VOLUME_ID: print the volume's device: on Nitro, an NVMe device udev
@@ -126,8 +189,10 @@ volume_device() {
 	readlink -f "$link"
 }
 
-# ensure_filesystem DEVICE: format DEVICE (xfs) if and only if it is blank. xfs or ext4
-# is kept; anything else (partition table, unknown signature, probe error) stops here.
+# ensure_filesystem DEVICE: format DEVICE (xfs) only if it has no signature and its
+# volume is marked never formatted (slotkeeper created it blank); then clear the mark.
+# xfs or ext4 is kept; anything else (no signature without the mark: perhaps a damaged
+# superblock; partition table, unknown signature, probe error) is refused.
 ensure_filesystem() {
 	local device=$1 fstype rc=0
 	fstype=$(blkid -p -o value -s TYPE "$device") || rc=$?
@@ -135,15 +200,23 @@ ensure_filesystem() {
 	0)
 		case $fstype in
 		xfs | ext4) log "$device already holds $fstype: keeping it" ;;
-		*) die "$device holds ${fstype:-a partition table or unknown signature}; refusing to touch it" ;;
+		*) refuse "$device (volume $VOLUME_ID) holds ${fstype:-a partition table or unknown signature}: refusing to touch it" ;;
 		esac
 		;;
 	2)
-		log "$device is blank: formatting it (xfs)"
+		[[ $NEVER_FORMATTED == yes ]] ||
+			refuse "$device (volume $VOLUME_ID) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"
+		log "$device is blank and volume $VOLUME_ID was never formatted: formatting it (xfs)"
 		mkfs.xfs -q -L kafka-data "$device"
 		;;
-	*) die "cannot probe $device (blkid exit $rc); refusing to format it" ;;
+	*) refuse "cannot probe $device (blkid exit $rc): refusing to format it" ;;
 	esac
+	if [[ $NEVER_FORMATTED == yes ]]; then
+		aws ec2 delete-tags --region "$REGION" --resources "$VOLUME_ID" --tags Key=slotkeeper:never-formatted >/dev/null ||
+			die "could not clear the slotkeeper:never-formatted mark of $VOLUME_ID"
+		NEVER_FORMATTED=no
+		log "volume $VOLUME_ID has a filesystem: cleared its slotkeeper:never-formatted mark"
+	fi
 }
 
 # mount_data DEVICE: mount DEVICE at the data mount, now and at every boot.
@@ -211,12 +284,14 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$SLOTKEEPER_DATA_MOUNT/data
 controlled.shutdown.enable=true
 unclean.leader.election.enable=false
-default.replication.factor=$rf
 min.insync.replicas=$min_isr
 offsets.topic.replication.factor=$rf
 transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$min_isr
 EOF
+	# New topics get their replication factor from the controllers: Kafka 4.x warns
+	# about it on a broker-only node (5.0 ignores it there).
+	((SLOT >= controllers)) || printf 'default.replication.factor=%d\n' "$rf"
 }
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.
@@ -225,8 +300,8 @@ check_volume_identity() {
 	[[ -f $meta ]] || return 0
 	id=$(sed -n 's/^node\.id=//p' "$meta")
 	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	[[ -z $id || $id == "$NODE_ID" ]] || die "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
-	[[ -z $cid || $cid == "$(cluster_id)" ]] || die "$meta: cluster.id=$cid, not $(cluster_id)"
+	[[ -z $id || $id == "$NODE_ID" ]] || refuse "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
+	[[ -z $cid || $cid == "$(cluster_id)" ]] || refuse "$meta: cluster.id=$cid, not $(cluster_id)"
 	log "the volume is node $NODE_ID's: resuming its log"
 }
 
@@ -241,7 +316,12 @@ heap_opts() {
 
 # kafka_unit: print the systemd unit. Stopping it sends SIGTERM: Kafka then shuts down
 # in a controlled way (hands its leaderships over) and exits 143. The terminate
-# function's stop command (systemctl stop kafka) relies on this.
+# function's stop command (systemctl stop kafka) relies on this. Once Kafka has
+# exited, the unit also syncs and unmounts the data volume (ExecStopPost, as root:
+# +), so that a stop leaves the volume ready to be detached; an unmount that fails
+# (something else uses the filesystem) is ignored here (-) and caught by the
+# terminate function's own check. Starting the unit mounts the volume again
+# (RequiresMountsFor).
 kafka_unit() {
 	cat <<EOF
 [Unit]
@@ -260,6 +340,7 @@ ExecStart=$KAFKA_HOME/bin/kafka-server-start.sh $KAFKA_CONFIG
 KillSignal=SIGTERM
 SuccessExitStatus=143
 TimeoutStopSec=$STOP_TIMEOUT_SECONDS
+ExecStopPost=-+/bin/sh -c 'sync -f $SLOTKEEPER_DATA_MOUNT; ! mountpoint -q $SLOTKEEPER_DATA_MOUNT || umount $SLOTKEEPER_DATA_MOUNT'
 Restart=on-failure
 RestartSec=10
 LimitNOFILE=1048576
@@ -316,10 +397,11 @@ main() {
 	install_software
 	imds_login
 	wait_for_slot
+	wait_until_serving
+	slot_volume
 
-	local volume device
-	volume=$(slot_volume_id)
-	device=$(volume_device "$volume")
+	local device
+	device=$(volume_device "$VOLUME_ID")
 	ensure_filesystem "$device"
 	mount_data "$device"
 	mkdir -p "$SLOTKEEPER_DATA_MOUNT/data" /var/log/kafka
@@ -334,6 +416,9 @@ main() {
 	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
 	systemctl daemon-reload
 	systemctl enable --now kafka
+	if imds tags/instance/slotkeeper:refused >/dev/null; then
+		aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags Key=slotkeeper:refused >/dev/null || true
+	fi
 	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
 }
 

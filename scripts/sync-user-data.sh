@@ -4,14 +4,19 @@
 # Usage: scripts/sync-user-data.sh [TEMPLATE]   (default template.yaml)
 #
 # CloudFormation cannot read files, so the launch template's user data in
-# template.yaml carries deploy/broker-bootstrap.sh and deploy/cloudwatch-agent.json
-# verbatim, each as a YAML block marked
+# template.yaml carries deploy/broker-bootstrap.sh and deploy/cloudwatch-agent.json,
+# each as a YAML block marked
 #
 #     - | # verbatim: deploy/broker-bootstrap.sh
 #
 # This script rewrites every such block from the file it names (run it from the
-# repository root after editing either file). test/template_test.go fails while a
-# block differs from its file.
+# repository root after editing either file). A JSON file is copied as it is. A shell
+# script (*.sh) is copied without its comment-only lines and blank lines outside
+# here-documents (its first line, the shebang, is kept; so is every line of a
+# here-document): EC2 allows 16 KB of user data, and the script's comments are for
+# people reading the file. Every other line is copied byte for byte.
+# test/template_userdata_test.go fails while a block differs from its file so
+# copied, and checks that the copy behaves as the file does.
 set -euo pipefail
 
 template=${1:-template.yaml}
@@ -35,7 +40,25 @@ awk '
 		print
 		indent = $0; sub(/-.*/, "", indent)
 		file = $0; sub(/.*# verbatim: /, "", file)
-		while ((getline line < file) > 0) print (line == "" ? "" : indent "  " line)
+		strip = file ~ /\.sh$/; n = 0; heredoc = ""; dash = 0
+		while ((getline line < file) > 0) {
+			n++
+			if (heredoc != "") {
+				probe = line
+				if (dash) sub(/^\t+/, "", probe)
+				if (probe == heredoc) heredoc = ""
+			} else {
+				if (strip && n > 1 && (line ~ /^[ \t]*#/ || line ~ /^[ \t]*$/)) continue
+				if (strip && match(line, /(^|[^<])<<-?[ \t]*["\047]?[A-Za-z_][A-Za-z_0-9]*/)) {
+					word = substr(line, RSTART, RLENGTH)
+					sub(/^[^<]?<</, "", word)
+					dash = (word ~ /^-/)
+					gsub(/[- \t"\047]/, "", word)
+					heredoc = word
+				}
+			}
+			print (line == "" ? "" : indent "  " line)
+		}
 		close(file)
 		skipping = 1
 		next

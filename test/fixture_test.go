@@ -58,6 +58,7 @@ type cluster struct {
 	h       *harness.Harness
 	w       *harness.World
 	cfg     config.Config
+	vars    map[string]string // the SLOTKEEPER_ variables cfg was loaded from, without the prefix
 	launch  *launch.Handler
 	ec2     *ec2.Client // direct to moto
 	store   *lease.Store
@@ -92,10 +93,11 @@ func newCluster(t testing.TB, h *harness.Harness, slots int, env map[string]stri
 		t.Fatal(err)
 	}
 	awsCfg := h.AWSConfig()
-	c := &cluster{t: t, h: h, w: w, cfg: cfg, logs: &syncBuffer{}, metrics: &syncBuffer{}}
+	c := &cluster{t: t, h: h, w: w, cfg: cfg, vars: vars, logs: &syncBuffer{}, metrics: &syncBuffer{}}
 	c.launch = launch.New(cfg, ec2.NewFromConfig(awsCfg), autoscaling.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg),
 		newLogger(c.logs), c.metrics)
 	c.launch.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 20 * time.Second}
+	c.launch.HandoverReserve = 10 * time.Second // the tests' invocations have 2 minutes, not 15
 	c.ec2 = ec2.NewFromConfig(h.DirectConfig())
 	c.store = lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), cfg.Table, cfg.Cluster)
 	t.Cleanup(func() {

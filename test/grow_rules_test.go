@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -14,11 +15,16 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/grow"
+	"github.com/slotkeeper/slotkeeper/shared/obs"
+	"github.com/slotkeeper/slotkeeper/shared/resources"
 	"github.com/slotkeeper/slotkeeper/test/harness"
 )
 
@@ -295,8 +301,9 @@ func TestStillFullDiskGrowsAgain(t *testing.T) {
 }
 
 // A growth capped at the volume type's maximum alerts as one at the configured maximum.
-// The configuration (gp3, cap 64 TiB) allows more than the slot's volume, a gp2 made
-// earlier (EBS: 16 TiB at most): a growth stops at 16384 GiB, and a breach at 16384 GiB
+// The slot's volume is a gp2 (EBS: 16 TiB at most), made when the cluster was
+// configured so; the configuration has since moved to gp3 with a 64 TiB cap, which the
+// existing volume cannot reach: a growth stops at 16384 GiB, and a breach at 16384 GiB
 // alerts instead of asking EC2 for a size it refuses for good.
 func TestGrowthCappedAtTheTypesMaximum(t *testing.T) {
 	h := harness.Start(t)
@@ -316,18 +323,21 @@ func TestGrowthCappedAtTheTypesMaximum(t *testing.T) {
 		{"at the type's maximum", 16384, grow.OutcomeAtMax, 16384, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newGrowRig(t, h, 3, map[string]string{"GROW_MAX_SIZE_GIB": "65536", "ALERT_TOPIC_ARN": arn})
-			_, err := r.ec2.CreateVolume(context.Background(), &ec2.CreateVolumeInput{
-				AvailabilityZone: aws.String(r.w.Subnets[0].AZ), Size: aws.Int32(tt.size), VolumeType: ec2types.VolumeTypeGp2,
-				TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{
-					{Key: aws.String("slotkeeper:cluster"), Value: aws.String(r.cfg.Cluster)},
-					{Key: aws.String("slotkeeper:slot"), Value: aws.String("0")},
-				}}},
-			})
-			if err != nil {
-				t.Fatal(err)
+			// The launch creates and records the slot's gp2 volume.
+			r := newGrowRig(t, h, 3, map[string]string{"VOLUME_TYPE": "gp2", "VOLUME_SIZE_GIB": fmt.Sprint(tt.size), "ALERT_TOPIC_ARN": arn})
+			r.launchAll(r.run(0))
+			if out, err := r.ec2.DescribeVolumes(context.Background(), &ec2.DescribeVolumesInput{VolumeIds: []string{r.lease(0).VolumeID}}); err != nil ||
+				out.Volumes[0].VolumeType != ec2types.VolumeTypeGp2 || aws.ToInt32(out.Volumes[0].Size) != tt.size {
+				t.Fatalf("slot 0's volume: %+v, %v; want a gp2 of %d GiB", out, err, tt.size)
 			}
-			r.launchAll(r.run(0)) // the launch finds the gp2 volume by its tags
+			// Today's configuration: gp3 volumes, grown up to 64 TiB.
+			cfg := r.cfg
+			cfg.Volume.Type, cfg.Grow.MaxSizeGiB = "gp3", 65536
+			awsCfg := h.AWSConfig()
+			r.grow = grow.New(cfg, ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), ssm.NewFromConfig(awsCfg),
+				sns.NewFromConfig(awsCfg), awsapi.NewCloudWatch(awsCfg), obs.NewLogger(r.growLogs, slog.LevelDebug), r.growMetrics)
+			r.grow.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, Timeout: time.Second}
+			r.grow.Remote.Poll, r.grow.Remote.Timeout = 20*time.Millisecond, 10*time.Second
 			before := len(snsPublished(t, h, arn))
 			h.ResetCounts()
 			res := r.mustDeliver(r.alarmAction(0, 85, time.Now().Add(-time.Minute)))

@@ -129,6 +129,24 @@ func variant(t *testing.T, e busEvent, set map[string]any) busEvent {
 	return e
 }
 
+// without returns e with the detail fields keys removed.
+func without(t *testing.T, e busEvent, keys ...string) busEvent {
+	t.Helper()
+	var d map[string]any
+	if err := json.Unmarshal(e.Detail, &d); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		delete(d, k)
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Detail = b
+	return e
+}
+
 // Every EventBridge rule of the template matches exactly the events it exists for:
 // its sample events in events/, and not their foreign variants (another group,
 // another hook, another state, another cluster's alarm) nor the other rules' events.
@@ -157,9 +175,15 @@ func TestTemplateEventRulesMatchTheirEvents(t *testing.T) {
 		{"launch-lifecycle.json", launch, []string{"LaunchFunctionLaunchLifecycleAction"}},
 		{"launch of another group", variant(t, launch, map[string]any{"AutoScalingGroupName": "kafka-test"}), nil},
 		{"launch for another hook", variant(t, launch, map[string]any{"LifecycleHookName": "other-launch-hook"}), nil},
+		{"launch into the warm pool", variant(t, launch, map[string]any{"Origin": "EC2", "Destination": "WarmPool"}), nil},
+		{"launch out of the warm pool into the group", variant(t, launch, map[string]any{"Origin": "WarmPool", "Destination": "AutoScalingGroup"}),
+			[]string{"LaunchFunctionLaunchLifecycleAction"}},
+		{"launch of a group without a warm pool", without(t, launch, "Origin", "Destination"), []string{"LaunchFunctionLaunchLifecycleAction"}},
 		{"terminate-lifecycle.json", terminate, []string{"TerminateFunctionTerminateLifecycleAction"}},
 		{"terminate of another group", variant(t, terminate, map[string]any{"AutoScalingGroupName": "kafka-test"}), nil},
 		{"terminate for another hook", variant(t, terminate, map[string]any{"LifecycleHookName": "slotkeeper-launch"}), nil},
+		// A broker returning to the warm pool leaves the group: it is a removal.
+		{"terminate into the warm pool", variant(t, terminate, map[string]any{"Destination": "WarmPool"}), []string{"TerminateFunctionTerminateLifecycleAction"}},
 		{"state-change-running.json", sampleEvent(t, "state-change-running.json"), []string{"DnsFunctionInstanceStateChange"}},
 		{"state-change-stopping.json", sampleEvent(t, "state-change-stopping.json"), []string{"DnsFunctionInstanceStateChange"}},
 		{"state-change-shutting-down.json", sampleEvent(t, "state-change-shutting-down.json"), []string{"DnsFunctionInstanceStateChange"}},

@@ -202,6 +202,25 @@ func createTags(c iamContext, st iamStatement, r string) string {
 	return "resource not allowed"
 }
 
+// deleteTags (the broker instances): only the never-formatted mark of the cluster's
+// volumes, and only the refusal tag of the broker group's instances.
+func deleteTags(c iamContext, st iamStatement, r string) string {
+	keys := st.condValue("ForAllValues:StringEquals", "aws:TagKeys")
+	switch r {
+	case c.ec2("volume/*"):
+		if st.condEquals("StringEquals", "aws:ResourceTag/slotkeeper:cluster", c.cluster) && slices.Equal(keys, []string{"slotkeeper:never-formatted"}) {
+			return ""
+		}
+		return "deletes other tags than the never-formatted mark, or on volumes outside the cluster"
+	case c.ec2("instance/*"):
+		if st.condEquals("StringEquals", "aws:ResourceTag/aws:autoscaling:groupName", c.asg) && slices.Equal(keys, []string{"slotkeeper:refused"}) {
+			return ""
+		}
+		return "deletes other tags than slotkeeper:refused, or on instances outside the broker group"
+	}
+	return "resource not allowed"
+}
+
 // sendCommand: only AWS-RunShellScript, only on instances bound to the cluster.
 func sendCommand(c iamContext, st iamStatement, r string) string {
 	switch r {
@@ -272,6 +291,7 @@ var iamRules = map[string]iamRule{
 	"ec2:CreateVolume":                           createTagged,
 	"ec2:CreateNetworkInterface":                 createTagged,
 	"ec2:CreateTags":                             createTags,
+	"ec2:DeleteTags":                             deleteTags, // the broker instances' bootstrap
 	"ec2:AttachVolume":                           slotTagged("volume", "instance"),
 	"ec2:AttachNetworkInterface":                 slotTagged("network-interface", "instance"),
 	"ec2:DetachVolume":                           slotTagged("volume", "instance"),
@@ -410,7 +430,7 @@ func TestTemplateFunctionPermissions(t *testing.T) {
 			}
 			want := map[string][][]string{
 				"LaunchFunction": {base, lifecycle, detach, alarms, when(hasDNS, dns), when(hasKMS, kms),
-					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume"}},
+					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume", "sns:Publish"}},
 				"TerminateFunction": {base, lifecycle, detach, when(hasDNS, dns), when(inVPC, vpc),
 					{"dynamodb:UpdateItem", "ssm:SendCommand", "sns:Publish"}},
 				"GrowFunction":      {base, growth, {"dynamodb:UpdateItem"}},
@@ -563,4 +583,47 @@ func allowedBy(t *testing.T, s *cfnStack, allowed map[string]bool) {
 			}
 		}
 	}
+}
+
+// awsCLIRE finds the AWS CLI calls of a shell script: aws <service> <operation>.
+var awsCLIRE = regexp.MustCompile(`\baws (ec2|dynamodb|autoscaling|cloudwatch|ssm|sns) ([a-z][a-z0-9-]+)`)
+
+// The broker instances' role allows every AWS call deploy/broker-bootstrap.sh makes,
+// and no mutating call it does not make (besides the CloudWatch agent's metrics).
+func TestTemplateBrokerRoleMatchesTheBootstrap(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(templateRepoDir(), "deploy", "broker-bootstrap.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, m := range awsCLIRE.FindAllStringSubmatch(string(b), -1) {
+		op := ""
+		for _, w := range strings.Split(m[2], "-") {
+			op += strings.ToUpper(w[:1]) + w[1:]
+		}
+		used[m[1]+":"+op] = true
+	}
+	if len(used) < 4 {
+		t.Fatalf("found only %v in the bootstrap: the scan is broken", used)
+	}
+	s := deployStack(t, "fleet")
+	allowed := map[string]bool{}
+	for _, st := range policyStatements(s)["BrokerRole"] {
+		if st.effect == "Allow" {
+			for _, a := range st.actions {
+				allowed[a] = true
+			}
+		}
+	}
+	for _, a := range slices.Sorted(maps.Keys(used)) {
+		if !allowed[a] {
+			t.Errorf("the bootstrap calls %s, which the broker role does not allow", a)
+		}
+	}
+	for _, a := range slices.Sorted(maps.Keys(allowed)) {
+		if !used[a] && mutatingAction(a) && a != "cloudwatch:PutMetricData" {
+			t.Errorf("the broker role allows %s, which the bootstrap does not call", a)
+		}
+	}
+	t.Logf("the bootstrap calls %v", slices.Sorted(maps.Keys(used)))
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/launch"
 )
 
 func getenvFrom(env map[string]string) func(string) string {
@@ -213,20 +214,28 @@ const (
 	growMargin      = 120 * time.Second
 )
 
-// terminateBudget is the longest a terminate invocation can take (shared/terminate):
-// the removal-safety wait and its last Kafka check, the controlled shutdown over SSM,
-// the check that the broker left, and a plain-then-forced detach of the volume and
-// the ENI, each bounded by the attach timeout.
+// terminateBudget is the longest a terminate invocation can take (shared/terminate),
+// on the longer of its two paths. An instance that still runs: the removal gate (the
+// removal token, then removal safety, one bound for both) and its last verdict (one
+// Kafka deadline for both rules), the stop-and-unmount command over SSM, the check
+// that the broker left, and a plain detach of the volume and the ENI, each forced
+// past the attach timeout and then waited for again. An instance that no longer runs:
+// no gate, no command, and each plain detach forced past FORCE_DETACH_AFTER.
 func terminateBudget(c config.Config) time.Duration {
 	safety := c.SafetyMaxWait + kafka.CallTimeout
 	stop := c.SSMTimeout + remotePollMax
 	left := c.SSMTimeout + leavePollMax + kafka.CallTimeout
 	detach := 2 * 2 * c.AttachTimeout
-	return safety + stop + left + detach + terminateMargin
+	running := safety + stop + left + detach + terminateMargin
+	gone := 2*(max(c.ForceDetachAfter, c.AttachTimeout)+c.AttachTimeout) + terminateMargin
+	return max(running, gone)
 }
 
 // launchBudget: instance pending, ENI detach and attach, volume create, detach and
 // attach: six waits bounded by the attach timeout (shared/launch, shared/resources).
+// A handover wait (shared/launch) ends at HANDOVER_MAX_WAIT or when only the reserve
+// for the attaches after it is left of the invocation, whichever comes first; the test
+// checks that reserve covers them (TestTemplateTimeBudgets).
 func launchBudget(c config.Config) time.Duration { return 6*c.AttachTimeout + launchMargin }
 
 // growBudget: the wait for the modification to be optimizing, then the filesystem
@@ -261,6 +270,19 @@ func TestTemplateTimeBudgets(t *testing.T) {
 			if sc.name == "defaults" {
 				t.Logf("%s: longest path %s, timeout %s", c.id, need, timeout)
 			}
+		}
+	}
+
+	// The launch's handover wait leaves the attaches after it the time they need.
+	for _, sc := range deployScenarios {
+		s := deployStack(t, sc.name)
+		cfg := loadFunctionConfig(t, s, "LaunchFunction")
+		reserve := launch.New(cfg, nil, nil, nil, nil, nil).HandoverReserve
+		if need := 4*cfg.AttachTimeout + launchMargin; reserve < need {
+			t.Errorf("%s: a handover ends %s before the launch's deadline; the ENI and volume detach and attach after it need %s", sc.name, reserve, need)
+		}
+		if cfg.HandoverMaxWait+reserve+cfg.AttachTimeout < time.Minute {
+			t.Errorf("%s: handover wait %s is too short to be of use", sc.name, cfg.HandoverMaxWait)
 		}
 	}
 

@@ -2,12 +2,14 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/terminate"
 	"github.com/slotkeeper/slotkeeper/test/harness"
@@ -28,8 +30,9 @@ func TestPlannedTerminationHandsTheSlotBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmds := c.ssmCommands(ids[1])
-	if len(cmds) != 1 || cmds[0][1] != "systemctl stop kafka.service" || !strings.Contains(cmds[0][0], "broker 1") {
-		t.Errorf("SSM commands to %s: %q, want one controlled shutdown of broker 1", ids[1], cmds)
+	want := strings.Join(hostcmd.SSMCommands(hostcmd.StopAndUnmount("kafka", "/var/lib/kafka", "systemctl stop kafka.service")), "\n")
+	if len(cmds) != 1 || cmds[0][1] != want || !strings.Contains(cmds[0][0], "broker 1") {
+		t.Errorf("SSM commands to %s: %q, want one stop-and-unmount of broker 1 with the configured stop command", ids[1], cmds)
 	}
 	for _, other := range []string{ids[0], ids[2]} {
 		if cmds := c.ssmCommands(other); len(cmds) != 0 {
@@ -110,8 +113,11 @@ func TestPlannedClassification(t *testing.T) {
 	}
 }
 
-// Must show 5 (issue 3): a crash after each mutating call of the terminate path, then
-// redelivery, ends in the fault-free state; foreign and malformed events change nothing.
+// Must show 5 (issue 3), extended (issue 10, Must show 8): a crash after each mutating
+// call of the terminate path (the removal token's writes included), then redelivery,
+// ends in the fault-free state, the token given back; so does each conditional write
+// whose response is lost (the SDK retries it and meets its own write). Foreign and
+// malformed events change nothing.
 func TestTerminateConvergesAfterCrashes(t *testing.T) {
 	h := harness.Start(t)
 	k := newKafka(t, 3)
@@ -129,8 +135,8 @@ func TestTerminateConvergesAfterCrashes(t *testing.T) {
 	calls := mutating(h)
 	want := c.snapshotOf(roles, "slotkeeper-terminate")
 	t.Logf("fault-free terminate mutating calls: %v", calls)
-	if want.Slots[1].State != "free" {
-		t.Fatalf("fault-free run did not free slot 1: %+v", want.Slots[1])
+	if want.Slots[1].State != "free" || want.Token != "free" || !slices.Contains(calls, "SendCommand") {
+		t.Fatalf("fault-free run did not stop the broker, free slot 1 and give the token back: %+v", want)
 	}
 	for i, action := range calls {
 		skip := 0
@@ -150,6 +156,29 @@ func TestTerminateConvergesAfterCrashes(t *testing.T) {
 				if err := invokeWith(term, payload); err != nil {
 					t.Fatalf("redelivery %d: %v", d+1, err)
 				}
+			}
+			if got := c.snapshotOf(roles, "slotkeeper-terminate"); !reflect.DeepEqual(got, want) {
+				t.Errorf("end state differs\n got: %+v\nwant: %+v", got, want)
+			}
+		})
+	}
+	for i, action := range calls {
+		if action != "UpdateItem" {
+			continue
+		}
+		skip := 0
+		for _, a := range calls[:i] {
+			if a == action {
+				skip++
+			}
+		}
+		t.Run(fmt.Sprintf("response of UpdateItem #%d lost", skip+1), func(t *testing.T) {
+			c, payload, roles := setup(t)
+			term := c.terminate(k.client(t))
+			h.Inject(harness.Fault{Action: action, Kind: harness.LostResponse, Skip: skip, Times: 1})
+			defer h.ClearFaults()
+			if err := invokeWith(term, payload); err != nil {
+				t.Fatalf("a lost response made the delivery fail: %v", err)
 			}
 			if got := c.snapshotOf(roles, "slotkeeper-terminate"); !reflect.DeepEqual(got, want) {
 				t.Errorf("end state differs\n got: %+v\nwant: %+v", got, want)
@@ -187,13 +216,29 @@ func (c *cluster) completionsOf(instance, hook string) []string {
 	return res
 }
 
-// snapshotOf is snapshot with the completions of one hook only.
-func (c *cluster) snapshotOf(roles map[string]string, hook string) snapshot {
+// removalSnapshot is a cluster's end state after terminations: the slots, the
+// instances' tags and completions of one hook, and the removal token.
+type removalSnapshot struct {
+	snapshot
+	// Token is "free" or "held for <role> (slot N)".
+	Token string
+}
+
+// snapshotOf is snapshot with the completions of one hook only, and the removal token.
+func (c *cluster) snapshotOf(roles map[string]string, hook string) removalSnapshot {
 	s := c.snapshot(roles)
 	for id, r := range roles {
 		s.Completions[r] = c.completionsOf(id, hook)
 	}
-	return s
+	tok, err := c.store.GetRemoval(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	token := string(tok.State)
+	if tok.Held() {
+		token = fmt.Sprintf("held for %s (slot %d)", roles[tok.Holder], tok.HolderSlot)
+	}
+	return removalSnapshot{snapshot: s, Token: token}
 }
 
 // Must show 2 (issue 3): while removal is unsafe, terminate holds the instance in

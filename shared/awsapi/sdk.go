@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 )
 
 // EC2 is the part of the EC2 API slotkeeper uses.
@@ -69,6 +70,11 @@ type SNS interface {
 	Publish(ctx context.Context, in *sns.PublishInput, opts ...func(*sns.Options)) (*sns.PublishOutput, error)
 }
 
+// STS is the part of the STS API slotkeeper uses (who an operator is, for the history).
+type STS interface {
+	GetCallerIdentity(ctx context.Context, in *sts.GetCallerIdentityInput, opts ...func(*sts.Options)) (*sts.GetCallerIdentityOutput, error)
+}
+
 // DynamoDB is the part of the DynamoDB API the lease store uses.
 type DynamoDB interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
@@ -87,4 +93,5 @@ var (
 	_ Route53     = (*route53.Client)(nil)
 	_ SSM         = (*ssm.Client)(nil)
 	_ SNS         = (*sns.Client)(nil)
+	_ STS         = (*sts.Client)(nil)
 )

@@ -52,8 +52,22 @@ type Config struct {
 	SafetyMaxWait time.Duration
 	// SafetyRecheck is the first interval between removal-safety checks (it backs off).
 	SafetyRecheck time.Duration
+	// UnplannedSafetyMaxWait bounds the removal-safety wait (removal token included)
+	// of an unplanned termination of an instance that is still running.
+	UnplannedSafetyMaxWait time.Duration
 	// StopCommand is the shell command SSM runs on a broker for a controlled shutdown.
 	StopCommand string
+	// KafkaUnit is the broker's systemd unit, which must be inactive after StopCommand.
+	KafkaUnit string
+	// ForceDetachAfter is how long terminate waits for a plain detach from an instance
+	// that may still run Kafka (stopping, shutting-down) before it forces it, loudly.
+	ForceDetachAfter time.Duration
+	// HandoverMaxWait bounds how long a launch waits for a leaving holder of its AZ's
+	// slot to release it.
+	HandoverMaxWait time.Duration
+	// LaunchHook and TerminateHook are the lifecycle hook names whose events
+	// slotkeeper handles; events of other hooks are ignored.
+	LaunchHook, TerminateHook string
 	// SSMTimeout bounds each wait for an SSM command's result.
 	SSMTimeout time.Duration
 	// ClaimTTL is how long a claim may stay unbound before reconcile may release it.
@@ -162,6 +176,8 @@ var Vars = []Var{
 	{"VOLUME_ENCRYPTED", "true", "Encrypt new data volumes."},
 	{"VOLUME_KMS_KEY_ID", "", "KMS key for new data volumes; empty = the account's default EBS key."},
 	{"VOLUME_DEVICE", "/dev/sdf", "Device name the data volume is attached at."},
+	{"LAUNCH_HOOK", "slotkeeper-launch", "Name of the group's launch lifecycle hook; launch events of any other hook are ignored."},
+	{"TERMINATE_HOOK", "slotkeeper-terminate", "Name of the group's terminate lifecycle hook; terminate events of any other hook are ignored."},
 	{"HEARTBEAT_INTERVAL", "60s", "How often long waits extend the lifecycle action (must be below the hook's heartbeat timeout)."},
 	{"ATTACH_TIMEOUT", "4m", "Upper bound on each wait for a volume or ENI to detach or attach."},
 	{"GROW_THRESHOLD_PERCENT", "80", "Disk use (percent of the data mount) at which the slot's alarm invokes the grow function."},
@@ -182,9 +198,13 @@ var Vars = []Var{
 	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
 	{"KAFKA_PASSWORD", "", "SASL password, for local and development use; in AWS use KAFKA_PASSWORD_SECRET_ARN. Set one of the two with a SASL mechanism."},
 	{"KAFKA_PASSWORD_SECRET_ARN", "", "ARN of a Secrets Manager secret whose value is the SASL password, read once per cold start by the functions that talk to Kafka."},
-	{"SAFETY_MAX_WAIT", "30m", "Longest a planned termination waits for removal safety before it proceeds anyway, loudly."},
-	{"SAFETY_RECHECK", "15s", "First interval between removal-safety checks; it backs off up to 2m."},
+	{"SAFETY_MAX_WAIT", "30m", "Longest a planned termination waits for the removal token and removal safety before it proceeds anyway, loudly."},
+	{"SAFETY_RECHECK", "2s", "First interval between removal-safety checks; it doubles up to 4s (or this value, if larger), so a held termination proceeds within seconds of the ISRs being full."},
+	{"UNPLANNED_SAFETY_MAX_WAIT", "2m", "Longest an unplanned termination of a still-running instance waits for the removal token and removal safety before it proceeds anyway, loudly; never longer than SAFETY_MAX_WAIT."},
 	{"STOP_COMMAND", "systemctl stop kafka", "Shell command run over SSM on a leaving broker for a controlled shutdown."},
+	{"KAFKA_UNIT", "kafka", "systemd unit of the broker: after the stop command it must be inactive, or the data volume stays attached."},
+	{"FORCE_DETACH_AFTER", "5m", "Longest terminate waits for a plain detach from an instance that may still run Kafka (stopping, shutting-down) before it forces the detach, with an alert."},
+	{"HANDOVER_MAX_WAIT", "7m", "Longest a launch waits for the leaving holder of its AZ's slot to release it (a handover) before the event is retried."},
 	{"SSM_TIMEOUT", "5m", "Upper bound on each wait for an SSM command's result."},
 	{"CLAIM_TTL", "15m", "A claim unbound for this long, whose claimer is not waiting in Pending:Wait, is released by reconcile."},
 	{"ALERT_TOPIC_ARN", "", "SNS topic for operator alerts (growth at the cap, forced unsafe terminations, abandons). Empty: logs and metrics only."},
@@ -197,6 +217,8 @@ var (
 	subnetRE    = regexp.MustCompile(`^subnet-[0-9a-f]+$`)
 	sgRE        = regexp.MustCompile(`^sg-[0-9a-f]+$`)
 	deviceRE    = regexp.MustCompile(`^/dev/(sd|xvd)[b-z]$`)
+	unitRE      = regexp.MustCompile(`^[A-Za-z0-9:_.@-]{1,250}$`)
+	hookRE      = regexp.MustCompile(`^[A-Za-z0-9_/-]{1,255}$`)
 	secretARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$`)
 	volumeType  = map[string]bool{"gp2": true, "gp3": true, "io1": true, "io2": true, "st1": true, "sc1": true}
 )
@@ -260,7 +282,13 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.SafetyMaxWait = p.duration("SAFETY_MAX_WAIT", 0, 2*time.Hour)
 	c.SafetyRecheck = p.duration("SAFETY_RECHECK", 100*time.Millisecond, 10*time.Minute)
+	c.UnplannedSafetyMaxWait = p.duration("UNPLANNED_SAFETY_MAX_WAIT", 0, 2*time.Hour)
 	c.StopCommand = p.str("STOP_COMMAND", true)
+	c.KafkaUnit = p.str("KAFKA_UNIT", true)
+	c.ForceDetachAfter = p.duration("FORCE_DETACH_AFTER", time.Second, time.Hour)
+	c.HandoverMaxWait = p.duration("HANDOVER_MAX_WAIT", 0, 14*time.Minute)
+	c.LaunchHook = p.str("LAUNCH_HOOK", true)
+	c.TerminateHook = p.str("TERMINATE_HOOK", true)
 	c.SSMTimeout = p.duration("SSM_TIMEOUT", time.Second, 14*time.Minute)
 	c.ClaimTTL = p.duration("CLAIM_TTL", time.Minute, 24*time.Hour)
 	c.AlertTopicARN = p.str("ALERT_TOPIC_ARN", false)
@@ -344,6 +372,17 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.AlertTopicARN != "" && !strings.HasPrefix(c.AlertTopicARN, "arn:") {
 		p.fail("ALERT_TOPIC_ARN", "%q is not an ARN", c.AlertTopicARN)
+	}
+	if c.KafkaUnit != "" && !unitRE.MatchString(c.KafkaUnit) {
+		p.fail("KAFKA_UNIT", "%q is not a systemd unit name", c.KafkaUnit)
+	}
+	for _, h := range []struct{ name, v string }{{"LAUNCH_HOOK", c.LaunchHook}, {"TERMINATE_HOOK", c.TerminateHook}} {
+		if h.v != "" && !hookRE.MatchString(h.v) {
+			p.fail(h.name, "%q is not a lifecycle hook name (1-255 of [A-Za-z0-9-_/])", h.v)
+		}
+	}
+	if c.LaunchHook != "" && c.LaunchHook == c.TerminateHook {
+		p.fail("TERMINATE_HOOK", "%q is also SLOTKEEPER_LAUNCH_HOOK: the two hooks need different names", c.TerminateHook)
 	}
 	if c.HeartbeatInterval > 0 && c.AttachTimeout > 0 && c.HeartbeatInterval >= c.AttachTimeout {
 		p.fail("HEARTBEAT_INTERVAL", "%s must be shorter than SLOTKEEPER_ATTACH_TIMEOUT (%s)", c.HeartbeatInterval, c.AttachTimeout)

@@ -43,6 +43,11 @@ func TestLoadDefaults(t *testing.T) {
 	if c.DNS.Enabled() || c.DNS.TTL != 60 || len(c.Kafka.Bootstrap) != 0 || c.SafetyMaxWait != 30*time.Minute || c.StopCommand != "systemctl stop kafka" {
 		t.Errorf("dns/kafka/safety defaults: %+v %+v %s %q", c.DNS, c.Kafka, c.SafetyMaxWait, c.StopCommand)
 	}
+	if c.LaunchHook != "slotkeeper-launch" || c.TerminateHook != "slotkeeper-terminate" || c.KafkaUnit != "kafka" ||
+		c.UnplannedSafetyMaxWait != 2*time.Minute || c.ForceDetachAfter != 5*time.Minute || c.HandoverMaxWait != 7*time.Minute {
+		t.Errorf("removal and handover defaults: hooks %q/%q, unit %q, unplanned %s, force after %s, handover %s",
+			c.LaunchHook, c.TerminateHook, c.KafkaUnit, c.UnplannedSafetyMaxWait, c.ForceDetachAfter, c.HandoverMaxWait)
+	}
 	if got := c.NodeID(4); got != 4 {
 		t.Errorf("NodeID(4) = %d", got)
 	}
@@ -109,6 +114,14 @@ func TestLoadRules(t *testing.T) {
 		{"one modification a day", map[string]string{"GROW_MAX_PER_DAY": "1"}, ""},
 		{"legacy six hours", map[string]string{"GROW_MIN_INTERVAL": "6h"}, ""},
 		{"interval beyond a day", map[string]string{"GROW_MIN_INTERVAL": "25h"}, "GROW_MIN_INTERVAL"},
+		{"unplanned safety wait", map[string]string{"UNPLANNED_SAFETY_MAX_WAIT": "forever"}, "UNPLANNED_SAFETY_MAX_WAIT"},
+		{"kafka unit", map[string]string{"KAFKA_UNIT": "kafka; reboot"}, "not a systemd unit name"},
+		{"kafka unit with suffix", map[string]string{"KAFKA_UNIT": "kafka.service"}, ""},
+		{"hook name", map[string]string{"LAUNCH_HOOK": "my hook"}, "not a lifecycle hook name"},
+		{"same hook twice", map[string]string{"LAUNCH_HOOK": "kafka-hook", "TERMINATE_HOOK": "kafka-hook"}, "different names"},
+		{"custom hooks", map[string]string{"LAUNCH_HOOK": "kafka-in", "TERMINATE_HOOK": "kafka-out"}, ""},
+		{"force detach bound", map[string]string{"FORCE_DETACH_AFTER": "0s"}, "FORCE_DETACH_AFTER"},
+		{"handover beyond Lambda", map[string]string{"HANDOVER_MAX_WAIT": "20m"}, "HANDOVER_MAX_WAIT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -490,13 +490,21 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 		}
 	}
 
-	// 2. The slot's volume (found by its tags; the lease's record may lag).
+	// 2. The slot's volume: the one its lease records, described by its id (tags only
+	// cross-check it: a volume the lease records but whose tags name another slot, or
+	// that is gone, is refused; an alarm's refusal alerts).
 	var v *resources.Volume
 	err = j.o.Step(ctx, "find-volume", func(ctx context.Context) error {
 		var err error
-		v, err = j.res.FindVolume(ctx, rq.slot)
+		v, err = j.res.RecordedVolume(ctx, l)
 		return err
 	})
+	if ie := (*resources.IdentityError)(nil); errors.As(err, &ie) {
+		if rq.pending == nil {
+			j.alert(ctx, j.o.Log.With(obs.KeyOutcome, OutcomeFailed), fmt.Sprintf("slot %d volume growth refused", rq.slot), ie.Msg)
+		}
+		return j.done(ctx, res, OutcomeFailed, ie.Msg)
+	}
 	if err != nil {
 		return res, err
 	}

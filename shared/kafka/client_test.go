@@ -298,9 +298,12 @@ func TestPartitionsConfigErrors(t *testing.T) {
 		{"topic config unreadable: an error, not a guess",
 			kfake.Fault{Keys: describe, Resource: "orders", Err: kerr.TopicAuthorizationFailed, Count: -1},
 			"TOPIC_AUTHORIZATION_FAILED", nil},
-		{"topic deleted since the Metadata request: left out",
+		{"a config answer that does not know a listed topic once: asked again",
+			kfake.Fault{Keys: describe, Resource: "orders", Err: kerr.UnknownTopicOrPartition, Count: 1},
+			"", []string{"orders", "pairs"}},
+		{"a config answer that never knows a listed topic: an error naming it, never 'deleted'",
 			kfake.Fault{Keys: describe, Resource: "orders", Err: kerr.UnknownTopicOrPartition, Count: -1},
-			"", []string{"pairs"}},
+			"UNKNOWN_TOPIC_OR_PARTITION", nil},
 		{"broker default unreadable but not needed",
 			kfake.Fault{Keys: describe, Resource: "0", Err: kerr.ClusterAuthorizationFailed, Count: -1},
 			"", []string{"orders", "pairs"}},
@@ -324,7 +327,9 @@ func TestPartitionsConfigErrors(t *testing.T) {
 			}
 			var topics []string
 			for _, p := range parts {
-				topics = append(topics, p.Topic)
+				if len(topics) == 0 || topics[len(topics)-1] != p.Topic {
+					topics = append(topics, p.Topic)
+				}
 				if p.MinISR != kafkatest.MinISR {
 					t.Errorf("%s/%d: min ISR %d, want %d", p.Topic, p.Partition, p.MinISR, kafkatest.MinISR)
 				}
@@ -333,6 +338,23 @@ func TestPartitionsConfigErrors(t *testing.T) {
 				t.Fatalf("topics %v, want %v", topics, tc.wantTopics)
 			}
 		})
+	}
+}
+
+// A removal verdict never leaves out a topic the Metadata lists: when no
+// configuration answer knows it, the verdict is "not safe" and says why.
+func TestRemovalSafeUnknownTopicIsNotSafe(t *testing.T) {
+	c := kafkatest.Start(t)
+	c.CreateTopic(t, "orders", 3, 3, nil)
+	c.CreateTopic(t, "fresh", 3, 3, nil)
+	c.Fake.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.DescribeConfigs}, Resource: "fresh", Err: kerr.UnknownTopicOrPartition, Count: -1})
+	v, err := newTestClient(t, c.Config()).RemovalSafe(context.Background(), 0)
+	if err != nil {
+		t.Fatalf("RemovalSafe: %v", err)
+	}
+	t.Logf("%s", v)
+	if v.Safe || len(v.Unknown) != 1 || !strings.Contains(v.Unknown[0], "fresh") || !strings.Contains(v.String(), "fresh") {
+		t.Fatalf("verdict %s (unknown %v): want not safe, naming topic fresh", v, v.Unknown)
 	}
 }
 
@@ -363,7 +385,8 @@ func TestResolveMinISR(t *testing.T) {
 	}{
 		{"topic override", topic(entry("3", kmsg.ConfigSourceDynamicTopicConfig)), broker(entry("2", kmsg.ConfigSourceStaticBrokerConfig)), 3, MinISRTopic, false},
 		{"topic reports the static broker setting", topic(entry("2", kmsg.ConfigSourceStaticBrokerConfig)), nil, 2, MinISRBroker, false},
-		{"topic reports the cluster-wide dynamic default", topic(entry("2", kmsg.ConfigSourceDynamicDefaultBrokerConfig)), nil, 2, MinISRBroker, false},
+		{"topic reports the cluster-wide dynamic default", topic(entry("2", kmsg.ConfigSourceDynamicDefaultBrokerConfig)), nil, 2, MinISRCluster, false},
+		{"topic reports a broker's dynamic setting", topic(entry("2", kmsg.ConfigSourceDynamicBrokerConfig)), nil, 2, MinISRBroker, false},
 		{"topic reports Kafka's default", topic(entry("1", kmsg.ConfigSourceDefaultConfig)), nil, 1, MinISRDefault, false},
 		{"topic silent: broker value", topic(), broker(entry("2", kmsg.ConfigSourceStaticBrokerConfig)), 2, MinISRBroker, false},
 		{"topic silent, broker silent: Kafka's default 1", topic(), broker(), 1, MinISRDefault, false},

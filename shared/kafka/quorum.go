@@ -63,8 +63,9 @@ func (q Quorum) VoterIDs() []int32 {
 }
 
 // now is the leader's clock as the answer shows it: the leader reports its own
-// caught-up time as the time of the answer (Kafka 3.3+). Should it not, the latest
-// fetch time any replica reports is the closest lower bound.
+// caught-up time as the time of the answer (Kafka 3.3+; test/realkafka's
+// TestQuorumRule checks it on the Kafka the template deploys). Should it not, the
+// latest fetch time any replica reports is the closest lower bound.
 func (q Quorum) now() int64 {
 	var now int64 = -1
 	for _, v := range append(slices.Clone(q.Voters), q.Observers...) {
@@ -150,23 +151,29 @@ func QuorumSafe(q Quorum, node int32, lag time.Duration) QuorumVerdict {
 }
 
 // Quorum describes the KRaft controller quorum with a fresh DescribeQuorum request
-// (answered by the active controller, forwarded by any broker), bounded by
-// CallTimeout.
+// (answered by the active controller, forwarded by any broker), sent to Hedge
+// brokers at once and bounded by CallTimeout like every other call.
 func (c *Client) Quorum(ctx context.Context) (Quorum, error) {
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	req := kmsg.NewPtrDescribeQuorumRequest()
-	t := kmsg.NewDescribeQuorumRequestTopic()
-	t.Topic = MetadataTopic
-	p := kmsg.NewDescribeQuorumRequestTopicPartition()
-	p.Partition = 0
-	t.Partitions = append(t.Partitions, p)
-	req.Topics = append(req.Topics, t)
-	resp, err := req.RequestWith(ctx, c.cl)
+	addr, resp, err := c.first(ctx, func() kmsg.Request {
+		req := kmsg.NewPtrDescribeQuorumRequest()
+		t := kmsg.NewDescribeQuorumRequestTopic()
+		t.Topic = MetadataTopic
+		p := kmsg.NewDescribeQuorumRequestTopicPartition()
+		p.Partition = 0
+		t.Partitions = append(t.Partitions, p)
+		req.Topics = append(req.Topics, t)
+		return req
+	})
 	if err != nil {
 		return Quorum{}, fmt.Errorf("describing the controller quorum: %w", err)
 	}
-	return quorumOf(resp)
+	q, err := quorumOf(resp.(*kmsg.DescribeQuorumResponse))
+	if err != nil {
+		return Quorum{}, fmt.Errorf("%w (answered by %s)", err, addr)
+	}
+	return q, nil
 }
 
 // quorumOf reads the metadata partition's state out of a DescribeQuorum response.

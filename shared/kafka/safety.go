@@ -28,15 +28,19 @@ type Partition struct {
 	ISR      []int32
 	// MinISR is the topic's effective min.insync.replicas.
 	MinISR int
-	// MinISRSource says where MinISR came from: MinISRTopic, MinISRBroker or
-	// MinISRDefault. Empty for partitions built by hand.
+	// MinISRSource says where MinISR came from: MinISRTopic, MinISRCluster,
+	// MinISRBroker or MinISRDefault. Empty for partitions built by hand.
 	MinISRSource string
+	// Silent are ISR members Kafka lists that did not answer a reachability check
+	// (a removal verdict's snapshot); they are not counted in ISR.
+	Silent []int32
 }
 
 // Where a partition's MinISR came from.
 const (
 	MinISRTopic   = "topic"   // a topic-level override
-	MinISRBroker  = "broker"  // the brokers' configuration (static or dynamic)
+	MinISRCluster = "cluster" // the cluster-wide dynamic default (Kafka 4.x stores one at first start)
+	MinISRBroker  = "broker"  // a broker's own setting (static server.properties, or dynamic per broker)
 	MinISRDefault = "default" // nothing set anywhere: Kafka's built-in default, 1
 )
 
@@ -56,15 +60,21 @@ type Blocker struct {
 	Partition int32
 	Replicas  []int32
 	ISR       []int32
-	MinISR    int
-	Reason    string
+	// Silent are ISR members Kafka lists that did not answer; ISR leaves them out.
+	Silent []int32
+	MinISR int
+	Reason string
 }
 
 // String renders the blocker for logs, e.g.
 // "orders/3: isr [1 2] of replicas [0 1 2], min.insync.replicas 2: at min.insync.replicas with this broker in the ISR".
 func (b Blocker) String() string {
-	return fmt.Sprintf("%s/%d: isr %v of replicas %v, min.insync.replicas %d: %s",
-		b.Topic, b.Partition, b.ISR, b.Replicas, b.MinISR, b.Reason)
+	silent := ""
+	if len(b.Silent) > 0 {
+		silent = fmt.Sprintf(" (listed but not answering: %v)", b.Silent)
+	}
+	return fmt.Sprintf("%s/%d: isr %v%s of replicas %v, min.insync.replicas %d: %s",
+		b.Topic, b.Partition, b.ISR, silent, b.Replicas, b.MinISR, b.Reason)
 }
 
 // Verdict is the outcome of the removal-safety rule for one broker.
@@ -80,13 +90,27 @@ type Verdict struct {
 	// is at or below their min.insync.replicas: they can never be safe, so they
 	// never block (otherwise such a topic would pin the broker forever).
 	Ignored int
+	// Unreachable are the brokers asked before the verdict (the ISR members of the
+	// broker's partitions) that did not answer; they were counted out of every ISR.
+	Unreachable []int32
+	// Unknown names the topics the Metadata lists whose min.insync.replicas could
+	// not be read; any makes the verdict not safe.
+	Unknown []string
 }
 
 // String summarises the verdict for logs, naming at most three blockers.
 func (v Verdict) String() string {
+	unreachable := ""
+	if len(v.Unreachable) > 0 {
+		unreachable = fmt.Sprintf("; brokers %v did not answer (counted out of the ISRs)", v.Unreachable)
+	}
 	if v.Safe {
-		return fmt.Sprintf("broker %d may leave: %d partitions checked, %d ignored (replication factor <= min.insync.replicas)",
-			v.Broker, v.Checked, v.Ignored)
+		return fmt.Sprintf("broker %d may leave: %d partitions checked, %d ignored (replication factor <= min.insync.replicas)%s",
+			v.Broker, v.Checked, v.Ignored, unreachable)
+	}
+	if len(v.Blocking) == 0 && len(v.Unknown) > 0 {
+		return fmt.Sprintf("broker %d may not leave: %d topic(s) without a known %s: %s%s",
+			v.Broker, len(v.Unknown), "min.insync.replicas", strings.Join(v.Unknown, "; "), unreachable)
 	}
 	names := make([]string, 0, 3)
 	for _, b := range v.Blocking[:min(3, len(v.Blocking))] {
@@ -96,8 +120,11 @@ func (v Verdict) String() string {
 	if n := len(v.Blocking) - len(names); n > 0 {
 		more = fmt.Sprintf("; and %d more", n)
 	}
-	return fmt.Sprintf("broker %d may not leave: %d of %d partitions block: %s%s",
-		v.Broker, len(v.Blocking), v.Checked, strings.Join(names, "; "), more)
+	if len(v.Unknown) > 0 {
+		more += fmt.Sprintf("; and %d topic(s) without a known min.insync.replicas: %s", len(v.Unknown), strings.Join(v.Unknown, "; "))
+	}
+	return fmt.Sprintf("broker %d may not leave: %d of %d partitions block: %s%s%s",
+		v.Broker, len(v.Blocking), v.Checked, strings.Join(names, "; "), more, unreachable)
 }
 
 // RemovalSafe applies the removal-safety rule (DESIGN.md "Removal safety", after
@@ -129,7 +156,7 @@ func RemovalSafe(broker int32, parts []Partition) Verdict {
 		if reason != "" {
 			v.Blocking = append(v.Blocking, Blocker{
 				Topic: p.Topic, Partition: p.Partition, MinISR: minISR, Reason: reason,
-				Replicas: slices.Clone(p.Replicas), ISR: slices.Clone(p.ISR),
+				Replicas: slices.Clone(p.Replicas), ISR: slices.Clone(p.ISR), Silent: slices.Clone(p.Silent),
 			})
 		}
 	}

@@ -6,6 +6,12 @@ import (
 	"time"
 )
 
+// MaxRecheck is the longest pause of the removal-safety wait of the terminate path.
+// A check costs a few small requests, so re-checking every few seconds is cheap,
+// and a held termination proceeds within MaxRecheck plus one check of the ISRs
+// being full again. The lifecycle action is kept alive separately (heartbeats).
+const MaxRecheck = 4 * time.Second
+
 // Wait is a bounded, backing-off wait for a broker's removal to become safe.
 // It re-checks until a check says safe or until Bound has passed, and then lets
 // the caller proceed anyway (Forced): a planned termination must never hang on a

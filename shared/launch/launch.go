@@ -16,9 +16,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/slotkeeper/slotkeeper/shared/alert"
 	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -57,6 +61,13 @@ type Handler struct {
 	HeartbeatInterval time.Duration
 	// Order ranks claim candidates (slot.Rendezvous).
 	Order slot.Order
+	// Alerts tells the operator of a slot whose recorded volume or ENI is gone or
+	// tagged for another slot (nil: the log and the IdentityAlerts metric only).
+	Alerts *alert.Notifier
+	// HandoverMaxWait bounds the wait for a leaving holder to release a slot of the
+	// instance's AZ; HandoverReserve is the time the rest of the launch needs after it
+	// (the wait also ends that long before the invocation's deadline).
+	HandoverMaxWait, HandoverReserve time.Duration
 	// Followers keep things that follow a slot's holder (its disk alarm, its DNS
 	// records) in step once the slot is bound, before CONTINUE.
 	Followers []Follower
@@ -90,6 +101,10 @@ func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.Dy
 		Poll:              resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		Order:             slot.Rendezvous,
+		HandoverMaxWait:   cfg.HandoverMaxWait,
+		// ENI detach and attach, volume detach and attach, and 3 minutes for the
+		// rest (see the template's time budgets).
+		HandoverReserve: 4*cfg.AttachTimeout + 3*time.Minute,
 	}
 }
 
@@ -124,7 +139,9 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "launch", h.cfg.Cluster)
 	defer func() { finish(ctx, res.Outcome, err) }()
 
-	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeLaunch, lifecycle.TransitionLaunch)
+	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, lifecycle.Filter{
+		ASG: h.cfg.ASGName, Hook: h.cfg.LaunchHook, DetailType: lifecycle.DetailTypeLaunch, Transition: lifecycle.TransitionLaunch,
+	})
 	if err != nil {
 		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: why}, err
 	}
@@ -137,6 +154,19 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	inv.store.Actor = obs.Actor(ctx, "launch")
 	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
+	inv.res.Detach.Leaving = inv.leavingInstance
+
+	// First a heartbeat: an event delivered after its action was completed or expired
+	// (Lambda keeps events up to an hour, the hook waits 15 minutes) must not claim or
+	// attach anything for an instance whose fate is decided.
+	if err := inv.actions.Active(ctx); errors.Is(err, lifecycle.ErrNotActive) {
+		why := err.Error() + " (it was completed or has expired: the instance's fate is decided)"
+		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why)
+		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
+	} else if err != nil {
+		o.Log.WarnContext(ctx, "launch failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
+		return Result{}, err
+	}
 	res, err = inv.run(ctx)
 	if err != nil {
 		o.Log.WarnContext(ctx, "launch failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
@@ -193,6 +223,10 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	})
 	inv.o.Metrics.Count("ClaimWrites", float64(c.Writes))
 	if errors.Is(err, slot.ErrNoFreeSlot) {
+		// No claimable slot: wait for one whose holder is leaving (a handover).
+		c, err = inv.handover(ctx, claimer, azSlots, c, err)
+	}
+	if errors.Is(err, slot.ErrNoFreeSlot) {
 		return inv.abandon(ctx, nil, err.Error())
 	}
 	if err != nil {
@@ -203,8 +237,21 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	inv.o.Log.InfoContext(ctx, "holding slot", "reused", c.Reused, obs.KeyReason, c.Reason, "writes", c.Writes)
 
 	// 4–6. Attach, tag, bind. Each step is idempotent; a redelivery resumes here.
-	if l, err = inv.becomeBroker(ctx, l); err != nil {
-		if errors.Is(err, resources.ErrPermanent) || errors.Is(err, lease.ErrFenced) {
+	claimed := l
+	if l, err = inv.becomeBroker(ctx, l); err != nil && (errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict)) {
+		// A concurrent delivery of the same event may have bound the slot to this
+		// instance meanwhile: then only the followers and the completion are left.
+		if cur, gerr := inv.store.Get(ctx, claimed.Slot); gerr == nil && cur.State == lease.Bound &&
+			cur.Holder == claimed.Holder && cur.Version == claimed.Version {
+			inv.o.Log.InfoContext(ctx, "another delivery of this event bound the slot; carrying on", obs.KeyReason, err.Error())
+			l, err = cur, nil
+		}
+	}
+	if err != nil {
+		if ie := (*resources.IdentityError)(nil); errors.As(err, &ie) {
+			inv.identityAlert(ctx, ie)
+		}
+		if errors.Is(err, resources.ErrPermanent) || errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict) {
 			return inv.abandon(ctx, &l, err.Error())
 		}
 		return Result{}, err
@@ -239,6 +286,118 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	return Result{Outcome: OutcomeContinue, Slot: l.Slot, Reason: c.Reason}, nil
 }
 
+// handover waits for a slot of azSlots whose holder is leaving (slot.Leaving: its
+// lease is draining, or its instance is stopping, shutting down or being terminated
+// by its group) to be released, and claims it. It sends heartbeats while it waits,
+// and waits at most HandoverMaxWait, and never into the HandoverReserve before the
+// invocation's deadline. It returns slot.ErrNoFreeSlot at once when no holder is
+// leaving: every slot of the AZ is held by a healthy broker in service, or being
+// claimed by another launch (the caller abandons). When the wait ends without a
+// release, it returns a retryable error: Lambda delivers the event again and the
+// wait goes on while the lifecycle action is alive.
+func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSlots []int, c slot.Claimed, err error) (slot.Claimed, error) {
+	id := inv.inst.ID
+	start := time.Now()
+	deadline := start.Add(inv.HandoverMaxWait)
+	if d, ok := ctx.Deadline(); ok && d.Add(-inv.HandoverReserve).Before(deadline) {
+		deadline = d.Add(-inv.HandoverReserve)
+	}
+	stop := inv.actions.KeepAlive(ctx, inv.HeartbeatInterval)
+	defer stop()
+	delay := max(inv.Poll.Initial, 10*time.Millisecond)
+	waited := false
+	defer func() {
+		if waited {
+			inv.o.Metrics.Duration("HandoverWait", time.Since(start))
+		}
+	}()
+	var logged string
+	for {
+		leaving, why, lerr := inv.leaving(ctx, c)
+		if lerr != nil {
+			return c, lerr
+		}
+		if len(leaving) == 0 {
+			return c, fmt.Errorf("%w; no holder is leaving: %s", err, why)
+		}
+		if why != logged {
+			inv.o.Log.InfoContext(ctx, "no free slot; waiting for a leaving holder to hand its slot over",
+				"slots", leaving, obs.KeyReason, why, "until", deadline.UTC().Format(time.RFC3339))
+			logged = why
+		}
+		waited = true
+		if !time.Now().Before(deadline) {
+			return c, fmt.Errorf("slot %v of %s: its holder is leaving but has not released it after %s (%s); the event will be retried",
+				leaving, inv.inst.AZ, time.Since(start).Round(time.Second), why)
+		}
+		jittered := delay/2 + rand.N(delay/2+1)
+		select {
+		case <-ctx.Done():
+			return c, fmt.Errorf("waiting for a handover: %w", ctx.Err())
+		case <-time.After(min(jittered, time.Until(deadline))):
+		}
+		delay = min(delay*3/2, max(inv.Poll.Max, 10*time.Millisecond))
+		err = inv.o.Step(ctx, "claim", func(ctx context.Context) error {
+			var err error
+			c, err = claimer.Claim(ctx, id, inv.inst.AZ, azSlots, "handover to "+id)
+			return err
+		})
+		inv.o.Metrics.Count("ClaimWrites", float64(c.Writes))
+		if err == nil {
+			inv.o.Metrics.Count("Handovers", 1)
+			inv.o.Log.InfoContext(ctx, "handover: the leaving holder released the slot", obs.KeySlot, c.Lease.Slot,
+				"waited_ms", time.Since(start).Milliseconds())
+			return c, nil
+		}
+		if !errors.Is(err, slot.ErrNoFreeSlot) {
+			return c, err
+		}
+	}
+}
+
+// leaving returns the slots among the ones a claim found taken whose holder is
+// leaving, and a summary of every taken slot's holder.
+func (inv *invocation) leaving(ctx context.Context, c slot.Claimed) ([]int, string, error) {
+	var ids []string
+	for _, l := range c.Taken {
+		if l.Holder != "" && !slices.Contains(ids, l.Holder) {
+			ids = append(ids, l.Holder)
+		}
+	}
+	group := map[string]lifecycle.GroupInstance{}
+	if len(ids) > 0 {
+		var err error
+		if group, err = lifecycle.DescribeGroupInstances(ctx, inv.asg, ids); err != nil {
+			return nil, "", err
+		}
+	}
+	var slots []int
+	var whys []string
+	for _, l := range c.Taken {
+		g := group[l.Holder]
+		ok, why := slot.Leaving(l, slot.Holder{State: c.States[l.Holder], Lifecycle: g.LifecycleState, Health: g.HealthStatus})
+		whys = append(whys, fmt.Sprintf("slot %d: %s", l.Slot, why))
+		if ok {
+			slots = append(slots, l.Slot)
+		}
+	}
+	return slots, strings.Join(whys, "; "), nil
+}
+
+// leavingInstance tells the attach of a slot resource whether the running instance
+// it is still attached to is on its way out of its group (resources.DetachPolicy).
+func (inv *invocation) leavingInstance(ctx context.Context, id string) (bool, string, error) {
+	group, err := lifecycle.DescribeGroupInstances(ctx, inv.asg, []string{id})
+	if err != nil {
+		return false, "", err
+	}
+	g, ok := group[id]
+	if !ok {
+		return false, id + " is in no Auto Scaling group", nil
+	}
+	return slot.LeavingGroup(g.LifecycleState, g.HealthStatus), fmt.Sprintf("%s is %s (%s) in group %s", id, g.LifecycleState, g.HealthStatus, g.Group), nil
+}
+
 // becomeBroker attaches the slot's ENI and volume, tags the instance and binds the
 // lease. On a fencing or permanent error it returns the lease it holds, for release.
 func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.Lease, error) {
@@ -250,12 +409,28 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 	defer stop()
 
 	var b lease.Binding
+	// A resource found or created for the slot is recorded in the lease at once (a
+	// fenced write); from then on it is the slot's by its id.
+	recordENI := func(ctx context.Context, id, ip string) error {
+		rec, err := inv.store.Record(ctx, l, lease.KindENI, id, ip, fmt.Sprintf("recorded ENI %s (%s) as the slot's", id, ip))
+		if err == nil {
+			l = rec
+		}
+		return err
+	}
+	recordVolume := func(ctx context.Context, id string) error {
+		rec, err := inv.store.Record(ctx, l, lease.KindVolume, id, "", fmt.Sprintf("recorded volume %s as the slot's", id))
+		if err == nil {
+			l = rec
+		}
+		return err
+	}
 	if inv.cfg.ENI {
 		err := inv.o.Step(ctx, "attach-eni", func(ctx context.Context) error {
 			if err := inv.fence(ctx, l); err != nil {
 				return err
 			}
-			e, _, err := inv.res.EnsureENI(ctx, s, inv.cfg.SubnetOf(s), l.Version)
+			e, _, err := inv.res.EnsureENI(ctx, l, inv.cfg.SubnetOf(s), recordENI)
 			if err != nil {
 				return err
 			}
@@ -276,7 +451,7 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 		if err := inv.fence(ctx, l); err != nil {
 			return err
 		}
-		v, _, err := inv.res.EnsureVolume(ctx, s, az, l.Version)
+		v, _, err := inv.res.EnsureVolume(ctx, l, az, recordVolume)
 		if err != nil {
 			return err
 		}
@@ -311,14 +486,32 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 	return bound, nil
 }
 
-// fence checks that l is still the slot's current lease before a mutation made on its
-// behalf, so that a late retry of an old invocation never acts on a slot that moved on.
+// identityAlert tells the operator that the slot's recorded volume or ENI is gone or
+// tagged for another slot: the launch abandons rather than give the slot a new, blank
+// identity, and every replacement does the same until an operator acts.
+func (inv *invocation) identityAlert(ctx context.Context, ie *resources.IdentityError) {
+	problem := "tags"
+	if ie.Missing {
+		problem = "missing"
+	}
+	inv.o.Metrics.Count("IdentityAlerts", 1, "Kind", ie.Kind, "Problem", problem)
+	msg := fmt.Sprintf("slot %d (broker %d): the launch of %s is abandoned, and so will be every replacement until an operator acts: %s",
+		ie.Slot, inv.cfg.NodeID(ie.Slot), inv.inst.ID, ie.Msg)
+	if aerr := inv.Alerts.Send(ctx, inv.o.Log, fmt.Sprintf("slot %d %s %s %s", ie.Slot, ie.Kind, ie.ID, problem), msg); aerr != nil {
+		inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, aerr.Error())
+	}
+}
+
+// fence checks that l is still the slot's current lease, claimed by this instance,
+// before a create or attach made on its behalf, so that a late retry of an old
+// invocation never acts on a slot that moved on, nor on one that is being handed back
+// (draining).
 func (inv *invocation) fence(ctx context.Context, l lease.Lease) error {
 	cur, err := inv.store.Get(ctx, l.Slot)
 	if err != nil {
 		return err
 	}
-	if cur.Version != l.Version || cur.Holder != l.Holder || cur.State == lease.Free {
+	if cur.Version != l.Version || cur.Holder != l.Holder || cur.State != lease.Claimed {
 		return fmt.Errorf("slot %d is now at version %d held by %q (%s), not version %d held by %s: %w",
 			l.Slot, cur.Version, cur.Holder, cur.State, l.Version, l.Holder, lease.ErrFenced)
 	}
@@ -354,7 +547,7 @@ func (inv *invocation) abandon(ctx context.Context, l *lease.Lease, reason strin
 	}
 	res.Slot = l.Slot
 	err = inv.o.Step(ctx, "give-back", func(ctx context.Context) error {
-		if _, err := inv.res.DetachFrom(ctx, l.Slot, id, resources.Plain); err != nil {
+		if _, err := inv.res.DetachFrom(ctx, *l, id, resources.Plain); err != nil {
 			inv.o.Log.WarnContext(ctx, "could not detach the slot's resources; the next holder will once this instance is gone", obs.KeyErr, err.Error())
 		}
 		_, err := inv.store.Release(ctx, *l, "abandoned launch: "+reason)

@@ -14,9 +14,18 @@
 //	holder     instance id holding the slot (absent when free)
 //	holder_az  availability zone of the holder
 //	last_holder  the previous holder, kept after release
-//	eni_id, volume_id, ip  the slot's resources, recorded at bind
+//	eni_id, volume_id, ip  the slot's ENI (and its IP; in instance mode, the holder's
+//	                       primary IP) and data volume: the authority on the slot's
+//	                       identity. Recorded by the claimer as soon as each exists
+//	                       (Record, a fenced write that never replaces a recorded id),
+//	                       written again at bind, kept across release and claim, and
+//	                       removed only by an operator (Forget: slotctl reset).
 //	claimed_at, updated_at RFC 3339 timestamps
 //	history    list of {at, from, to, version, instance, actor, reason}, newest last
+//
+// Every path uses the recorded ids, never tags, to find a slot's resources; whoever
+// writes a bound lease by other means (adopting a running broker) writes the same
+// three attributes.
 package lease
 
 import (
@@ -130,14 +139,17 @@ func (s *Store) Get(ctx context.Context, slot int) (Lease, error) {
 }
 
 // List returns every lease item of the cluster that exists, by slot, read consistently.
-// Slots never claimed have no item and are absent.
+// Slots never claimed have no item and are absent. Items at negative sort keys (the
+// removal token, removal.go) are not leases and are never listed.
 func (s *Store) List(ctx context.Context) ([]Lease, error) {
 	in := &dynamodb.QueryInput{
-		TableName:                 &s.table,
-		KeyConditionExpression:    aws.String("#c = :c"),
-		ExpressionAttributeNames:  map[string]string{"#c": "cluster"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":c": &types.AttributeValueMemberS{Value: s.cluster}},
-		ConsistentRead:            aws.Bool(true),
+		TableName:                &s.table,
+		KeyConditionExpression:   aws.String("#c = :c AND #s >= :first"),
+		ExpressionAttributeNames: map[string]string{"#c": "cluster", "#s": "slot"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":c": &types.AttributeValueMemberS{Value: s.cluster}, ":first": num(0),
+		},
+		ConsistentRead: aws.Bool(true),
 	}
 	var leases []Lease
 	for p := dynamodb.NewQueryPaginator(s.db, in); p.HasMorePages(); {
@@ -225,7 +237,7 @@ func (s *Store) Bind(ctx context.Context, l Lease, b Binding, reason string) (Le
 	sets := map[string]types.AttributeValue{
 		"eni_id": str(b.ENIID), "volume_id": str(b.VolumeID), "ip": str(b.IP),
 	}
-	out, err := s.transit(ctx, l, Bound, []State{Claimed}, sets, nil, reason)
+	out, err := s.transit(ctx, l, Bound, []State{Claimed}, sets, nil, reason, s.stamp())
 	if errors.Is(err, ErrFenced) {
 		cur, gerr := s.Get(ctx, l.Slot)
 		if gerr == nil && cur.State == Bound && cur.Version == l.Version && cur.Holder == l.Holder {
@@ -235,33 +247,61 @@ func (s *Store) Bind(ctx context.Context, l Lease, b Binding, reason string) (Le
 	return out, err
 }
 
-// Drain marks a bound lease draining: a planned termination is in progress.
+// Drain marks a bound lease draining: a termination is in progress. Repeating a drain
+// that already happened (same holder and version) returns the draining lease: a
+// condition that fails because this very drain took effect earlier (a lost response
+// the SDK retried, a concurrent delivery of the same event) is recognised by reading
+// the lease again, not taken for "the slot moved on".
 func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error) {
 	if l.State == Draining {
 		return l, nil
 	}
-	return s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason)
+	out, err := s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason, s.stamp())
+	if errors.Is(err, ErrFenced) {
+		cur, gerr := s.Get(ctx, l.Slot)
+		if gerr == nil && cur.State == Draining && cur.Version == l.Version && cur.Holder == l.Holder {
+			return cur, nil
+		}
+	}
+	return out, err
 }
 
 // Release frees the lease held at l.Version by l.Holder: state free, holder moved to
 // last_holder, version incremented so that anything still acting on the old version is
-// fenced off. Releasing a lease that has already moved on returns ErrFenced.
+// fenced off. Releasing a lease that has already moved on returns ErrFenced. A retry of
+// this very release whose first attempt took effect (a lost response the SDK retried)
+// finds the lease free at l.Version+1 with l.Holder as last holder and its own history
+// entry last, and returns the released lease; a release made by another writer (a
+// concurrent delivery, a reconcile) is ErrFenced: this caller did not release it.
 func (s *Store) Release(ctx context.Context, l Lease, reason string) (Lease, error) {
 	sets := map[string]types.AttributeValue{
 		"last_holder": str(l.Holder),
 		"version":     num(l.Version + 1),
 	}
-	return s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason)
+	now := s.stamp()
+	out, err := s.transit(ctx, l, Free, []State{Claimed, Bound, Draining}, sets, []string{"holder", "holder_az"}, reason, now)
+	if errors.Is(err, ErrFenced) {
+		cur, gerr := s.Get(ctx, l.Slot)
+		if gerr == nil && Released(l, cur) && len(cur.History) > 0 && cur.History[len(cur.History)-1].At == now {
+			return cur, nil
+		}
+	}
+	return out, err
+}
+
+// Released reports whether cur is what releasing l made of the slot: free, one version
+// on, with l's holder as the last holder.
+func Released(l, cur Lease) bool {
+	return cur.State == Free && cur.Version == l.Version+1 && cur.LastHolder == l.Holder && l.Holder != ""
 }
 
 // transit moves l to state `to`, conditioned on the version, holder and state l has,
-// which must be one of `from`, and appends a history entry. It returns the item as
-// written.
-func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason string) (Lease, error) {
+// which must be one of `from`, and appends a history entry stamped now. It returns the
+// item as written.
+func (s *Store) transit(ctx context.Context, l Lease, to State, from []State, sets map[string]types.AttributeValue, removes []string, reason, now string) (Lease, error) {
 	if !slices.Contains(from, l.State) {
 		return Lease{}, fmt.Errorf("slot %d cannot move from %s to %s", l.Slot, l.State, to)
 	}
-	now := s.stamp()
 	version := l.Version
 	if v, ok := sets["version"]; ok {
 		version, _ = strconv.ParseInt(v.(*types.AttributeValueMemberN).Value, 10, 64)

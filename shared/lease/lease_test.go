@@ -36,12 +36,8 @@ type suite struct {
 func TestStore(t *testing.T) {
 	h := harness.Start(t)
 	w := h.NewWorld(t, "leases")
-	s := &suite{
-		h:      h,
-		table:  w.Table,
-		db:     dynamodb.NewFromConfig(h.AWSConfig()),
-		direct: dynamodb.NewFromConfig(h.DirectConfig()),
-	}
+	s := &suite{h: h, table: w.Table}
+	s.db, s.direct = dynamoClients(h)
 	t.Run("GetNeverClaimed", s.testGetNeverClaimed)
 	t.Run("List", s.testList)
 	t.Run("ClaimCreates", s.testClaimCreates)
@@ -51,12 +47,19 @@ func TestStore(t *testing.T) {
 	t.Run("BindStaleFenced", s.testBindStaleFenced)
 	t.Run("DrainRelease", s.testDrainRelease)
 	t.Run("ReleaseFenced", s.testReleaseFenced)
+	t.Run("DrainReleaseRepeated", s.testDrainReleaseRepeated)
+	t.Run("LostResponse", s.testLostResponse)
 	t.Run("Reclaim", s.testReclaim)
 	t.Run("HistoryOrder", s.testHistoryOrder)
 	t.Run("HistoryCap", s.testHistoryCap)
 	t.Run("WritesHook", s.testWritesHook)
 	t.Run("Throttled", s.testThrottled)
 	t.Run("Crash", s.testCrash)
+}
+
+// dynamoClients returns a DynamoDB client through the proxy and one straight to moto.
+func dynamoClients(h *harness.Harness) (proxied, direct *dynamodb.Client) {
+	return dynamodb.NewFromConfig(h.AWSConfig()), dynamodb.NewFromConfig(h.DirectConfig())
 }
 
 // store returns a store of cluster that talks through the proxy.
@@ -538,9 +541,12 @@ func (s *suite) testReleaseFenced(t *testing.T) {
 			l.Holder = "i-b"
 			return l
 		}},
-		{"already released", func(t *testing.T, st *lease.Store, slot int) lease.Lease {
+		// Released, and claimed again by another instance since: the old release is
+		// no longer "already done", the slot moved on.
+		{"released and claimed again", func(t *testing.T, st *lease.Store, slot int) lease.Lease {
 			l := bind(t, st, claim(t, st, slot, "i-a"))
 			release(t, st, l)
+			claim(t, st, slot, "i-b")
 			return l
 		}},
 		// The caller saw the claim, the slot has been bound since: its view is stale,
@@ -739,9 +745,11 @@ func (s *suite) testWritesHook(t *testing.T) {
 		{"repeat of the bound lease", func() error { _, err := st.Bind(ctx, bound, b, "attached"); return err }, false, 0},
 		{"redelivered bind of the claimed view", func() error { _, err := st.Bind(ctx, claimed, b, "attached"); return err }, false, 1},
 		{"drain", func() (err error) { drained, err = st.Drain(ctx, bound, "planned"); return err }, false, 1},
-		{"fenced drain", func() error { _, err := st.Drain(ctx, claimed, "planned"); return err }, true, 1},
+		{"repeated drain of the bound view", func() error { _, err := st.Drain(ctx, bound, "planned"); return err }, false, 1},
+		{"fenced drain", func() error { _, err := st.Drain(ctx, other(bound), "planned"); return err }, true, 1},
 		{"release", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, false, 1},
-		{"fenced release", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, true, 1},
+		{"repeated release (another call)", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, true, 1},
+		{"fenced release", func() error { _, err := st.Release(ctx, other(drained), "terminated"); return err }, true, 1},
 	}
 	for _, step := range steps {
 		w, calls := writes.Load(), s.writeCalls()
@@ -818,11 +826,10 @@ func (s *suite) testThrottled(t *testing.T) {
 }
 
 // testCrash covers a write that took effect at DynamoDB while the caller saw an
-// error (the invocation died, or the response was lost). Retrying with the same lease
-// is then fenced, because the write it repeats has already moved the item on. That
-// ErrFenced is how a retry learns the first attempt landed; a caller re-reads the
-// lease to see where the slot is: released and no longer HeldBy it (its release is
-// done), or claimed by it at the next version (its claim is done).
+// error (the invocation died). A new claim or release with the same lease is then
+// fenced, because the write it repeats has already moved the item on; the caller
+// re-reads and finds the slot claimed by it at the next version, or released. (A
+// response lost and retried by the SDK within one call is testLostResponse.)
 func (s *suite) testCrash(t *testing.T) {
 	const cluster = "crash"
 	st := s.store(cluster)
@@ -842,6 +849,7 @@ func (s *suite) testCrash(t *testing.T) {
 				after.State, after.Version, after.LastHolder, l.Version+1)
 		}
 
+		// A new Release (another invocation) is fenced: the crashed one released it.
 		_, err = st.Release(t.Context(), l, "terminated (retry)")
 		fenced(t, "retried Release", err)
 		sameLease(t, "lease after the retried Release", s.read(t, cluster, 0), after)
@@ -869,4 +877,83 @@ func (s *suite) testCrash(t *testing.T) {
 				now.State, now.Version, now.Holder, cur.Version+1)
 		}
 	})
+}
+
+// other returns l as another instance would hold it: every write on its behalf is fenced.
+func other(l lease.Lease) lease.Lease {
+	l.Holder = "i-other"
+	return l
+}
+
+// A drain repeated by the same holder at the same version (a redelivered event, or a
+// concurrent delivery of the same event) carries on: it returns the draining lease and
+// writes no second history entry. A release made by another call is not this call's:
+// it is fenced (the caller did not release the slot; the slot moved on without it).
+func (s *suite) testDrainReleaseRepeated(t *testing.T) {
+	const cluster = "repeated"
+	st := s.store(cluster)
+	l := bind(t, st, claim(t, st, 0, "i-a"))
+	drained, err := st.Drain(t.Context(), l, "planned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := st.Drain(t.Context(), l, "planned (redelivered)")
+	if err != nil {
+		t.Fatalf("repeated Drain: %v", err)
+	}
+	sameLease(t, "repeated Drain", again, drained)
+	released := release(t, st, drained)
+	_, err = st.Release(t.Context(), drained, "terminated (redelivered)")
+	fenced(t, "a second release of the same lease", err)
+	sameLease(t, "stored lease", s.read(t, cluster, 0), released)
+	if n := len(released.History); n != 4 {
+		t.Errorf("history has %d entries, want 4 (claim, bind, drain, release): %+v", n, released.History)
+	}
+	// A concurrent delivery that drained, released and saw the slot claimed again
+	// is fenced: the slot has moved on.
+	claim(t, st, 0, "i-b")
+	_, err = st.Release(t.Context(), drained, "late")
+	fenced(t, "release after the next claim", err)
+	_, err = st.Drain(t.Context(), l, "late")
+	fenced(t, "drain after the next claim", err)
+}
+
+// A write whose response is lost is retried by the SDK; the retry fails its condition
+// because the first attempt took effect. Drain and Release recognise their own write
+// (as Bind does) instead of reporting that the slot moved on: Drain by the state it
+// was moving the lease to, Release by that state and its own history entry.
+func (s *suite) testLostResponse(t *testing.T) {
+	const cluster = "lost-response"
+	st := s.store(cluster)
+	cases := []struct {
+		name string
+		do   func(l lease.Lease) (lease.Lease, error)
+		want lease.State
+	}{
+		{"drain", func(l lease.Lease) (lease.Lease, error) { return st.Drain(t.Context(), l, "planned") }, lease.Draining},
+		{"release", func(l lease.Lease) (lease.Lease, error) { return st.Release(t.Context(), l, "terminated") }, lease.Free},
+	}
+	for slot, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := bind(t, st, claim(t, st, slot, "i-a"))
+			t.Cleanup(s.h.ClearFaults)
+			calls := s.h.Calls("UpdateItem")
+			s.h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+			got, err := tc.do(l)
+			if err != nil {
+				t.Fatalf("%s with its response lost: %v, want success", tc.name, err)
+			}
+			if n := s.h.Calls("UpdateItem") - calls; n != 2 {
+				t.Errorf("%d UpdateItem calls, want 2 (the lost one and the SDK's retry)", n)
+			}
+			stored := s.read(t, cluster, slot)
+			sameLease(t, "result", got, stored)
+			if stored.State != tc.want || stored.Holder != l.Holder && tc.want != lease.Free {
+				t.Errorf("stored %s by %q, want %s", stored.State, stored.Holder, tc.want)
+			}
+			if n := len(stored.History); n != 3 {
+				t.Errorf("history has %d entries, want 3 (claim, bind, %s once)", n, tc.name)
+			}
+		})
+	}
 }

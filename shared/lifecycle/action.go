@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -58,6 +59,23 @@ func (a *Actions) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("recording heartbeat for %s: %w", a.Action.EC2InstanceID, err)
 	}
 	return nil
+}
+
+// ErrNotActive means the lifecycle action is no longer pending: it was completed (by
+// an earlier delivery of the same event) or it expired (the hook's heartbeat timeout
+// passed; Lambda keeps async events up to an hour, longer than the hook waits).
+var ErrNotActive = errors.New("the lifecycle action is no longer active")
+
+// Active records a heartbeat and reports whether the action is still pending. It is
+// the first thing a handler does with an event it may act on: an action that is no
+// longer active returns ErrNotActive, and the event must change nothing (the
+// instance's fate has been decided without us). Any other error is returned as is.
+func (a *Actions) Active(ctx context.Context) error {
+	err := a.Heartbeat(ctx)
+	if awsapi.IsNoActiveLifecycleAction(err) {
+		return fmt.Errorf("%w: %w", ErrNotActive, err)
+	}
+	return err
 }
 
 // KeepAlive sends a heartbeat every interval until the returned stop function is

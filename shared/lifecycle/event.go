@@ -78,7 +78,7 @@ var instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
 
 // Parse decodes raw as an EventBridge lifecycle-action event and checks that every
 // field needed to act on it and to complete it is present and well-formed. It does not
-// judge whether the event is for us (ASG, transition): see Event.Relevant.
+// judge whether the event is for us (group, hook, transition): see Event.Relevant.
 func Parse(raw []byte) (Event, error) {
 	var e Event
 	if err := eventbridge.Decode(raw, &e.Envelope); err != nil {
@@ -117,33 +117,51 @@ func Parse(raw []byte) (Event, error) {
 	return e, nil
 }
 
-// Relevant reports whether the event is a lifecycle action of the given ASG with the
-// given detail type and transition; when it is not, it says why, for the no-op log line.
-func (e Event) Relevant(asg, detailType, transition string) (bool, string) {
+// Destinations of an instance in a lifecycle-action event (detail.Destination, set
+// by groups with a warm pool).
+const (
+	DestinationGroup    = "AutoScalingGroup"
+	DestinationWarmPool = "WarmPool"
+)
+
+// Filter says which lifecycle actions a handler acts on: those of one Auto Scaling
+// group and one lifecycle hook, of one detail type and transition.
+type Filter struct {
+	ASG, Hook, DetailType, Transition string
+}
+
+// Relevant reports whether the event is a lifecycle action the filter accepts; when it
+// is not, it says why, for the no-op log line. A launch into a warm pool (Destination
+// WarmPool) is never relevant: the instance is stopped once it is warm and runs no
+// broker; it comes back as a launch into the group (Origin WarmPool), which is.
+func (e Event) Relevant(f Filter) (bool, string) {
 	switch {
 	case e.Source != SourceAutoScaling:
 		return false, fmt.Sprintf("source %q is not %s", e.Source, SourceAutoScaling)
-	case e.DetailType != detailType:
-		return false, fmt.Sprintf("detail-type %q is not %q", e.DetailType, detailType)
-	case e.Action.LifecycleTransition != transition:
-		return false, fmt.Sprintf("transition %q is not %s", e.Action.LifecycleTransition, transition)
-	case e.Action.AutoScalingGroupName != asg:
-		return false, fmt.Sprintf("Auto Scaling group %q is not %q", e.Action.AutoScalingGroupName, asg)
+	case e.DetailType != f.DetailType:
+		return false, fmt.Sprintf("detail-type %q is not %q", e.DetailType, f.DetailType)
+	case e.Action.LifecycleTransition != f.Transition:
+		return false, fmt.Sprintf("transition %q is not %s", e.Action.LifecycleTransition, f.Transition)
+	case e.Action.AutoScalingGroupName != f.ASG:
+		return false, fmt.Sprintf("Auto Scaling group %q is not %q", e.Action.AutoScalingGroupName, f.ASG)
+	case e.Action.LifecycleHookName != f.Hook:
+		return false, fmt.Sprintf("lifecycle hook %q is not %q: another hook's action is not slotkeeper's to complete", e.Action.LifecycleHookName, f.Hook)
+	case f.Transition == TransitionLaunch && e.Action.Destination == DestinationWarmPool:
+		return false, fmt.Sprintf("the instance is launching into the warm pool (origin %s, destination %s): it runs no broker there", e.Action.Origin, e.Action.Destination)
 	}
 	return true, ""
 }
 
-// Accept parses raw and keeps it only if it is a lifecycle action of asg with the given
-// detail type and transition. It logs what it rejects (a malformed event, returned as
-// an error) and what it ignores (relevant false, with the reason), so every handler
-// treats bad and foreign input alike.
-func Accept(ctx context.Context, log *slog.Logger, raw []byte, asg, detailType, transition string) (e Event, relevant bool, reason string, err error) {
+// Accept parses raw and keeps it only if the filter accepts it. It logs what it
+// rejects (a malformed event, returned as an error) and what it ignores (relevant
+// false, with the reason), so every handler treats bad and foreign input alike.
+func Accept(ctx context.Context, log *slog.Logger, raw []byte, f Filter) (e Event, relevant bool, reason string, err error) {
 	e, err = Parse(raw)
 	if err != nil {
 		log.ErrorContext(ctx, "rejecting event", "outcome", "malformed", "error", err.Error())
 		return Event{}, false, err.Error(), err
 	}
-	if ok, why := e.Relevant(asg, detailType, transition); !ok {
+	if ok, why := e.Relevant(f); !ok {
 		log.InfoContext(ctx, "ignoring event", "outcome", "ignored", "reason", why, "event_id", e.ID)
 		return e, false, why, nil
 	}

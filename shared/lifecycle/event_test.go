@@ -31,7 +31,8 @@ func TestParseSampleEvents(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ok, why := e.Relevant("kafka-prod", tt.detailType, tt.transition); !ok {
+			hook := map[string]string{TransitionLaunch: "slotkeeper-launch", TransitionTerminate: "slotkeeper-terminate"}[tt.transition]
+			if ok, why := e.Relevant(Filter{ASG: "kafka-prod", Hook: hook, DetailType: tt.detailType, Transition: tt.transition}); !ok {
 				t.Fatalf("sample not relevant: %s", why)
 			}
 			if e.Action.EC2InstanceID != "i-0123456789abcdef0" || e.Action.LifecycleActionToken == "" || e.Action.LifecycleHookName == "" {
@@ -70,29 +71,38 @@ func TestParseRejectsAndIgnores(t *testing.T) {
 		raw       []byte
 		malformed string // substring of the error; "" = parses
 		relevant  bool
+		why       string // substring of the reason when not relevant
 	}{
-		{"sample", sample, "", true},
-		{"not json", []byte("hello"), "malformed", false},
-		{"empty", []byte(""), "malformed", false},
-		{"truncated", sample[:len(sample)/2], "malformed", false},
-		{"trailing data", append(append([]byte{}, sample...), []byte("{}")...), "trailing", false},
-		{"detail is a string", mutate(t, func(m map[string]any) { m["detail"] = "x" }), "detail", false},
-		{"no detail", mutate(t, func(m map[string]any) { delete(m, "detail") }), "no detail", false},
-		{"missing instance", mutate(t, func(m map[string]any) { delete(detail(m), "EC2InstanceId") }), "EC2InstanceId", false},
+		{"sample", sample, "", true, ""},
+		{"not json", []byte("hello"), "malformed", false, ""},
+		{"empty", []byte(""), "malformed", false, ""},
+		{"truncated", sample[:len(sample)/2], "malformed", false, ""},
+		{"trailing data", append(append([]byte{}, sample...), []byte("{}")...), "trailing", false, ""},
+		{"detail is a string", mutate(t, func(m map[string]any) { m["detail"] = "x" }), "detail", false, ""},
+		{"no detail", mutate(t, func(m map[string]any) { delete(m, "detail") }), "no detail", false, ""},
+		{"missing instance", mutate(t, func(m map[string]any) { delete(detail(m), "EC2InstanceId") }), "EC2InstanceId", false, ""},
 		{"missing token and hook", mutate(t, func(m map[string]any) {
 			delete(detail(m), "LifecycleActionToken")
 			delete(detail(m), "LifecycleHookName")
-		}), "LifecycleActionToken, LifecycleHookName", false},
-		{"bad instance id", mutate(t, func(m map[string]any) { detail(m)["EC2InstanceId"] = "i-; rm -rf /" }), "not an instance id", false},
-		{"foreign ASG", mutate(t, func(m map[string]any) { detail(m)["AutoScalingGroupName"] = "web" }), "", false},
+		}), "LifecycleActionToken, LifecycleHookName", false, ""},
+		{"bad instance id", mutate(t, func(m map[string]any) { detail(m)["EC2InstanceId"] = "i-; rm -rf /" }), "not an instance id", false, ""},
+		{"foreign ASG", mutate(t, func(m map[string]any) { detail(m)["AutoScalingGroupName"] = "web" }), "", false, "Auto Scaling group"},
+		{"foreign hook", mutate(t, func(m map[string]any) { detail(m)["LifecycleHookName"] = "web-warmup" }), "", false, `lifecycle hook "web-warmup"`},
+		{"the terminate hook's name", mutate(t, func(m map[string]any) { detail(m)["LifecycleHookName"] = "slotkeeper-terminate" }), "", false, "lifecycle hook"},
+		{"launch into the warm pool", mutate(t, func(m map[string]any) { detail(m)["Origin"], detail(m)["Destination"] = "EC2", "WarmPool" }), "", false, "warm pool"},
+		{"launch out of the warm pool into the group", mutate(t, func(m map[string]any) { detail(m)["Origin"], detail(m)["Destination"] = "WarmPool", "AutoScalingGroup" }), "", true, ""},
+		{"launch of a group without a warm pool (no origin, no destination)", mutate(t, func(m map[string]any) {
+			delete(detail(m), "Origin")
+			delete(detail(m), "Destination")
+		}), "", true, ""},
 		{"terminate transition", mutate(t, func(m map[string]any) {
 			detail(m)["LifecycleTransition"] = TransitionTerminate
-		}), "", false},
-		{"terminate detail type", mutate(t, func(m map[string]any) { m["detail-type"] = DetailTypeTerminate }), "", false},
-		{"foreign source", mutate(t, func(m map[string]any) { m["source"] = "aws.ec2"; m["detail"] = map[string]any{"x": 1} }), "", false},
+		}), "", false, ""},
+		{"terminate detail type", mutate(t, func(m map[string]any) { m["detail-type"] = DetailTypeTerminate }), "", false, ""},
+		{"foreign source", mutate(t, func(m map[string]any) { m["source"] = "aws.ec2"; m["detail"] = map[string]any{"x": 1} }), "", false, ""},
 		{"test notification", mutate(t, func(m map[string]any) {
 			m["detail"] = map[string]any{"LifecycleTransition": "autoscaling:TEST_NOTIFICATION", "AutoScalingGroupName": "kafka-prod"}
-		}), "", false},
+		}), "", false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -106,9 +116,9 @@ func TestParseRejectsAndIgnores(t *testing.T) {
 			if err != nil {
 				t.Fatalf("unexpected error %v", err)
 			}
-			ok, why := e.Relevant("kafka-prod", DetailTypeLaunch, TransitionLaunch)
-			if ok != tt.relevant || (!ok && why == "") {
-				t.Fatalf("Relevant = %v (%q), want %v with a reason when false", ok, why, tt.relevant)
+			ok, why := e.Relevant(Filter{ASG: "kafka-prod", Hook: "slotkeeper-launch", DetailType: DetailTypeLaunch, Transition: TransitionLaunch})
+			if ok != tt.relevant || (!ok && why == "") || !strings.Contains(why, tt.why) {
+				t.Fatalf("Relevant = %v (%q), want %v with a reason mentioning %q when false", ok, why, tt.relevant, tt.why)
 			}
 		})
 	}
@@ -133,10 +143,14 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if ok, _ := e.Relevant(e.Action.AutoScalingGroupName, DetailTypeLaunch, TransitionLaunch); ok {
+		f := Filter{ASG: e.Action.AutoScalingGroupName, Hook: e.Action.LifecycleHookName, DetailType: DetailTypeLaunch, Transition: TransitionLaunch}
+		if ok, _ := e.Relevant(f); ok {
 			a := e.Action
 			if a.LifecycleActionToken == "" || a.LifecycleHookName == "" || !instanceIDRE.MatchString(a.EC2InstanceID) {
 				t.Fatalf("relevant event lacks what is needed to act: %+v", a)
+			}
+			if a.Destination == DestinationWarmPool {
+				t.Fatalf("a launch into the warm pool is relevant: %+v", a)
 			}
 		}
 	})

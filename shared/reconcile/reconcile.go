@@ -112,7 +112,7 @@ func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.Dy
 	}
 }
 
-// Orphan is a volume or ENI tagged with the cluster that no slot uses.
+// Orphan is a volume or ENI tagged with the cluster that no lease records.
 type Orphan struct {
 	Kind string `json:"kind"` // volume | eni
 	ID   string `json:"id"`
@@ -127,19 +127,29 @@ type Failure struct {
 	Error  string `json:"error"`
 }
 
+// IdentityProblem is a slot whose recorded volume or ENI is gone, or tagged for
+// another cluster or slot.
+type IdentityProblem struct {
+	Slot int    `json:"slot"`
+	Kind string `json:"kind"` // volume | eni
+	ID   string `json:"id"`
+	Why  string `json:"why"`
+}
+
 // Report says what one run found and did.
 type Report struct {
-	Outcome      string         `json:"outcome"`
-	Trigger      string         `json:"trigger,omitempty"`
-	Failures     []Failure      `json:"failures,omitempty"`
-	SlotsByState map[string]int `json:"slots_by_state,omitempty"`
-	Released     []int          `json:"released,omitempty"`
-	Detached     int            `json:"detached,omitempty"`
-	Orphans      []Orphan       `json:"orphans,omitempty"`
-	Repairs      map[string]int `json:"repairs,omitempty"`
-	Kafka        *kafka.Health  `json:"kafka,omitempty"`
-	Unregistered []int32        `json:"unregistered_brokers,omitempty"`
-	Reason       string         `json:"reason,omitempty"`
+	Outcome      string            `json:"outcome"`
+	Trigger      string            `json:"trigger,omitempty"`
+	Failures     []Failure         `json:"failures,omitempty"`
+	SlotsByState map[string]int    `json:"slots_by_state,omitempty"`
+	Released     []int             `json:"released,omitempty"`
+	Detached     int               `json:"detached,omitempty"`
+	Orphans      []Orphan          `json:"orphans,omitempty"`
+	Identity     []IdentityProblem `json:"identity,omitempty"`
+	Repairs      map[string]int    `json:"repairs,omitempty"`
+	Kafka        *kafka.Health     `json:"kafka,omitempty"`
+	Unregistered []int32           `json:"unregistered_brokers,omitempty"`
+	Reason       string            `json:"reason,omitempty"`
 }
 
 // Invoke is the Lambda entry point (Handler is a lambda.Handler).
@@ -390,7 +400,7 @@ func (r *run) repairSlot(ctx context.Context, l lease.Lease, state string) slotR
 	}
 	log := r.o.Log.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version, obs.KeyInstance, l.Holder)
 	if mode != nil {
-		n, err := r.res.DetachFrom(ctx, l.Slot, l.Holder, *mode)
+		n, err := r.res.DetachFrom(ctx, l, l.Holder, *mode)
 		out.detached = n
 		if err != nil {
 			out.err = fmt.Errorf("detaching slot %d's leftovers from %s: %w", l.Slot, l.Holder, err)
@@ -421,6 +431,10 @@ func (r *run) repairSlot(ctx context.Context, l lease.Lease, state string) slotR
 func (r *run) judge(ctx context.Context, l lease.Lease, state string) (string, *resources.DetachMode, bool, error) {
 	force, plain := resources.Force, resources.Plain
 	switch {
+	case state == slot.ShuttingDown:
+		// Its operating system may still be stopping Kafka: nothing is taken from it
+		// (resources.DetachPolicy); the run after it is terminated releases the slot.
+		return "", nil, false, nil
 	case slot.Dead(state):
 		return fmt.Sprintf("holder %s is %s", l.Holder, stateName(state)), &force, true, nil
 	case l.State != lease.Claimed:
@@ -451,30 +465,49 @@ func stateName(s string) string {
 	return s
 }
 
-// findOrphans reports, and never deletes, the volumes and ENIs tagged with the cluster
-// that no slot references: a slot tag outside 0..SlotCount-1, or a second resource
-// for a slot whose lease records another.
+// findOrphans reports, and never deletes, every volume and ENI tagged with the cluster
+// that no lease records: a slot tag outside 0..SlotCount-1, or a resource of a slot
+// whose lease records another (or none). A resource a lease records is never an
+// orphan, whatever its tags say. It also checks every recorded resource: one that is
+// gone, or whose tags name another cluster or slot, is an identity problem, logged as
+// an ALERT (the launch of that slot abandons until an operator acts).
 func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 	return func(ctx context.Context) error {
 		byslot := map[int]lease.Lease{}
+		recorded := map[string]map[string]int{lease.KindVolume: {}, lease.KindENI: {}} // kind -> id -> slot
 		for _, l := range leases {
 			byslot[l.Slot] = l
+			for _, kind := range []string{lease.KindVolume, lease.KindENI} {
+				if id := l.Recorded(kind); id != "" {
+					recorded[kind][id] = l.Slot
+				}
+			}
 		}
-		filter := []types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{r.cfg.Cluster}}}
-		judge := func(kind, id, slotTag string, recorded func(lease.Lease) string) {
+		seen := map[string]bool{}
+		judge := func(kind, id string, tags []types.Tag) {
+			slotTag := tag(tags, resources.TagSlot)
+			if s, ok := recorded[kind][id]; ok {
+				seen[id] = true
+				if cluster := tag(tags, resources.TagCluster); cluster != r.cfg.Cluster || slotTag != strconv.Itoa(s) {
+					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records %s %s, whose tags say %s=%q %s=%q: launches of the slot are refused until it is tagged again",
+						s, kind, id, resources.TagCluster, cluster, resources.TagSlot, slotTag))
+				}
+				return
+			}
 			n, err := strconv.Atoi(slotTag)
 			var why string
 			switch {
 			case err != nil || n < 0 || n >= r.cfg.SlotCount:
 				why = fmt.Sprintf("slot tag %q is not a slot of this cluster (0..%d)", slotTag, r.cfg.SlotCount-1)
-			case recorded(byslot[n]) != "" && recorded(byslot[n]) != id:
-				why = fmt.Sprintf("slot %d uses %s %s", n, kind, recorded(byslot[n]))
+			case byslot[n].Recorded(kind) != "":
+				why = fmt.Sprintf("slot %d uses %s %s", n, kind, byslot[n].Recorded(kind))
 			default:
-				return
+				why = fmt.Sprintf("slot %d records no %s", n, kind)
 			}
 			r.rep.Orphans = append(r.rep.Orphans, Orphan{Kind: kind, ID: id, Slot: slotTag, Why: why})
 			r.o.Log.WarnContext(ctx, "orphaned "+kind+" (reported, never deleted)", "id", id, obs.KeyReason, why)
 		}
+		filter := []types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{r.cfg.Cluster}}}
 		vols := ec2.NewDescribeVolumesPaginator(r.ec2, &ec2.DescribeVolumesInput{Filters: filter})
 		for vols.HasMorePages() {
 			page, err := vols.NextPage(ctx)
@@ -482,7 +515,7 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 				return fmt.Errorf("listing the cluster's volumes: %w", err)
 			}
 			for _, v := range page.Volumes {
-				judge("volume", aws.ToString(v.VolumeId), tag(v.Tags, resources.TagSlot), func(l lease.Lease) string { return l.VolumeID })
+				judge(lease.KindVolume, aws.ToString(v.VolumeId), v.Tags)
 			}
 		}
 		enis := ec2.NewDescribeNetworkInterfacesPaginator(r.ec2, &ec2.DescribeNetworkInterfacesInput{Filters: filter})
@@ -492,18 +525,74 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 				return fmt.Errorf("listing the cluster's ENIs: %w", err)
 			}
 			for _, n := range page.NetworkInterfaces {
-				judge("eni", aws.ToString(n.NetworkInterfaceId), tag(n.TagSet, resources.TagSlot), func(l lease.Lease) string { return l.ENIID })
+				judge(lease.KindENI, aws.ToString(n.NetworkInterfaceId), n.TagSet)
 			}
 		}
-		kinds := map[string]int{"volume": 0, "eni": 0}
+		// Recorded resources the listing did not show have lost the cluster tag, or are gone.
+		if err := r.unlisted(ctx, recorded, seen, judge); err != nil {
+			return err
+		}
+		kinds := map[string]int{lease.KindVolume: 0, lease.KindENI: 0}
 		for _, o := range r.rep.Orphans {
 			kinds[o.Kind]++
 		}
 		for k, n := range kinds {
 			r.o.Metrics.Count("Orphans", float64(n), "Kind", k)
 		}
+		r.o.Metrics.Count("IdentityAlerts", float64(len(r.rep.Identity)))
 		return nil
 	}
+}
+
+// unlisted describes, by id, the recorded resources the cluster's tag listing did not
+// show: one found is judged (its tags disagree); one not found is gone.
+func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, seen map[string]bool, judge func(kind, id string, tags []types.Tag)) error {
+	for _, kind := range []string{lease.KindVolume, lease.KindENI} {
+		var ids []string
+		for id := range recorded[kind] {
+			if !seen[id] {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		slices.Sort(ids)
+		for start := 0; start < len(ids); start += 200 {
+			chunk := ids[start:min(start+200, len(ids))]
+			if kind == lease.KindVolume {
+				out, err := r.ec2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []types.Filter{{Name: aws.String("volume-id"), Values: chunk}}})
+				if err != nil {
+					return fmt.Errorf("describing recorded volumes %v: %w", chunk, err)
+				}
+				for _, v := range out.Volumes {
+					judge(kind, aws.ToString(v.VolumeId), v.Tags)
+				}
+			} else {
+				out, err := r.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []types.Filter{{Name: aws.String("network-interface-id"), Values: chunk}}})
+				if err != nil {
+					return fmt.Errorf("describing recorded ENIs %v: %w", chunk, err)
+				}
+				for _, n := range out.NetworkInterfaces {
+					judge(kind, aws.ToString(n.NetworkInterfaceId), n.TagSet)
+				}
+			}
+		}
+		for _, id := range ids {
+			if !seen[id] {
+				s := recorded[kind][id]
+				r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records %s %s, which no longer exists; 'slotctl reset %d' gives the slot a new one", s, kind, id, s))
+			}
+		}
+	}
+	return nil
+}
+
+// identity reports a slot whose recorded resource is gone or tagged for another slot.
+func (r *run) identity(ctx context.Context, s int, kind, id, why string) {
+	r.rep.Identity = append(r.rep.Identity, IdentityProblem{Slot: s, Kind: kind, ID: id, Why: why})
+	r.o.Log.ErrorContext(ctx, "ALERT: slot identity problem (launches of the slot abandon until an operator acts)",
+		obs.KeySlot, s, "kind", kind, "id", id, obs.KeyReason, why)
 }
 
 func tag(tags []types.Tag, key string) string {

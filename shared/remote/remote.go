@@ -19,6 +19,10 @@ import (
 // timed out on the instance, or the instance was unreachable).
 var ErrFailed = errors.New("remote command failed")
 
+// ErrNoResult means the command was sent but its result was not known within the
+// Runner's Timeout.
+var ErrNoResult = errors.New("no result in time")
+
 // Runner runs commands on instances.
 type Runner struct {
 	SSM awsapi.SSM
@@ -70,7 +74,7 @@ func (r *Runner) Run(ctx context.Context, instance, comment string, commands []s
 			}
 		}
 		if time.Now().After(deadline) {
-			return Result{CommandID: id}, fmt.Errorf("%q on %s: no result within %s", comment, instance, r.Timeout)
+			return Result{CommandID: id}, fmt.Errorf("%q on %s: %w within %s", comment, instance, ErrNoResult, r.Timeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -2,32 +2,80 @@ package resources
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slot"
 )
 
-// detachMode says how a resource attached to another instance may be freed.
-// DESIGN: detach, force only once that instance is shutting-down, terminated or gone;
-// and never take a slot's data away from a live (pending or running) instance.
-func (m *Manager) detachMode(ctx context.Context, holder string) (force bool, err error) {
-	states, err := m.InstanceStates(ctx, []string{holder})
+// DetachPolicy is how a slot's volume or ENI is freed from an instance. DESIGN: a
+// resource leaves an instance with a plain detach while the instance is running,
+// stopping or shutting down; it is forced only once nothing can run there (stopped,
+// terminated, gone), or past an explicit bound that is raised loudly. A slot's data is
+// never taken from a live instance that is not leaving.
+type DetachPolicy struct {
+	// ForceAfter is the explicit bound: a plain detach still not done this long after
+	// it was asked for is forced even though the instance may still run, and Forced is
+	// told. Zero: never; the wait ends with an error instead (the caller retries).
+	ForceAfter time.Duration
+	// Forced is told of every detach forced past ForceAfter (for the alert, the
+	// metric and the SNS message). It may be nil.
+	Forced func(ctx context.Context, what, instance, state string, waited time.Duration)
+	// Leaving reports whether a running instance is on its way out (its group is
+	// terminating it); the attach of a slot's resource then waits for it to stop
+	// running instead of refusing. Nil: a running instance is never waited for.
+	Leaving func(ctx context.Context, instance string) (bool, string, error)
+}
+
+// ErrStillAttached means a plain detach did not finish within its bound and the
+// instance may still run Kafka, so it was not forced: retry later.
+var ErrStillAttached = errors.New("still attached")
+
+// stateOf returns instance's EC2 state (slot.Gone when EC2 does not know it).
+func (m *Manager) stateOf(ctx context.Context, instance string) (string, error) {
+	states, err := m.InstanceStates(ctx, []string{instance})
 	if err != nil {
-		return false, err
+		return "", err
 	}
-	st := states[holder]
-	switch {
-	case slot.Alive(st):
-		return false, fmt.Errorf("%w: the slot's resource is attached to %s, which is %s; refusing to take it from a live instance", ErrPermanent, holder, st)
-	case slot.Dead(st):
-		return true, nil
-	default: // stopping or stopped: the instance is not using it; a plain detach is enough
-		return false, nil
+	return states[instance], nil
+}
+
+// freeFromHolder makes sure a slot resource attached to holder (not the instance it
+// is being attached to) may be detached from it, and returns the holder's state: a
+// live holder is refused unless it is leaving, in which case this waits (bounded)
+// until it no longer runs.
+func (m *Manager) freeFromHolder(ctx context.Context, what, holder string) (string, error) {
+	st, err := m.stateOf(ctx, holder)
+	if err != nil || !slot.Alive(st) {
+		return st, err
 	}
+	if m.Detach.Leaving == nil {
+		return st, fmt.Errorf("%w: the slot's %s is attached to %s, which is %s; refusing to take it from a live instance", ErrPermanent, what, holder, st)
+	}
+	leaving, why, err := m.Detach.Leaving(ctx, holder)
+	if err != nil {
+		return st, err
+	}
+	if !leaving {
+		return st, fmt.Errorf("%w: the slot's %s is attached to %s, which is %s (%s); refusing to take it from a live instance", ErrPermanent, what, holder, st, why)
+	}
+	m.Log.InfoContext(ctx, "the slot's previous holder is leaving; waiting until it no longer runs", "resource", what, "from", holder, "reason", why)
+	var in Instance
+	err = m.WaitInstance(ctx, holder, func(i Instance) bool { return !slot.Alive(i.State) }, &in)
+	if err != nil {
+		return st, fmt.Errorf("the slot's %s is attached to %s, which is leaving but still %s: %w", what, holder, st, ErrStillAttached)
+	}
+	if in.ID == holder && in.State == "" {
+		return slot.Gone, nil
+	}
+	return in.State, nil
 }
 
 // AttachVolume makes v attached to instance at device, first detaching it from any
@@ -38,16 +86,15 @@ func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, devi
 		return v, fmt.Errorf("%w: volume %s is in %s, instance %s in %s", ErrPermanent, v.ID, v.AZ, instance, az)
 	}
 	if v.AttachedTo != "" && v.AttachedTo != instance {
-		force, err := m.detachMode(ctx, v.AttachedTo)
+		from := v.AttachedTo
+		st, err := m.freeFromHolder(ctx, "volume "+v.ID, from)
 		if err != nil {
 			return v, err
 		}
-		m.Log.InfoContext(ctx, "detaching slot volume from previous holder", "volume", v.ID, "from", v.AttachedTo, "force", force)
-		_, err = m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{
-			VolumeId: &v.ID, InstanceId: aws.String(v.AttachedTo), Force: aws.Bool(force),
-		})
-		if err != nil && !awsapi.IsIncorrectState(err) && !awsapi.IsNotFound(err) { // else: already detached
-			return v, fmt.Errorf("detaching volume %s from %s: %w", v.ID, v.AttachedTo, err)
+		m.Log.InfoContext(ctx, "detaching slot volume from previous holder", "volume", v.ID, "from", from, "state", orGoneState(st))
+		err = m.detachEscalating(ctx, "volume "+v.ID, from, st, Force, m.volumeDetacher(v.ID, from), m.volumeFree(v.ID, instance))
+		if err != nil {
+			return v, fmt.Errorf("detaching volume %s from %s: %w", v.ID, from, err)
 		}
 	}
 	// Wait until the volume is free, or until a concurrent delivery of the same event
@@ -75,14 +122,15 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 		return e, fmt.Errorf("%w: ENI %s is in %s, instance %s in %s", ErrPermanent, e.ID, e.AZ, instance, az)
 	}
 	if e.AttachedTo != "" && e.AttachedTo != instance {
-		force, err := m.detachMode(ctx, e.AttachedTo)
+		from := e.AttachedTo
+		st, err := m.freeFromHolder(ctx, "ENI "+e.ID, from)
 		if err != nil {
 			return e, err
 		}
-		m.Log.InfoContext(ctx, "detaching slot ENI from previous holder", "eni", e.ID, "from", e.AttachedTo, "force", force)
-		_, err = m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID, Force: aws.Bool(force)})
-		if err != nil && !awsapi.IsNotFound(err) && !awsapi.IsIncorrectState(err) {
-			return e, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, e.AttachedTo, err)
+		m.Log.InfoContext(ctx, "detaching slot ENI from previous holder", "eni", e.ID, "from", from, "state", orGoneState(st))
+		err = m.detachEscalating(ctx, "ENI "+e.ID, from, st, Force, m.eniDetacher(e.AttachmentID), m.eniFree(e.ID, instance))
+		if err != nil {
+			return e, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, from, err)
 		}
 	}
 	e, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" || e.AttachedTo == instance })
@@ -107,49 +155,66 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 type DetachMode int
 
 const (
-	// Plain detaches and waits: for an instance that is not running a broker on the
-	// resources (yet, or any more).
+	// Plain detaches and waits, and never forces: for an instance that runs no broker
+	// on the resources (a launch that is given up before its broker started).
 	Plain DetachMode = iota
-	// PlainThenForce detaches plainly and forces the detach if the resource is still
-	// not available after Poll.Timeout: for a leaving instance whose broker was stopped.
+	// PlainThenForce detaches plainly and waits; it forces the detach once the
+	// instance is halted (stopped, terminated or gone), or once the policy's
+	// ForceAfter has passed (loudly: DetachPolicy.Forced). Without ForceAfter, a plain
+	// detach that does not finish in Poll.Timeout while the instance may still run
+	// ends in ErrStillAttached, never in a force.
 	PlainThenForce
-	// Force detaches by force at once: only for an instance that is shutting down,
-	// terminated or gone.
+	// Force forces the detach at once if the instance is halted; an instance that is
+	// not (shutting down, stopping, running) gets PlainThenForce instead.
 	Force
 )
 
-// DetachFrom detaches the slot's volume and ENI from instance if they are attached to
-// it, and waits until both are available. It reports how many it detached.
-func (m *Manager) DetachFrom(ctx context.Context, s int, instance string, mode DetachMode) (detached int, err error) {
-	v, err := m.FindVolume(ctx, s)
-	if err != nil {
-		return 0, err
+// DetachFrom detaches the slot's volume and ENI, the ones lease l records (described by
+// their ids; tags play no part), from instance if they are attached to it, and waits
+// until both are available. It reports how many it detached. A recorded resource
+// that is gone has nothing to detach.
+func (m *Manager) DetachFrom(ctx context.Context, l lease.Lease, instance string, mode DetachMode) (detached int, err error) {
+	// The instance's state, looked up once for both resources.
+	var st *string
+	stateOf := func(ctx context.Context) (string, error) {
+		if st == nil {
+			got, err := m.stateOf(ctx, instance)
+			if err != nil {
+				return "", err
+			}
+			st = &got
+		}
+		return *st, nil
+	}
+	var v *Volume
+	if l.VolumeID != "" {
+		if v, err = m.VolumeByID(ctx, l.VolumeID); err != nil {
+			return 0, err
+		}
 	}
 	if v != nil && v.AttachedTo == instance {
-		err := m.detachEscalating(ctx, "volume "+v.ID, mode, func(ctx context.Context, force bool) error {
-			_, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Force: aws.Bool(force)})
-			return err
-		}, func(ctx context.Context) error {
-			_, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" })
-			return err
-		})
+		state, err := stateOf(ctx)
+		if err != nil {
+			return detached, err
+		}
+		err = m.detachEscalating(ctx, "volume "+v.ID, instance, state, mode, m.volumeDetacher(v.ID, instance), m.volumeFree(v.ID, ""))
 		if err != nil {
 			return detached, fmt.Errorf("detaching volume %s from %s: %w", v.ID, instance, err)
 		}
 		detached++
 	}
-	e, err := m.FindENI(ctx, s)
-	if err != nil {
-		return detached, err
+	var e *ENI
+	if l.ENIID != "" {
+		if e, err = m.ENIByID(ctx, l.ENIID); err != nil {
+			return detached, err
+		}
 	}
 	if e != nil && e.AttachedTo == instance {
-		err := m.detachEscalating(ctx, "ENI "+e.ID, mode, func(ctx context.Context, force bool) error {
-			_, err := m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &e.AttachmentID, Force: aws.Bool(force)})
-			return err
-		}, func(ctx context.Context) error {
-			_, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" })
-			return err
-		})
+		state, err := stateOf(ctx)
+		if err != nil {
+			return detached, err
+		}
+		err = m.detachEscalating(ctx, "ENI "+e.ID, instance, state, mode, m.eniDetacher(e.AttachmentID), m.eniFree(e.ID, ""))
 		if err != nil {
 			return detached, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, instance, err)
 		}
@@ -158,22 +223,131 @@ func (m *Manager) DetachFrom(ctx context.Context, s int, instance string, mode D
 	return detached, nil
 }
 
-// detachEscalating runs detach (plain or forced as mode says) and waits; with
-// PlainThenForce a plain detach that does not finish in time is forced.
-func (m *Manager) detachEscalating(ctx context.Context, what string, mode DetachMode, detach func(context.Context, bool) error, wait func(context.Context) error) error {
+// volumeDetacher and eniDetacher detach a resource from an instance, plainly or by
+// force; volumeFree and eniFree report whether it is free (or, when next is given,
+// already attached to next by a concurrent delivery).
+func (m *Manager) volumeDetacher(id, from string) func(context.Context, bool) error {
+	return func(ctx context.Context, force bool) error {
+		_, err := m.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &from, Force: aws.Bool(force)})
+		return err
+	}
+}
+
+func (m *Manager) eniDetacher(attachment string) func(context.Context, bool) error {
+	return func(ctx context.Context, force bool) error {
+		_, err := m.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: &attachment, Force: aws.Bool(force)})
+		return err
+	}
+}
+
+func (m *Manager) volumeFree(id, next string) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+		if err != nil {
+			return false, fmt.Errorf("describing volume %s: %w", id, err)
+		}
+		if len(out.Volumes) == 0 {
+			return false, fmt.Errorf("volume %s vanished", id)
+		}
+		v := toVolume(out.Volumes[0])
+		return v.State == "available" || next != "" && v.AttachedTo == next, nil
+	}
+}
+
+func (m *Manager) eniFree(id, next string) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+		if err != nil {
+			return false, fmt.Errorf("describing ENI %s: %w", id, err)
+		}
+		if len(out.NetworkInterfaces) == 0 {
+			return false, fmt.Errorf("ENI %s vanished", id)
+		}
+		e := toENI(out.NetworkInterfaces[0])
+		return e.Status == "available" || next != "" && e.AttachedTo == next, nil
+	}
+}
+
+// detachEscalating detaches a resource from instance, whose state was just read as st,
+// as mode and the policy say, and waits until free reports it free:
+//
+//   - Force on a halted instance forces at once;
+//   - otherwise the detach is plain, and while waiting the instance's state is looked
+//     at again: once it is halted, the detach is forced (nothing can run there);
+//   - with PlainThenForce (or Force) and a policy bound, a plain detach still not done
+//     after Detach.ForceAfter is forced although the instance may still run, and
+//     Detach.Forced is told (the caller alerts);
+//   - Plain never forces; a wait that ends without the resource free is an error
+//     (ErrStillAttached when the instance may still run).
+//
+// Each wait after a (plain or forced) detach is bounded by Poll.Timeout, or by
+// ForceAfter while that is longer.
+func (m *Manager) detachEscalating(ctx context.Context, what, instance, st string, mode DetachMode, detach func(context.Context, bool) error, free func(context.Context) (bool, error)) error {
 	ignorable := func(err error) bool { return err == nil || awsapi.IsIncorrectState(err) || awsapi.IsNotFound(err) }
-	if err := detach(ctx, mode == Force); !ignorable(err) {
+	forced := mode == Force && slot.Halted(st)
+	if forced {
+		m.Log.InfoContext(ctx, "forcing the detach: nothing can run on the instance", "resource", what, "instance", instance, "state", orGoneState(st))
+	}
+	if err := detach(ctx, forced); !ignorable(err) {
 		return err
 	}
-	err := wait(ctx)
-	if err == nil || mode != PlainThenForce || ctx.Err() != nil {
-		return err
+	start := time.Now()
+	bound := m.Poll.Timeout
+	if !forced && mode != Plain && m.Detach.ForceAfter > bound {
+		bound = m.Detach.ForceAfter
 	}
-	m.Log.WarnContext(ctx, "plain detach did not finish in time; forcing it", "resource", what, "error", err.Error())
-	if err := detach(ctx, true); !ignorable(err) {
-		return err
+	deadline := start.Add(bound)
+	delay := m.Poll.Initial
+	for {
+		done, err := free(ctx)
+		if err != nil || done {
+			return err
+		}
+		if !forced && mode != Plain {
+			if st, err = m.stateOf(ctx, instance); err != nil {
+				return err
+			}
+			switch waited := time.Since(start); {
+			case slot.Halted(st):
+				m.Log.WarnContext(ctx, "plain detach not done and the instance is halted: forcing it", "resource", what, "instance", instance, "state", orGoneState(st))
+				forced = true
+			case m.Detach.ForceAfter > 0 && waited >= m.Detach.ForceAfter:
+				m.Log.ErrorContext(ctx, "plain detach not done past the bound: forcing it although the instance may still run", "resource", what,
+					"instance", instance, "state", st, "waited", waited.Round(time.Millisecond).String())
+				if m.Detach.Forced != nil {
+					m.Detach.Forced(ctx, what, instance, st, waited)
+				}
+				forced = true
+			}
+			if forced {
+				if err := detach(ctx, true); !ignorable(err) {
+					return err
+				}
+				deadline = time.Now().Add(m.Poll.Timeout)
+			}
+		}
+		if time.Now().After(deadline) {
+			if !forced && !slot.Halted(st) {
+				return fmt.Errorf("%s: plain detach not done after %s and %s is %s, so it may still use it; not forcing: %w",
+					what, time.Since(start).Round(time.Millisecond), instance, st, ErrStillAttached)
+			}
+			return fmt.Errorf("waiting for %s to be free: gave up after %s", what, time.Since(start).Round(time.Millisecond))
+		}
+		jittered := delay/2 + rand.N(delay/2+1)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s to be free: %w", what, ctx.Err())
+		case <-time.After(jittered):
+		}
+		delay = min(delay*3/2, m.Poll.Max)
 	}
-	return wait(ctx)
+}
+
+func orGoneState(s string) string {
+	if s == slot.Gone {
+		return "gone"
+	}
+	return s
 }
 
 func (m *Manager) waitVolume(ctx context.Context, id, what string, ok func(Volume) bool) (Volume, error) {

@@ -63,3 +63,24 @@ func EachInstance(ctx context.Context, api awsapi.EC2, ids []string, fn func(typ
 	}
 	return nil
 }
+
+// EachVolume calls fn for every volume of ids that EC2 knows, in requests of at most
+// MaxFilterValues ids (a volume-id filter, read page by page: an id EC2 does not know is
+// simply absent).
+func EachVolume(ctx context.Context, api awsapi.EC2, ids []string, fn func(types.Volume)) error {
+	for _, chunk := range Chunks(unique(ids), MaxFilterValues) {
+		p := ec2.NewDescribeVolumesPaginator(api, &ec2.DescribeVolumesInput{
+			Filters: []types.Filter{{Name: aws.String("volume-id"), Values: chunk}},
+		})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return fmt.Errorf("describing %d volumes (%s … %s): %w", len(chunk), chunk[0], chunk[len(chunk)-1], err)
+			}
+			for _, v := range page.Volumes {
+				fn(v)
+			}
+		}
+	}
+	return nil
+}

@@ -1,7 +1,19 @@
 // Package resources finds, creates, frees and attaches a slot's EC2 resources: its
-// network interface (ENI) and its data volume. Resources are found by their slotkeeper
-// tags, which are set atomically at creation, so a retry after a crash finds what the
-// crashed attempt created instead of creating a second one.
+// network interface (ENI) and its data volume.
+//
+// The lease is the authority on which resources are the slot's: a volume or ENI is
+// recorded in the slot's lease right after it is created, and from then on it is
+// described by its recorded id, never found by its tags. Tags serve two purposes only:
+// finding, on the slot's first use, a resource whose creation a crash separated from
+// its record (creation sets them atomically, with a client token, so a retry finds
+// what the crashed attempt created instead of creating a second one); and
+// cross-checking a recorded resource, which is refused when its tags name another
+// cluster or slot (ErrIdentity). A recorded resource that is gone is ErrMissing: the
+// slot is not given a new one (an operator does that, with slotctl reset).
+//
+// A volume slotkeeper creates carries TagNeverFormatted until the broker's user data
+// has made its filesystem; only such a volume may be formatted, and only such a volume
+// may be taken by its tags on a slot's first use.
 //
 // Nothing here deletes a volume or a network interface: a broker's data outlives every
 // instance and every mistake.
@@ -26,6 +38,7 @@ import (
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
 )
 
 // Tag keys (public contract).
@@ -34,6 +47,13 @@ const (
 	TagSlot    = "slotkeeper:slot"
 	TagNodeID  = "slotkeeper:node-id"
 	TagLease   = "slotkeeper:lease"
+	// TagNeverFormatted marks a data volume slotkeeper created blank: set at
+	// CreateVolume, removed by the broker's user data once the volume has a
+	// filesystem. The user data formats a device only while its volume has it.
+	TagNeverFormatted = "slotkeeper:never-formatted"
+	// TagRefused is set on an instance whose user data refused to start Kafka; its
+	// value says why (slotctl status shows it).
+	TagRefused = "slotkeeper:refused"
 )
 
 // ENIDeviceIndex is where a slot ENI is attached: index 0 is the primary interface.
@@ -58,6 +78,10 @@ type Manager struct {
 	SGs     []string
 	Poll    Poll
 	Log     *slog.Logger
+	// Detach is the policy for freeing a resource attached to another instance
+	// (attach.go); its zero value never forces a detach from an instance that may
+	// still run Kafka.
+	Detach DetachPolicy
 }
 
 // ENI is the part of a network interface slotkeeper looks at.
@@ -67,6 +91,7 @@ type ENI struct {
 	AttachmentID         string
 	Status               string // available, in-use, attaching, detaching
 	AttachmentStatus     string // attaching, attached, detaching, detached
+	Tags                 map[string]string
 }
 
 // Volume is the part of a volume slotkeeper looks at.
@@ -77,6 +102,7 @@ type Volume struct {
 	AttachedTo      string
 	AttachmentState string
 	Device          string
+	Tags            map[string]string
 }
 
 func slotTags(cluster string, s int) []types.Tag {
@@ -101,19 +127,160 @@ func (m *Manager) clientToken(kind string, s int, version int64) string {
 	return "slotkeeper-" + hex.EncodeToString(sum[:])[:40]
 }
 
-// FindENI returns the slot's ENI, or nil when it has none yet. Should there ever be
-// several (created outside slotkeeper), the lowest id is the slot's and the others are
-// logged for the operator.
-func (m *Manager) FindENI(ctx context.Context, s int) (*ENI, error) {
+// Identity errors: the lease records a resource that is gone, or whose tags say it is
+// not the slot's. Both are permanent (a retry finds the same) and call for an operator:
+// the launch abandons with an ALERT instead of giving the slot a new, blank identity.
+var (
+	// ErrMissing: the lease records a volume or ENI that EC2 no longer knows.
+	ErrMissing = fmt.Errorf("%w: the slot's recorded resource is gone", ErrPermanent)
+	// ErrIdentity: the recorded resource's tags do not name this cluster and slot.
+	ErrIdentity = fmt.Errorf("%w: the slot's recorded resource is tagged for another slot", ErrPermanent)
+)
+
+// IdentityError is an ErrMissing or ErrIdentity about one recorded resource.
+type IdentityError struct {
+	Kind string // lease.KindVolume or lease.KindENI
+	ID   string
+	Slot int
+	// Missing: the resource is gone (ErrMissing); else its tags disagree (ErrIdentity).
+	Missing bool
+	Msg     string
+}
+
+func (e *IdentityError) Error() string { return e.Msg }
+
+// Unwrap returns ErrMissing or ErrIdentity (both wrap ErrPermanent).
+func (e *IdentityError) Unwrap() error {
+	if e.Missing {
+		return ErrMissing
+	}
+	return ErrIdentity
+}
+
+// checkTags cross-checks a recorded resource's tags against the slot that records it.
+func (m *Manager) checkTags(kind, id string, tags map[string]string, s int) error {
+	cluster, slot := tags[TagCluster], tags[TagSlot]
+	if cluster == m.Cluster && slot == strconv.Itoa(s) {
+		return nil
+	}
+	return &IdentityError{Kind: kind, ID: id, Slot: s, Msg: fmt.Sprintf("slot %d's lease records %s %s, but its tags say %s=%q %s=%q, "+
+		"not %q and \"%d\": refusing to use it (if it is the slot's, tag it again; if not, find the slot's own)",
+		s, kindName(kind), id, TagCluster, cluster, TagSlot, slot, m.Cluster, s)}
+}
+
+func kindName(kind string) string {
+	if kind == lease.KindENI {
+		return "ENI"
+	}
+	return kind
+}
+
+// VolumeByID describes one volume by id; nil when EC2 does not know it.
+func (m *Manager) VolumeByID(ctx context.Context, id string) (*Volume, error) {
+	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+	if awsapi.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("describing volume %s: %w", id, err)
+	}
+	if len(out.Volumes) == 0 {
+		return nil, nil
+	}
+	v := toVolume(out.Volumes[0])
+	return &v, nil
+}
+
+// ENIByID describes one network interface by id; nil when EC2 does not know it.
+func (m *Manager) ENIByID(ctx context.Context, id string) (*ENI, error) {
+	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+	if awsapi.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("describing ENI %s: %w", id, err)
+	}
+	if len(out.NetworkInterfaces) == 0 {
+		return nil, nil
+	}
+	e := toENI(out.NetworkInterfaces[0])
+	return &e, nil
+}
+
+// RecordedVolume returns the volume l records, described by its id: nil when l records
+// none; ErrMissing when EC2 no longer knows it; ErrIdentity when its tags name another
+// cluster or slot. Tags are never used to find it.
+func (m *Manager) RecordedVolume(ctx context.Context, l lease.Lease) (*Volume, error) {
+	if l.VolumeID == "" {
+		return nil, nil
+	}
+	v, err := m.VolumeByID(ctx, l.VolumeID)
+	switch {
+	case err != nil:
+		return nil, err
+	case v == nil:
+		return nil, &IdentityError{Kind: lease.KindVolume, ID: l.VolumeID, Slot: l.Slot, Missing: true, Msg: fmt.Sprintf(
+			"slot %d's lease records volume %s, which no longer exists: slotkeeper never gives a slot that had a volume "+
+				"a new blank one by itself (an operator does, with 'slotctl reset %d')", l.Slot, l.VolumeID, l.Slot)}
+	}
+	if err := m.checkTags(lease.KindVolume, v.ID, v.Tags, l.Slot); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+// RecordedENI is RecordedVolume for the slot's ENI.
+func (m *Manager) RecordedENI(ctx context.Context, l lease.Lease) (*ENI, error) {
+	if l.ENIID == "" {
+		return nil, nil
+	}
+	e, err := m.ENIByID(ctx, l.ENIID)
+	switch {
+	case err != nil:
+		return nil, err
+	case e == nil:
+		return nil, &IdentityError{Kind: lease.KindENI, ID: l.ENIID, Slot: l.Slot, Missing: true, Msg: fmt.Sprintf(
+			"slot %d's lease records ENI %s (%s), which no longer exists: slotkeeper never gives a slot a new address "+
+				"by itself (an operator does, with 'slotctl reset %d')", l.Slot, l.ENIID, l.IP, l.Slot)}
+	}
+	if err := m.checkTags(lease.KindENI, e.ID, e.Tags, l.Slot); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// unrecordedENI finds, by its tags, an ENI created for slot s whose id the lease does
+// not record yet (creation and record are two calls: a crash may fall in between).
+// Should there be several, the lowest id is taken and the others are logged; the
+// reconciler reports them as orphans.
+func (m *Manager) unrecordedENI(ctx context.Context, s int) (*ENI, error) {
 	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: m.slotFilters(s)})
 	if err != nil {
-		return nil, fmt.Errorf("finding ENI of slot %d: %w", s, err)
+		return nil, fmt.Errorf("finding an unrecorded ENI of slot %d: %w", s, err)
 	}
 	enis := make([]ENI, 0, len(out.NetworkInterfaces))
 	for _, n := range out.NetworkInterfaces {
 		enis = append(enis, toENI(n))
 	}
 	return lowest(ctx, m, "ENI", s, enis, func(e ENI) string { return e.ID }), nil
+}
+
+// unrecordedVolume finds a volume slotkeeper created for slot s whose id the lease does
+// not record yet: tagged with the slot and still carrying TagNeverFormatted. A volume
+// that lost that mark has been formatted (it holds a broker's data) and is never taken
+// by its tags alone: a restored snapshot or a copy with the slot's tags must not
+// become the slot's volume.
+func (m *Manager) unrecordedVolume(ctx context.Context, s int) (*Volume, error) {
+	filters := append(m.slotFilters(s), types.Filter{Name: aws.String("tag-key"), Values: []string{TagNeverFormatted}})
+	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filters})
+	if err != nil {
+		return nil, fmt.Errorf("finding an unrecorded volume of slot %d: %w", s, err)
+	}
+	vols := make([]Volume, 0, len(out.Volumes))
+	for _, v := range out.Volumes {
+		vols = append(vols, toVolume(v))
+	}
+	return lowest(ctx, m, "never-formatted volume", s, vols, func(v Volume) string { return v.ID }), nil
 }
 
 // lowest returns the item with the lowest id, or nil when there is none, and warns
@@ -124,67 +291,92 @@ func lowest[T any](ctx context.Context, m *Manager, kind string, s int, items []
 	}
 	slices.SortFunc(items, func(a, b T) int { return strings.Compare(id(a), id(b)) })
 	if len(items) > 1 {
-		m.Log.WarnContext(ctx, "slot has several "+kind+"s; using the lowest id", "slot", s, "id", id(items[0]), "extra", len(items)-1)
+		m.Log.WarnContext(ctx, "slot has several unrecorded "+kind+"s; taking the lowest id", "slot", s, "id", id(items[0]), "extra", len(items)-1)
 	}
 	return &items[0]
 }
 
-// EnsureENI returns the slot's ENI, creating it in subnet on first use. Its private IP
-// is fixed for the ENI's life, which is the slot's life.
-func (m *Manager) EnsureENI(ctx context.Context, s int, subnet string, version int64) (ENI, bool, error) {
-	if e, err := m.FindENI(ctx, s); err != nil || e != nil {
-		if e == nil {
+// RecordENI records a slot's ENI in its lease (lease.Store.Record, fenced).
+type RecordENI func(ctx context.Context, id, ip string) error
+
+// RecordVolume records a slot's volume in its lease (lease.Store.Record, fenced).
+type RecordVolume func(ctx context.Context, id string) error
+
+// EnsureENI returns the slot's ENI: the one l records (described by id, its tags
+// cross-checked); else, on the slot's first use, one created for it whose record a
+// crash interrupted (found by its tags); else a new one in subnet. A found or created
+// ENI is recorded (record) before it is returned, so from then on it is the slot's by
+// id. Its private IP is fixed for the ENI's life, which is the slot's life.
+func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, record RecordENI) (ENI, bool, error) {
+	s := l.Slot
+	if l.ENIID != "" {
+		e, err := m.RecordedENI(ctx, l)
+		if err != nil {
 			return ENI{}, false, err
 		}
 		return *e, false, nil
 	}
-	out, err := m.EC2.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
-		SubnetId:    &subnet,
-		Groups:      m.SGs,
-		Description: aws.String(fmt.Sprintf("slotkeeper %s slot %d", m.Cluster, s)),
-		ClientToken: aws.String(m.clientToken("eni", s, version)),
-		TagSpecifications: []types.TagSpecification{{
-			ResourceType: types.ResourceTypeNetworkInterface, Tags: slotTags(m.Cluster, s),
-		}},
-	})
+	e, err := m.unrecordedENI(ctx, s)
 	if err != nil {
-		return ENI{}, false, fmt.Errorf("creating ENI of slot %d in %s: %w", s, subnet, permanentIf(err))
+		return ENI{}, false, err
 	}
-	e := toENI(*out.NetworkInterface)
-	m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
-	return e, true, nil
+	created := e == nil
+	if created {
+		out, err := m.EC2.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
+			SubnetId:    &subnet,
+			Groups:      m.SGs,
+			Description: aws.String(fmt.Sprintf("slotkeeper %s slot %d", m.Cluster, s)),
+			ClientToken: aws.String(m.clientToken("eni", s, l.Version)),
+			TagSpecifications: []types.TagSpecification{{
+				ResourceType: types.ResourceTypeNetworkInterface, Tags: slotTags(m.Cluster, s),
+			}},
+		})
+		if err != nil {
+			return ENI{}, false, fmt.Errorf("creating ENI of slot %d in %s: %w", s, subnet, permanentIf(err))
+		}
+		n := toENI(*out.NetworkInterface)
+		e = &n
+		m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
+	}
+	if err := record(ctx, e.ID, e.IP); err != nil {
+		return ENI{}, false, err
+	}
+	return *e, created, nil
 }
 
-// FindVolume returns the slot's data volume, or nil when it has none yet.
-func (m *Manager) FindVolume(ctx context.Context, s int) (*Volume, error) {
-	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: m.slotFilters(s)})
-	if err != nil {
-		return nil, fmt.Errorf("finding volume of slot %d: %w", s, err)
-	}
-	vols := make([]Volume, 0, len(out.Volumes))
-	for _, v := range out.Volumes {
-		vols = append(vols, toVolume(v))
-	}
-	return lowest(ctx, m, "volume", s, vols, func(v Volume) string { return v.ID }), nil
-}
-
-// EnsureVolume returns the slot's data volume, creating it in az on first use and
-// waiting until it is available.
-func (m *Manager) EnsureVolume(ctx context.Context, s int, az string, version int64) (Volume, bool, error) {
-	if v, err := m.FindVolume(ctx, s); err != nil || v != nil {
-		if v == nil {
+// EnsureVolume returns the slot's data volume: the one l records (described by id,
+// its tags cross-checked; ErrMissing if it is gone: never a silent new disk); else, on
+// the slot's first use, a never-formatted one created for it whose record a crash
+// interrupted; else a new one in az, tagged TagNeverFormatted. A found or created
+// volume is recorded (record) before the wait until it is available.
+func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, record RecordVolume) (Volume, bool, error) {
+	s := l.Slot
+	if l.VolumeID != "" {
+		v, err := m.RecordedVolume(ctx, l)
+		if err != nil {
 			return Volume{}, false, err
 		}
 		return *v, false, nil
 	}
+	v, err := m.unrecordedVolume(ctx, s)
+	if err != nil {
+		return Volume{}, false, err
+	}
+	if v != nil {
+		if err := record(ctx, v.ID); err != nil {
+			return Volume{}, false, err
+		}
+		return *v, false, nil
+	}
+	tags := append(slotTags(m.Cluster, s), types.Tag{Key: aws.String(TagNeverFormatted), Value: aws.String("true")})
 	in := &ec2.CreateVolumeInput{
 		AvailabilityZone: &az,
 		Size:             aws.Int32(m.Volume.SizeGiB),
 		VolumeType:       types.VolumeType(m.Volume.Type),
 		Encrypted:        aws.Bool(m.Volume.Encrypted),
-		ClientToken:      aws.String(m.clientToken("volume", s, version)),
+		ClientToken:      aws.String(m.clientToken("volume", s, l.Version)),
 		TagSpecifications: []types.TagSpecification{{
-			ResourceType: types.ResourceTypeVolume, Tags: slotTags(m.Cluster, s),
+			ResourceType: types.ResourceTypeVolume, Tags: tags,
 		}},
 	}
 	if m.Volume.IOPS > 0 {
@@ -202,8 +394,11 @@ func (m *Manager) EnsureVolume(ctx context.Context, s int, az string, version in
 	}
 	id := aws.ToString(out.VolumeId)
 	m.Log.InfoContext(ctx, "created slot volume", "slot", s, "volume", id, "az", az, "size_gib", m.Volume.SizeGiB)
-	v, err := m.waitVolume(ctx, id, "available", func(v Volume) bool { return v.State == "available" })
-	return v, true, err
+	if err := record(ctx, id); err != nil {
+		return Volume{}, false, err
+	}
+	vol, err := m.waitVolume(ctx, id, "available", func(v Volume) bool { return v.State == "available" })
+	return vol, true, err
 }
 
 // InstanceStates returns the EC2 state of each of ids that EC2 knows; unknown ids are
@@ -297,7 +492,7 @@ func toENI(n types.NetworkInterface) ENI {
 	e := ENI{
 		ID: aws.ToString(n.NetworkInterfaceId), SubnetID: aws.ToString(n.SubnetId),
 		AZ: aws.ToString(n.AvailabilityZone), IP: aws.ToString(n.PrivateIpAddress),
-		Status: string(n.Status),
+		Status: string(n.Status), Tags: tagMap(n.TagSet),
 	}
 	if a := n.Attachment; a != nil && aws.ToString(a.InstanceId) != "" {
 		e.AttachedTo, e.AttachmentID, e.AttachmentStatus = aws.ToString(a.InstanceId), aws.ToString(a.AttachmentId), string(a.Status)
@@ -308,7 +503,7 @@ func toENI(n types.NetworkInterface) ENI {
 func toVolume(v types.Volume) Volume {
 	vol := Volume{
 		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone),
-		State: string(v.State), SizeGiB: aws.ToInt32(v.Size), Type: string(v.VolumeType),
+		State: string(v.State), SizeGiB: aws.ToInt32(v.Size), Type: string(v.VolumeType), Tags: tagMap(v.Tags),
 	}
 	for _, a := range v.Attachments {
 		if a.State == types.VolumeAttachmentStateDetached {
@@ -317,6 +512,14 @@ func toVolume(v types.Volume) Volume {
 		vol.AttachedTo, vol.AttachmentState, vol.Device = aws.ToString(a.InstanceId), string(a.State), aws.ToString(a.Device)
 	}
 	return vol
+}
+
+func tagMap(tags []types.Tag) map[string]string {
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return m
 }
 
 // permanentIf marks the EC2 errors that no retry can fix.

@@ -38,6 +38,11 @@ type Claimed struct {
 	Writes int
 	// Reason says why this slot was claimable.
 	Reason string
+	// Taken are, when no slot could be claimed, the AZ's leases that were not
+	// claimable, and States the EC2 states of their holders: the slots a launch may
+	// wait for (see Leaving).
+	Taken  []lease.Lease
+	States map[string]string
 }
 
 // Claim returns the slot lease instance holds after claiming one of azSlots, or
@@ -69,7 +74,13 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
 		}
 		if len(d.Candidates) == 0 {
-			return Claimed{Writes: writes}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
+			var taken []lease.Lease
+			for _, s := range azSlots {
+				if l, ok := leases[s]; ok {
+					taken = append(taken, l)
+				}
+			}
+			return Claimed{Writes: writes, Taken: taken, States: states}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
 		}
 		// Try the first candidate. When another claimer was faster, the rest of this
 		// read is stale too: read again rather than racing down a stale list.

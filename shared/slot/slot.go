@@ -6,9 +6,11 @@ package slot
 
 import (
 	"cmp"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 )
@@ -29,6 +31,59 @@ func Alive(state string) bool { return state == Pending || state == Running }
 
 // Dead reports whether an instance in state will never run again.
 func Dead(state string) bool { return state == ShuttingDown || state == Terminated || state == Gone }
+
+// Halted reports whether nothing can run on an instance in state right now: it is
+// stopped, terminated or gone. Only then may a disk be forced off it. A shutting-down
+// or stopping instance is not halted: its operating system may still be stopping
+// Kafka and flushing the filesystem.
+func Halted(state string) bool { return state == Stopped || state == Terminated || state == Gone }
+
+// Holder is a lease holder as EC2 and its Auto Scaling group see it.
+type Holder struct {
+	// State is the EC2 state (Gone when EC2 does not know the instance).
+	State string
+	// Lifecycle and Health are the group's lifecycle state and health status; empty
+	// when the instance is in no group.
+	Lifecycle, Health string
+}
+
+// LeavingGroup reports whether an instance in its group's lifecycle state and with
+// its health status is on its way out of the group: terminating, returning to a warm
+// pool, or unhealthy (the group replaces it).
+func LeavingGroup(lifecycle, health string) bool {
+	return strings.HasPrefix(lifecycle, "Terminating") || strings.HasPrefix(lifecycle, "Warmed") ||
+		strings.EqualFold(health, "Unhealthy")
+}
+
+// Leaving reports whether the holder of l is leaving the slot, so that a launch that
+// finds no claimable slot in its AZ should wait for this one to be released (a
+// handover) rather than give up; and says why. A holder is leaving when its lease is
+// draining (a termination is handing the slot back), when its instance is stopping,
+// stopped or shutting down, or when its group is terminating it, returning it to a
+// warm pool or has found it unhealthy. A healthy holder in service is not leaving, nor
+// is a claim of another launch in progress.
+func Leaving(l lease.Lease, h Holder) (bool, string) {
+	switch {
+	case l.State == lease.Free:
+		return false, "slot free"
+	case l.State == lease.Draining:
+		return true, "lease draining: " + l.Holder + " is handing the slot back"
+	case h.State == Stopping || h.State == Stopped || h.State == ShuttingDown:
+		return true, "holder " + l.Holder + " is " + h.State
+	case LeavingGroup(h.Lifecycle, h.Health):
+		return true, fmt.Sprintf("holder %s is %s (%s) in its group", l.Holder, h.Lifecycle, orUnknown(h.Health))
+	case l.State == lease.Claimed:
+		return false, "another launch (" + l.Holder + ", " + stateName(h.State) + ") is claiming the slot"
+	}
+	return false, fmt.Sprintf("holder %s is %s and %s (%s) in its group", l.Holder, stateName(h.State), orUnknown(h.Lifecycle), orUnknown(h.Health))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
 
 // Order ranks the candidate slots for an instance; the first is tried first.
 type Order func(instance string, slots []int) []int

@@ -3,6 +3,7 @@ package slot
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -206,5 +207,51 @@ func TestMatchingIsAPerfectAssignment(t *testing.T) {
 	}
 	if len(firsts) != len(peers) {
 		t.Fatalf("first choices %v: want %d distinct", firsts, len(peers))
+	}
+}
+
+// Handover: which holders a launch with no claimable slot waits for, and which mean
+// ABANDON (a healthy holder in service, another launch's claim).
+func TestLeaving(t *testing.T) {
+	tests := []struct {
+		name   string
+		state  lease.State
+		holder Holder
+		want   bool
+		why    string
+	}{
+		{"healthy broker in service", lease.Bound, Holder{Running, "InService", "Healthy"}, false, "InService"},
+		{"broker outside any group", lease.Bound, Holder{State: Running}, false, "unknown"},
+		{"in standby (still runs Kafka)", lease.Bound, Holder{Running, "Standby", "Healthy"}, false, "Standby"},
+		{"draining lease", lease.Draining, Holder{Running, "Terminating:Wait", "Healthy"}, true, "draining"},
+		{"draining lease, group unknown", lease.Draining, Holder{State: Running}, true, "draining"},
+		{"terminating (health replacement)", lease.Bound, Holder{Running, "Terminating:Wait", "Unhealthy"}, true, "Terminating:Wait"},
+		{"terminating, hook done", lease.Bound, Holder{Running, "Terminating:Proceed", "Healthy"}, true, "Terminating:Proceed"},
+		{"unhealthy, not yet terminating", lease.Bound, Holder{Running, "InService", "Unhealthy"}, true, "Unhealthy"},
+		{"returning to the warm pool", lease.Bound, Holder{Running, "Warmed:Pending:Wait", "Healthy"}, true, "Warmed"},
+		{"shutting down", lease.Bound, Holder{State: ShuttingDown}, true, "shutting-down"},
+		{"stopping", lease.Bound, Holder{State: Stopping}, true, "stopping"},
+		{"stopped", lease.Bound, Holder{Stopped, "InService", "Healthy"}, true, "stopped"},
+		{"another launch's claim", lease.Claimed, Holder{Pending, "Pending:Wait", "Healthy"}, false, "another launch"},
+		{"free", lease.Free, Holder{}, false, "free"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := Leaving(lease.Lease{State: tt.state, Holder: "i-0000000a"}, tt.holder)
+			if got != tt.want || !strings.Contains(why, tt.why) {
+				t.Errorf("Leaving = %v (%q), want %v with a reason mentioning %q", got, why, tt.want, tt.why)
+			}
+		})
+	}
+}
+
+func TestHalted(t *testing.T) {
+	for state, want := range map[string]bool{
+		Pending: false, Running: false, Stopping: false, ShuttingDown: false,
+		Stopped: true, Terminated: true, Gone: true,
+	} {
+		if got := Halted(state); got != want {
+			t.Errorf("Halted(%q) = %v, want %v", state, got, want)
+		}
 	}
 }

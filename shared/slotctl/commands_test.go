@@ -42,7 +42,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, h *harness.Harness, cluster string) *fixture {
 	t.Helper()
-	st := demo.NewStage(t, h, cluster)
+	return newFixtureOf(t, h, demo.NewStage(t, h, cluster))
+}
+
+// newFixtureOf binds the three slots of a stage (kfake's or Apache Kafka's).
+func newFixtureOf(t *testing.T, h *harness.Harness, st *demo.Stage) *fixture {
+	t.Helper()
 	f := &fixture{t: t, h: h, st: st, store: lease.NewStore(dynamodb.NewFromConfig(h.DirectConfig()), st.Config.Table, st.Config.Cluster)}
 	cfg := h.AWSConfig()
 	log := obs.NewLogger(io.Discard, 0)
@@ -224,13 +229,18 @@ func testHistory(t *testing.T, f *fixture) {
 			for _, tr := range h.Transitions {
 				moves = append(moves, tr.From+">"+tr.To)
 			}
-			if h.State != "bound" || h.Holder != f.ids[1] || h.Version != 1 || !slices.Equal(moves, []string{"free>claimed", "claimed>bound"}) ||
-				h.Transitions[0].Instance != f.ids[1] || !strings.HasPrefix(h.Transitions[0].Actor, "launch") {
+			// The claim, the records of the new ENI and volume (right after each was
+			// created), the bind.
+			if h.State != "bound" || h.Holder != f.ids[1] || h.Version != 1 ||
+				!slices.Equal(moves, []string{"free>claimed", "claimed>claimed", "claimed>claimed", "claimed>bound"}) ||
+				h.Transitions[0].Instance != f.ids[1] || !strings.HasPrefix(h.Transitions[0].Actor, "launch") ||
+				h.VolumeID == "" || h.Transitions[2].Reason != "recorded volume "+h.VolumeID+" as the slot's" ||
+				!strings.HasPrefix(h.Transitions[1].Reason, "recorded ENI "+h.ENIID) {
 				t.Errorf("history %+v", h)
 			}
 		}},
 		{"flags anywhere", []string{"--json", "history", "--table", f.st.Config.Table, "1"}, nil, slotctl.ExitOK, func(t *testing.T, r result) {
-			if h := decode[slotctl.History](t, r); h.Slot != 1 || len(h.Transitions) != 2 {
+			if h := decode[slotctl.History](t, r); h.Slot != 1 || len(h.Transitions) != 4 {
 				t.Errorf("history %+v", h)
 			}
 		}},

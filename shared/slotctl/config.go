@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -99,6 +100,7 @@ type Clients struct {
 	AutoScaling awsapi.AutoScaling
 	DynamoDB    awsapi.DynamoDB
 	Route53     awsapi.Route53
+	STS         awsapi.STS
 
 	// KafkaConfig is how Kafka is reached; its Bootstrap empty: no Kafka checks.
 	KafkaConfig config.KafkaConfig
@@ -115,6 +117,7 @@ func NewClients(cfg aws.Config) *Clients {
 		DynamoDB:    dynamodb.NewFromConfig(cfg),
 		Route53:     route53.NewFromConfig(cfg),
 		Secrets:     secretsmanager.NewFromConfig(cfg),
+		STS:         sts.NewFromConfig(cfg),
 	}
 }
 

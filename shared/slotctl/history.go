@@ -23,13 +23,17 @@ the last 50) and its disk growths (the last 20).`,
 
 // History is a slot's lease and its recorded history.
 type History struct {
-	Cluster     string       `json:"cluster"`
-	Slot        int          `json:"slot"`
-	NodeID      int          `json:"node_id"`
-	State       string       `json:"state"`
-	Version     int64        `json:"version"`
-	Holder      string       `json:"holder,omitempty"`
-	LastHolder  string       `json:"last_holder,omitempty"`
+	Cluster    string `json:"cluster"`
+	Slot       int    `json:"slot"`
+	NodeID     int    `json:"node_id"`
+	State      string `json:"state"`
+	Version    int64  `json:"version"`
+	Holder     string `json:"holder,omitempty"`
+	LastHolder string `json:"last_holder,omitempty"`
+	// VolumeID, ENIID and IP are the slot's resources as its lease records them.
+	VolumeID    string       `json:"volume_id,omitempty"`
+	ENIID       string       `json:"eni_id,omitempty"`
+	IP          string       `json:"ip,omitempty"`
 	Transitions []Transition `json:"transitions"`
 	Growths     []Growth     `json:"growths"`
 	// Pending is a growth that was decided and is not finished.
@@ -89,7 +93,8 @@ func runHistory(ctx context.Context, r *Run) error {
 		return awsError(err, "reading the lease table "+cfg.Table)
 	}
 	h := History{Cluster: cfg.Cluster, Slot: s, NodeID: cfg.NodeID(s), State: string(l.State), Version: l.Version,
-		Holder: l.Holder, LastHolder: l.LastHolder, Transitions: []Transition{}, Growths: []Growth{}, NeverUsed: !l.Exists()}
+		Holder: l.Holder, LastHolder: l.LastHolder, VolumeID: l.VolumeID, ENIID: l.ENIID, IP: l.IP,
+		Transitions: []Transition{}, Growths: []Growth{}, NeverUsed: !l.Exists()}
 	for _, t := range l.History {
 		h.Transitions = append(h.Transitions, Transition{At: t.At, From: string(t.From), To: string(t.To), Version: t.Version,
 			Instance: t.Instance, Actor: t.Actor, Reason: t.Reason})
@@ -112,6 +117,9 @@ func runHistory(ctx context.Context, r *Run) error {
 	}
 	if h.LastHolder != "" {
 		out.Printf(" · last holder %s", h.LastHolder)
+	}
+	if h.VolumeID != "" || h.ENIID != "" {
+		out.Printf("\nrecords volume %s · ENI %s · IP %s", dash(h.VolumeID), dash(h.ENIID), dash(h.IP))
 	}
 	out.Printf("\n\n")
 	if h.NeverUsed {

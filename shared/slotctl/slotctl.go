@@ -6,6 +6,7 @@
 //	slotctl history <slot>   a slot's transitions and disk growths
 //	slotctl preflight        checks before going live
 //	slotctl evict <slot>     replace a slot's broker on purpose, through the ASG
+//	slotctl reset <slot>     give a slot whose recorded volume (or ENI) is gone a new one
 //	slotctl demo             the whole lifecycle on this machine (package demo)
 //
 // Every command prints for people by default (colour only on a terminal) and, with
@@ -36,7 +37,7 @@ const (
 	ExitUsage = 2
 	// ExitUnreachable: AWS or Kafka could not be reached or refused a request.
 	ExitUnreachable = 3
-	// ExitRefused: evict declined to act; nothing was changed.
+	// ExitRefused: evict or reset declined to act, or made a dry run; nothing was changed.
 	ExitRefused = 4
 )
 
@@ -111,7 +112,7 @@ type Run struct {
 
 // Commands returns slotctl's own commands; Main adds the extra ones it is given.
 func Commands() []Command {
-	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand()}
+	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand(), resetCommand()}
 }
 
 // globals are the flags every command accepts.
@@ -311,7 +312,7 @@ Global flags (before or after the command):
   --<name>             any SLOTKEEPER_<NAME> configuration variable; 'slotctl help config' lists them
 
 Exit codes: 0 ok · 1 problem found · 2 usage or configuration error · 3 AWS or Kafka
-unreachable or refusing · 4 evict refused to act.
+unreachable or refusing · 4 evict or reset refused to act, or a dry run (nothing changed).
 `
 
 func needList(needs []string) string {

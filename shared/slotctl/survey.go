@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
@@ -35,7 +34,10 @@ type SlotRow struct {
 	ENI         string `json:"eni,omitempty"`
 	Volume      string `json:"volume,omitempty"`
 	SizeGiB     int32  `json:"size_gib,omitempty"`
-	VolumeState string `json:"volume_state,omitempty"`
+	VolumeState string `json:"volume_state,omitempty"` // EC2's; "gone" when the recorded volume no longer exists
+	// Refused is why the holder's user data refused to start Kafka (its
+	// slotkeeper:refused tag); empty when it did not.
+	Refused string `json:"refused,omitempty"`
 	// DNSName is the slot's record name; DNSValues its A values as Route 53 has them.
 	DNSName   string   `json:"dns_name,omitempty"`
 	DNSValues []string `json:"dns_values,omitempty"`
@@ -108,11 +110,11 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 			return sv, awsError(err, "describing the slot subnets")
 		}
 	}
-	vols, err := slotVolumes(ctx, c, cfg.Cluster, bySlot)
+	vols, err := slotVolumes(ctx, c, bySlot)
 	if err != nil {
 		return sv, err
 	}
-	holders, err := describeHolders(ctx, c, leases)
+	holders, refused, err := describeHolders(ctx, c, leases)
 	if err != nil {
 		return sv, err
 	}
@@ -125,8 +127,18 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 		row := SlotRow{Slot: s, NodeID: cfg.NodeID(s), State: string(l.State), Version: l.Version, Holder: l.Holder,
 			LastHolder: l.LastHolder, IP: l.IP, ENI: l.ENIID, Volume: l.VolumeID, UpdatedAt: l.UpdatedAt}
 		if v, ok := vols[s]; ok {
-			row.Volume, row.SizeGiB, row.VolumeState = v.ID, v.SizeGiB, v.State
-			row.AZ = v.AZ
+			row.SizeGiB, row.VolumeState, row.AZ = aws.ToInt32(v.Size), string(v.State), aws.ToString(v.AvailabilityZone)
+			if c, sl := tagValue(v.Tags, resources.TagCluster), tagValue(v.Tags, resources.TagSlot); c != cfg.Cluster || sl != strconv.Itoa(s) {
+				row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is tagged %s=%q %s=%q: launches of the slot are refused until it is tagged again",
+					l.VolumeID, resources.TagCluster, c, resources.TagSlot, sl))
+			}
+		} else if l.VolumeID != "" {
+			row.VolumeState = "gone"
+			row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is gone: launches of the slot abandon until 'slotctl reset %d' gives it a new one", l.VolumeID, s))
+		}
+		if why := refused[l.Holder]; l.State != lease.Free && why != "" {
+			row.Refused = why
+			row.Problems = append(row.Problems, fmt.Sprintf("holder %s refused to start Kafka: %s", l.Holder, why))
 		}
 		if az := azOfSubnet[cfg.SubnetOf(s)]; az != "" {
 			row.AZ = az
@@ -201,30 +213,25 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 	return sv, nil
 }
 
-// slotVolumes returns each slot's data volume: the one its lease records, else the
-// lowest id tagged with the slot.
-func slotVolumes(ctx context.Context, c *Clients, cluster string, leases map[int]lease.Lease) (map[int]resources.Volume, error) {
-	out := map[int]resources.Volume{}
-	p := ec2.NewDescribeVolumesPaginator(c.EC2, &ec2.DescribeVolumesInput{
-		Filters: []ec2types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{cluster}}},
+// slotVolumes returns the data volume each lease records, described by their ids in
+// requests of at most 200 (a volume-id filter: an id EC2 does not know is simply absent).
+func slotVolumes(ctx context.Context, c *Clients, leases map[int]lease.Lease) (map[int]ec2types.Volume, error) {
+	out := map[int]ec2types.Volume{}
+	bySlot := map[string]int{}
+	var ids []string
+	for s, l := range leases {
+		if l.VolumeID != "" {
+			bySlot[l.VolumeID] = s
+			ids = append(ids, l.VolumeID)
+		}
+	}
+	err := resources.EachVolume(ctx, c.EC2, ids, func(v ec2types.Volume) {
+		if s, ok := bySlot[aws.ToString(v.VolumeId)]; ok {
+			out[s] = v
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, awsError(err, "listing the cluster's volumes")
-		}
-		for _, v := range page.Volumes {
-			s, err := strconv.Atoi(tagValue(v.Tags, resources.TagSlot))
-			if err != nil {
-				continue
-			}
-			vol := resources.Volume{ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State), SizeGiB: aws.ToInt32(v.Size)}
-			cur, seen := out[s]
-			recorded := leases[s].VolumeID
-			if !seen || vol.ID == recorded || (cur.ID != recorded && vol.ID < cur.ID) {
-				out[s] = vol
-			}
-		}
+	if err != nil {
+		return nil, awsError(err, "describing the slots' recorded volumes")
 	}
 	return out, nil
 }
@@ -238,26 +245,31 @@ func tagValue(tags []ec2types.Tag, key string) string {
 	return ""
 }
 
-// describeHolders returns EC2's view of every lease holder (absent: unknown to EC2).
-func describeHolders(ctx context.Context, c *Clients, leases []lease.Lease) (map[string]dns.Holder, error) {
+// describeHolders returns EC2's view of every lease holder (absent: unknown to EC2), and
+// the reason each holder's user data refused to start Kafka (its slotkeeper:refused
+// tag), if any.
+func describeHolders(ctx context.Context, c *Clients, leases []lease.Lease) (map[string]dns.Holder, map[string]string, error) {
 	var ids []string
 	for _, l := range leases {
 		if l.State != lease.Free && l.Holder != "" {
 			ids = append(ids, l.Holder)
 		}
 	}
-	holders := map[string]dns.Holder{}
+	holders, refused := map[string]dns.Holder{}, map[string]string{}
 	err := resources.EachInstance(ctx, c.EC2, ids, func(i ec2types.Instance) { // at most 200 ids a request
 		h := dns.Holder{IP: aws.ToString(i.PrivateIpAddress), State: slot.Gone}
 		if i.State != nil {
 			h.State = string(i.State.Name)
 		}
 		holders[aws.ToString(i.InstanceId)] = h
+		if why := tagValue(i.Tags, resources.TagRefused); why != "" {
+			refused[aws.ToString(i.InstanceId)] = why
+		}
 	})
 	if err != nil {
-		return nil, awsError(err, "describing the slot holders")
+		return nil, nil, awsError(err, "describing the slot holders")
 	}
-	return holders, nil
+	return holders, refused, nil
 }
 
 // inspectDNS reads the cluster's A records and compares them with dns.Desired.

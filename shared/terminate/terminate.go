@@ -1,12 +1,15 @@
 // Package terminate hands a leaving broker's slot back cleanly. On the terminate
-// lifecycle action of a slot holder it decides whether the termination is planned,
-// waits (with heartbeats, bounded) until Kafka can lose the broker, stops the broker
-// over SSM, detaches the slot's volume and ENI so that the replacement can attach them
-// at once, releases the lease and completes the action with CONTINUE.
+// lifecycle action of a slot holder it decides whether the termination is planned;
+// for a broker whose instance still runs it takes the cluster's removal token (one
+// removal at a time) and waits (with heartbeats, bounded) until Kafka can lose the
+// broker (partitions and controller quorum); it stops the broker and unmounts its data
+// volume over SSM, detaches the slot's volume and ENI so that the replacement can
+// attach them at once, releases the lease, gives the token back and completes the
+// action with CONTINUE.
 //
 // Every step is idempotent: a redelivered event resumes where the last attempt
 // stopped (a draining lease skips the safety wait; a released lease leaves only the
-// completion).
+// completion), and an event whose action is no longer active changes nothing.
 package terminate
 
 import (
@@ -25,6 +28,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/lifecycle"
@@ -46,6 +50,7 @@ const (
 // Kafka is what the terminate path asks of the cluster.
 type Kafka interface {
 	RemovalSafe(ctx context.Context, broker int32) (kafka.Verdict, error)
+	Quorum(ctx context.Context) (kafka.Quorum, error)
 	Registered(ctx context.Context, broker int32) (bool, error)
 }
 
@@ -76,9 +81,18 @@ type Handler struct {
 	Poll resources.Poll
 	// HeartbeatInterval is how often the lifecycle action is extended while waiting.
 	HeartbeatInterval time.Duration
-	// SafetyRecheck and SafetyMaxWait pace and bound the removal-safety wait; after
-	// SafetyMaxWait the termination proceeds, loudly.
-	SafetyRecheck, SafetyMaxWait time.Duration
+	// SafetyRecheck and SafetyMaxWait pace and bound the removal gate (the wait for
+	// the removal token, then for removal safety) of a planned termination; after
+	// SafetyMaxWait the termination proceeds, loudly. UnplannedSafetyMaxWait bounds the
+	// gate of an unplanned termination of a running instance (never above
+	// SafetyMaxWait).
+	SafetyRecheck, SafetyMaxWait, UnplannedSafetyMaxWait time.Duration
+	// ForceDetachAfter bounds the plain detach from an instance on which Kafka could
+	// not be seen stopped (stopping, shutting down): past it the detach is forced,
+	// loudly.
+	ForceDetachAfter time.Duration
+	// Now is the clock of the gate; time.Now when nil.
+	Now func() time.Time
 	// LeaveTimeout bounds the wait for the stopped broker to leave the cluster metadata.
 	LeaveTimeout time.Duration
 	// SSMPoll is the first interval between SSM result checks.
@@ -89,21 +103,37 @@ type Handler struct {
 func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.DynamoDB, ssm awsapi.SSM, log *slog.Logger, metrics io.Writer) *Handler {
 	return &Handler{
 		cfg: cfg, ec2: ec2, asg: asg, db: db, ssm: ssm, log: log, metrics: metrics,
-		Poll:              resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
-		HeartbeatInterval: cfg.HeartbeatInterval,
-		SafetyRecheck:     cfg.SafetyRecheck,
-		SafetyMaxWait:     cfg.SafetyMaxWait,
-		LeaveTimeout:      cfg.SSMTimeout,
-		SSMPoll:           time.Second,
+		Poll:                   resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
+		HeartbeatInterval:      cfg.HeartbeatInterval,
+		SafetyRecheck:          cfg.SafetyRecheck,
+		SafetyMaxWait:          cfg.SafetyMaxWait,
+		UnplannedSafetyMaxWait: cfg.UnplannedSafetyMaxWait,
+		ForceDetachAfter:       cfg.ForceDetachAfter,
+		LeaveTimeout:           cfg.SSMTimeout,
+		SSMPoll:                time.Second,
 	}
 }
 
-// describe says why removal was not safe: the blocking partitions, or Kafka's error.
-func describe(v kafka.Verdict, err error) string {
+// verdict is the removal-safety verdict on one broker: the partition rule and the
+// controller quorum rule, from answers read within one check.
+type verdict struct {
+	Partitions kafka.Verdict
+	Quorum     kafka.QuorumVerdict
+}
+
+// Safe reports whether both rules allow the removal.
+func (v verdict) Safe() bool { return v.Partitions.Safe && v.Quorum.Safe }
+
+// describe says why removal was (not) safe: the rule that blocks it first, then the
+// other; or Kafka's error.
+func describe(v verdict, err error) string {
 	if err != nil {
 		return "Kafka could not be asked: " + err.Error()
 	}
-	return v.String()
+	if !v.Quorum.Safe && v.Partitions.Safe {
+		return v.Quorum.String() + "; " + v.Partitions.String()
+	}
+	return v.Partitions.String() + "; " + v.Quorum.String()
 }
 
 // Result says what one invocation did.
@@ -114,7 +144,16 @@ type Result struct {
 	// Forced is true when the broker left although removal was not safe (bound hit).
 	Forced bool `json:"forced,omitempty"`
 	// SafetyChecks counts the removal-safety checks made (0: none was needed).
-	SafetyChecks int    `json:"safety_checks,omitempty"`
+	SafetyChecks int `json:"safety_checks,omitempty"`
+	// TokenWaitMS is how long the removal waited for the removal token.
+	TokenWaitMS int64 `json:"token_wait_ms,omitempty"`
+	// Stopped is true when the stop-and-unmount command confirmed that Kafka stopped
+	// and the data volume was unmounted.
+	Stopped bool `json:"stopped,omitempty"`
+	// Detached counts the slot resources detached; LeftAttached is true when they
+	// were left on an instance that may still run Kafka (its stop failed).
+	Detached     int    `json:"detached"`
+	LeftAttached bool   `json:"left_attached,omitempty"`
 	Reason       string `json:"reason,omitempty"`
 }
 
@@ -125,10 +164,19 @@ func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 
 type invocation struct {
 	*Handler
-	o       *obs.Obs
-	store   *lease.Store
-	res     *resources.Manager
-	actions *lifecycle.Actions
+	o            *obs.Obs
+	store        *lease.Store
+	res          *resources.Manager
+	actions      *lifecycle.Actions
+	invocationID string
+	forcedDetach bool
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
 }
 
 // Run handles one event. A returned error means the event should be delivered again;
@@ -136,7 +184,9 @@ type invocation struct {
 func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "terminate", h.cfg.Cluster)
 	defer func() { finish(ctx, res.Outcome, err) }()
-	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, h.cfg.ASGName, lifecycle.DetailTypeTerminate, lifecycle.TransitionTerminate)
+	ev, ok, why, err := lifecycle.Accept(ctx, o.Log, raw, lifecycle.Filter{
+		ASG: h.cfg.ASGName, Hook: h.cfg.TerminateHook, DetailType: lifecycle.DetailTypeTerminate, Transition: lifecycle.TransitionTerminate,
+	})
 	if err != nil {
 		return Result{Outcome: OutcomeMalformed, Slot: -1, Reason: why}, err
 	}
@@ -144,16 +194,28 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	}
 	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
-	inv := &invocation{Handler: h, o: o}
+	inv := &invocation{Handler: h, o: o, invocationID: newInvocationID(ctx)}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	inv.store.Actor = obs.Actor(ctx, "terminate")
 	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 
+	// Only a pending action is acted on: an event delivered after its action was
+	// completed or expired (the instance's fate is decided) changes nothing.
+	if err := inv.actions.Active(ctx); errors.Is(err, lifecycle.ErrNotActive) {
+		why := err.Error() + " (it was completed or has expired: the instance's fate is decided)"
+		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why)
+		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
+	} else if err != nil {
+		o.Log.WarnContext(ctx, "terminate failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
+		return Result{}, err
+	}
+
 	stop := inv.actions.KeepAlive(ctx, h.HeartbeatInterval)
 	res, err = inv.run(ctx)
 	stop()
 	if err != nil {
+		inv.endInvocation(ctx)
 		o.Log.WarnContext(ctx, "terminate failed; the event will be retried", obs.KeyOutcome, OutcomeRetry, obs.KeyErr, err.Error())
 	}
 	return res, err
@@ -177,6 +239,12 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 	if l == nil {
+		// A redelivery after the release: the token may still be held for it.
+		if err := inv.o.Step(ctx, "give-back-token", func(ctx context.Context) error {
+			return inv.giveBackToken(ctx, id, id+" holds no slot")
+		}); err != nil {
+			return Result{}, err
+		}
 		if err := inv.complete(ctx); err != nil {
 			return Result{}, err
 		}
@@ -187,49 +255,24 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	broker := int32(inv.cfg.NodeID(l.Slot))
 	res := Result{Outcome: OutcomeReleased, Slot: l.Slot}
 
-	// 2. Planned or not.
-	var why string
+	// 2. Planned or not, and whether the instance still runs.
+	var why, state string
 	err = inv.o.Step(ctx, "classify", func(ctx context.Context) error {
 		var err error
-		res.Planned, why, err = inv.classify(ctx, id)
+		res.Planned, state, why, err = inv.classify(ctx, id)
 		return err
 	})
 	if err != nil {
 		return Result{}, err
 	}
 	res.Reason = why
-	inv.o.Log.InfoContext(ctx, "termination classified", "planned", res.Planned, obs.KeyReason, why)
+	running := state == slot.Running
+	inv.o.Log.InfoContext(ctx, "termination classified", "planned", res.Planned, "state", stateName(state), obs.KeyReason, why)
 
-	// 3. Planned and not yet draining: wait until Kafka can lose this broker.
-	if res.Planned && l.State != lease.Draining && inv.Kafka != nil {
-		err := inv.o.Step(ctx, "safety", func(ctx context.Context) error {
-			w := kafka.Wait{First: inv.SafetyRecheck, Max: 2 * time.Minute, Bound: inv.SafetyMaxWait}
-			wr, err := w.Until(ctx, func(ctx context.Context) (kafka.Verdict, error) {
-				v, err := inv.Kafka.RemovalSafe(ctx, broker)
-				if err != nil || !v.Safe {
-					inv.o.Log.WarnContext(ctx, "removal not safe yet; waiting", obs.KeyReason, describe(v, err))
-				}
-				return v, err
-			})
-			res.SafetyChecks = wr.Checks
-			if err != nil {
-				return err
-			}
-			v, waited, forced := wr.Verdict, wr.Waited, wr.Forced
-			inv.o.Log.InfoContext(ctx, "removal safety", "safe", v.Safe, "checks", wr.Checks, "forced", forced, obs.KeyReason, v.String())
-			inv.o.Metrics.Duration("SafetyWait", waited)
-			if forced {
-				res.Forced = true
-				inv.o.Metrics.Count("UnsafeTerminationsForced", 1)
-				msg := fmt.Sprintf("broker %d (slot %d, instance %s) is leaving after %s although removal is not safe: %s",
-					broker, l.Slot, id, waited.Round(time.Second), describe(v, wr.Err))
-				if err := inv.Alerts.Send(ctx, inv.o.Log, "unsafe termination forced", msg); err != nil {
-					inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, err.Error())
-				}
-			}
-			return nil
-		})
-		if err != nil {
+	// 3. A broker that may still run passes the removal gate: the removal token, then
+	// removal safety, within one bound (shorter for an unplanned termination).
+	if running {
+		if err := inv.gate(ctx, *l, broker, &res); err != nil {
 			return Result{}, err
 		}
 	}
@@ -244,24 +287,48 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	}
 	l = &drained
 
-	// 5. Controlled shutdown of a planned leaver, then confirm it left the cluster.
-	if res.Planned {
-		if err := inv.shutdown(ctx, id, broker); err != nil {
+	// 5. Stop the broker and unmount its data volume, then confirm it left the cluster.
+	if running {
+		if res.Stopped, err = inv.stopAndUnmount(ctx, id, broker); err != nil {
+			return Result{}, err
+		}
+		if res.Stopped {
+			inv.confirmLeft(ctx, broker)
+		}
+	}
+
+	// 6. Detach the slot's volume and ENI so the replacement can attach them at once:
+	// plainly, forced only once nothing can run on the instance or past the bound.
+	// After a failed stop they stay where they are: Kafka may still use the volume.
+	// The next holder's attach frees them once the instance no longer runs.
+	if running && !res.Stopped {
+		res.LeftAttached = true
+		inv.o.Metrics.Count("VolumesLeftAttached", 1)
+		msg := fmt.Sprintf("broker %d (slot %d, instance %s) could not be seen stopped and unmounted; its volume and ENI stay attached "+
+			"until the instance no longer runs, and the slot's next holder attaches them then", broker, l.Slot, id)
+		if err := inv.Alerts.Send(ctx, inv.o.Log, "broker stop failed: volume left attached", msg); err != nil {
+			inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, err.Error())
+		}
+	} else {
+		mode := resources.Force // force at once only if halted; else plain, escalating
+		inv.res.Detach = resources.DetachPolicy{ForceAfter: inv.ForceDetachAfter, Forced: inv.forced}
+		if running {
+			// Kafka was seen stopped and the filesystem unmounted: a plain detach should
+			// finish at once; if it does not within the attach timeout, force it, loudly.
+			mode, inv.res.Detach.ForceAfter = resources.PlainThenForce, inv.Poll.Timeout
+		}
+		err = inv.o.Step(ctx, "detach", func(ctx context.Context) error {
+			n, err := inv.res.DetachFrom(ctx, *l, id, mode)
+			res.Detached = n
+			inv.o.Log.InfoContext(ctx, "detached slot resources", "detached", n, "forced", inv.forcedDetach)
+			return err
+		})
+		if err != nil {
 			return Result{}, err
 		}
 	}
 
-	// 6. Detach the slot's volume and ENI so the replacement can attach them at once.
-	err = inv.o.Step(ctx, "detach", func(ctx context.Context) error {
-		n, err := inv.res.DetachFrom(ctx, l.Slot, id, resources.PlainThenForce)
-		inv.o.Log.InfoContext(ctx, "detached slot resources", "detached", n)
-		return err
-	})
-	if err != nil {
-		return Result{}, err
-	}
-
-	// 7. Release the lease (fenced) and CONTINUE.
+	// 7. Release the lease (fenced), give the removal token back, and CONTINUE.
 	err = inv.o.Step(ctx, "release", func(ctx context.Context) error {
 		_, err := inv.store.Release(ctx, *l, fmt.Sprintf("%s terminated (%s)", id, why))
 		return err
@@ -272,17 +339,130 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if err := inv.o.Step(ctx, "give-back-token", func(ctx context.Context) error {
+		return inv.giveBackToken(ctx, id, fmt.Sprintf("slot %d released", l.Slot))
+	}); err != nil {
+		return Result{}, err
+	}
 	if err := inv.complete(ctx); err != nil {
 		return Result{}, err
 	}
-	inv.o.Log.InfoContext(ctx, "slot handed back", obs.KeyOutcome, OutcomeReleased, "planned", res.Planned, "forced", res.Forced)
+	inv.o.Log.InfoContext(ctx, "slot handed back", obs.KeyOutcome, OutcomeReleased, "planned", res.Planned, "forced", res.Forced,
+		"stopped", res.Stopped, "detached", res.Detached, "left_attached", res.LeftAttached)
 	return res, nil
+}
+
+// gate waits, bounded, until l's broker may be removed: it takes the removal token,
+// then, unless the slot is already draining (an earlier delivery passed the gate),
+// waits for removal safety on fresh answers. Past the bound it goes on, loudly (alert,
+// metric UnsafeTerminationsForced): the instance leaves either way once the lifecycle
+// action times out, and a controlled shutdown is better than none.
+func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, res *Result) error {
+	bound := inv.SafetyMaxWait
+	if !res.Planned {
+		bound = min(inv.UnplannedSafetyMaxWait, inv.SafetyMaxWait)
+	}
+	start := inv.now()
+	deadline := start.Add(bound)
+	draining := l.State == lease.Draining
+	var forcedWhy []string
+
+	var tr tokenResult
+	err := inv.o.Step(ctx, "removal-token", func(ctx context.Context) error {
+		var err error
+		tr, err = inv.takeToken(ctx, l, deadline, !draining)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	res.TokenWaitMS = tr.Waited.Milliseconds()
+	inv.o.Metrics.Duration("RemovalTokenWait", tr.Waited)
+	if tr.Forced {
+		forcedWhy = append(forcedWhy, "the removal token was still held: "+tr.Why)
+	}
+
+	if !draining && inv.Kafka != nil {
+		err := inv.o.Step(ctx, "safety", func(ctx context.Context) error {
+			var last verdict
+			w := kafka.Wait{First: inv.SafetyRecheck, Max: kafka.MaxRecheck, Bound: deadline.Sub(inv.now()), Now: inv.Now}
+			wr, err := w.Until(ctx, func(ctx context.Context) (kafka.Verdict, error) {
+				v, err := inv.removalSafe(ctx, broker)
+				if err == nil {
+					last = v
+				}
+				if err != nil || !v.Safe() {
+					inv.o.Log.WarnContext(ctx, "removal not safe yet; waiting", obs.KeyReason, describe(v, err))
+				}
+				both := v.Partitions
+				both.Safe = v.Safe()
+				return both, err
+			})
+			res.SafetyChecks = wr.Checks
+			if err != nil {
+				return err
+			}
+			inv.o.Log.InfoContext(ctx, "removal safety", "safe", wr.Err == nil && wr.Verdict.Safe, "checks", wr.Checks, "forced", wr.Forced,
+				"waited_ms", wr.Waited.Milliseconds(),
+				obs.KeyReason, describe(last, wr.Err))
+			inv.o.Metrics.Duration("SafetyWait", wr.Waited)
+			if wr.Forced {
+				forcedWhy = append(forcedWhy, "removal is not safe: "+describe(last, wr.Err))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if len(forcedWhy) > 0 {
+		res.Forced = true
+		inv.o.Metrics.Count("UnsafeTerminationsForced", 1)
+		msg := fmt.Sprintf("broker %d (slot %d, instance %s) is leaving after %s although %s",
+			broker, l.Slot, l.Holder, inv.now().Sub(start).Round(time.Second), strings.Join(forcedWhy, "; and "))
+		if err := inv.Alerts.Send(ctx, inv.o.Log, "unsafe termination forced", msg); err != nil {
+			inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, err.Error())
+		}
+	}
+	return nil
+}
+
+// removalSafe applies both removal rules to fresh answers read within one deadline
+// (kafka.CallTimeout): the partition rule and, for a controller voter, the quorum
+// rule. Any failed or late answer is an error: not safe.
+func (inv *invocation) removalSafe(ctx context.Context, broker int32) (verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, kafka.CallTimeout)
+	defer cancel()
+	pv, err := inv.Kafka.RemovalSafe(ctx, broker)
+	if err != nil {
+		return verdict{Partitions: pv}, err
+	}
+	q, err := inv.Kafka.Quorum(ctx)
+	if err != nil {
+		return verdict{Partitions: pv}, fmt.Errorf("deciding whether broker %d may leave the controller quorum: %w", broker, err)
+	}
+	return verdict{Partitions: pv, Quorum: kafka.QuorumSafe(q, broker, kafka.DefaultCaughtUpLag)}, nil
+}
+
+// forced is the detach policy's report of a detach forced past its bound.
+func (inv *invocation) forced(ctx context.Context, what, instance, state string, waited time.Duration) {
+	inv.forcedDetach = true
+	inv.o.Metrics.Count("ForcedDetaches", 1)
+	msg := fmt.Sprintf("the plain detach of %s from %s (%s) did not finish in %s; it was forced although the instance may still run Kafka",
+		what, instance, state, waited.Round(time.Second))
+	if err := inv.Alerts.Send(ctx, inv.o.Log, "forced detach", msg); err != nil {
+		inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, err.Error())
+	}
 }
 
 // movedOn handles a fenced write: the slot is no longer this instance's (a reconcile
 // released it, or an earlier delivery did). Nothing of the slot is ours to touch.
 func (inv *invocation) movedOn(ctx context.Context, res Result, err error) (Result, error) {
 	inv.o.Log.InfoContext(ctx, "the slot moved on; completing", obs.KeyReason, err.Error())
+	id := inv.actions.Action.EC2InstanceID
+	if err := inv.giveBackToken(ctx, id, "the slot moved on"); err != nil {
+		return Result{}, err
+	}
 	if err := inv.complete(ctx); err != nil {
 		return Result{}, err
 	}
@@ -308,17 +488,44 @@ func (inv *invocation) drain(ctx context.Context, l lease.Lease) (lease.Lease, e
 	return drained, nil
 }
 
-// shutdown stops the broker over SSM and waits, bounded, until it has left the
-// cluster metadata. Neither failing is fatal: the instance is leaving either way, and
-// the detach that follows escalates to force if the broker still holds the volume.
-func (inv *invocation) shutdown(ctx context.Context, id string, broker int32) error {
-	_ = inv.o.Step(ctx, "stop-broker", func(ctx context.Context) error {
+// stopAndUnmount runs the stop-and-unmount command (hostcmd.StopAndUnmount) on the
+// instance over SSM and reports whether it confirmed that Kafka stopped and the data
+// volume is unmounted with nothing holding it. A command that ran and failed, or whose
+// result did not come in time, or that cannot reach the instance, is not an error: the
+// instance is leaving either way, and its volume then stays attached (see run). An
+// error of the SSM API itself is returned, and the event is delivered again (the
+// script is safe to run twice).
+func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int32) (bool, error) {
+	var ok bool
+	err := inv.o.Step(ctx, "stop-and-unmount", func(ctx context.Context) error {
 		r := &remote.Runner{SSM: inv.ssm, Timeout: inv.cfg.SSMTimeout, Poll: inv.SSMPoll}
-		_, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: controlled shutdown of broker %d", broker), []string{inv.cfg.StopCommand})
-		return err
-	})
-	if inv.Kafka == nil {
+		script := hostcmd.StopAndUnmount(inv.cfg.KafkaUnit, inv.cfg.Grow.DataMount, inv.cfg.StopCommand)
+		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), hostcmd.SSMCommands(script))
+		if err != nil {
+			if !errors.Is(err, remote.ErrFailed) && !errors.Is(err, remote.ErrNoResult) && awsapi.Code(err) != "InvalidInstanceId" {
+				return err
+			}
+			inv.o.Metrics.Count("BrokerStopFailures", 1)
+			inv.o.Log.WarnContext(ctx, "the broker could not be seen stopped and unmounted", obs.KeyErr, err.Error())
+			return nil
+		}
+		// The script exits 0 only once every check held; its report line, when the
+		// output reached us, says what it found.
+		rep, _ := hostcmd.ParseStopReport(out.Stdout)
+		inv.o.Log.InfoContext(ctx, "broker stopped and its data volume unmounted", "command", out.CommandID,
+			"unit", inv.cfg.KafkaUnit, "mount", inv.cfg.Grow.DataMount, "device", rep.Device, "unmounted", rep.Unmounted)
+		ok = true
 		return nil
+	})
+	return ok, err
+}
+
+// confirmLeft waits, bounded, until the stopped broker has left the cluster metadata,
+// so that the next removal's verdict sees it gone. Not being able to confirm it is not
+// fatal.
+func (inv *invocation) confirmLeft(ctx context.Context, broker int32) {
+	if inv.Kafka == nil {
+		return
 	}
 	_ = inv.o.Step(ctx, "confirm-left", func(ctx context.Context) error {
 		deadline, delay := time.Now().Add(inv.LeaveTimeout), inv.SafetyRecheck
@@ -337,7 +544,6 @@ func (inv *invocation) shutdown(ctx context.Context, id string, broker int32) er
 			delay = min(delay*2, 10*time.Second)
 		}
 	})
-	return nil
 }
 
 func (inv *invocation) complete(ctx context.Context) error {
@@ -347,20 +553,21 @@ func (inv *invocation) complete(ctx context.Context) error {
 	})
 }
 
-// classify asks EC2 and the Auto Scaling group why the instance is leaving.
-func (inv *invocation) classify(ctx context.Context, id string) (bool, string, error) {
+// classify asks EC2 and the Auto Scaling group why the instance is leaving, and
+// returns its EC2 state too.
+func (inv *invocation) classify(ctx context.Context, id string) (planned bool, state, why string, err error) {
 	in, found, err := inv.res.DescribeInstance(ctx, id)
 	if err != nil {
-		return false, "", err
+		return false, "", "", err
 	}
-	state := slot.Gone
+	state = slot.Gone
 	if found {
 		state = in.State
 	}
 	var health, cause string
 	out, err := inv.asg.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{id}})
 	if err != nil {
-		return false, "", fmt.Errorf("describing %s in its Auto Scaling group: %w", id, err)
+		return false, state, "", fmt.Errorf("describing %s in its Auto Scaling group: %w", id, err)
 	}
 	if len(out.AutoScalingInstances) > 0 {
 		health = aws.ToString(out.AutoScalingInstances[0].HealthStatus)
@@ -369,7 +576,7 @@ func (inv *invocation) classify(ctx context.Context, id string) (bool, string, e
 		AutoScalingGroupName: aws.String(inv.cfg.ASGName), MaxRecords: aws.Int32(50),
 	})
 	if err != nil {
-		return false, "", fmt.Errorf("describing scaling activities of %s: %w", inv.cfg.ASGName, err)
+		return false, state, "", fmt.Errorf("describing scaling activities of %s: %w", inv.cfg.ASGName, err)
 	}
 	for _, a := range acts.Activities {
 		if strings.Contains(aws.ToString(a.Description), id) {
@@ -377,16 +584,16 @@ func (inv *invocation) classify(ctx context.Context, id string) (bool, string, e
 			break
 		}
 	}
-	planned, why := Planned(state, health, cause)
-	return planned, why, nil
+	planned, why = Planned(state, health, cause)
+	return planned, state, why, nil
 }
 
 // Planned decides from the instance's EC2 state, its Auto Scaling health status and
 // the cause of the scaling activity that terminates it whether the termination is
 // planned (a healthy broker leaving for scale-in, instance refresh, rebalancing, an
-// operator's request) or not (an unhealthy or already-failed instance). Only planned
-// terminations wait for removal safety and get a controlled shutdown: an unplanned
-// one has already left Kafka, or cannot be helped by waiting.
+// operator's request) or not (an unhealthy or already-failed instance). Both kinds
+// of a still-running instance pass the removal gate and get the stop-and-unmount
+// command; an unplanned one waits at most SLOTKEEPER_UNPLANNED_SAFETY_MAX_WAIT.
 func Planned(ec2State, health, cause string) (bool, string) {
 	c := strings.ToLower(cause)
 	switch {
@@ -403,9 +610,4 @@ func Planned(ec2State, health, cause string) (bool, string) {
 	return true, "healthy running instance leaving (no scaling activity found)"
 }
 
-func orGone(s string) string {
-	if s == slot.Gone {
-		return "gone"
-	}
-	return s
-}
+func orGone(s string) string { return stateName(s) }

@@ -29,6 +29,11 @@ const (
 	// that died right after its call succeeded, so the caller sees a failure while the
 	// side effect exists. If the call fails on its own, that failure is passed on.
 	Crash
+	// LostResponse lets the call take effect, discards its successful response and
+	// answers HTTP 503 instead, which the SDK retries: it models a response lost on the
+	// way back. The retry reaches the server again, so a conditional write meets its
+	// own first attempt. If the call fails on its own, that failure is passed on.
+	LostResponse
 )
 
 // String returns the kind's name.
@@ -42,6 +47,8 @@ func (k FaultKind) String() string {
 		return "Latency"
 	case Crash:
 		return "Crash"
+	case LostResponse:
+		return "LostResponse"
 	}
 	return "FaultKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -61,7 +68,7 @@ type Fault struct {
 	// Code overrides the error code. The defaults: Throttle -> RequestLimitExceeded
 	// (ec2), ThrottlingException (JSON-protocol services) or Throttling (query
 	// services, Route 53, CloudWatch); ServerError -> Unavailable (ec2) or
-	// ServiceUnavailable; Crash -> InjectedCrash.
+	// ServiceUnavailable; Crash -> InjectedCrash; LostResponse as ServerError.
 	Code string
 	// Latency is the delay a Latency fault adds.
 	Latency time.Duration
@@ -87,7 +94,7 @@ func (h *Harness) Inject(f Fault) {
 	switch {
 	case f.Action == "":
 		panic("harness: Fault.Action is empty (use \"*\" for every action)")
-	case f.Kind < Throttle || f.Kind > Crash:
+	case f.Kind < Throttle || f.Kind > LostResponse:
 		panic(fmt.Sprintf("harness: invalid Fault.Kind %v", f.Kind))
 	case f.Times < 0 || f.Skip < 0 || f.Latency < 0 || f.Every < 0:
 		panic(fmt.Sprintf("harness: negative Times, Skip or Latency in %+v", f))
@@ -141,7 +148,7 @@ func (h *Harness) writeFault(w http.ResponseWriter, c call, f Fault, message str
 		default:
 			code, fallbackMessage = orDefault(code, "Throttling"), "Rate exceeded"
 		}
-	case ServerError:
+	case ServerError, LostResponse:
 		status = http.StatusServiceUnavailable
 		if isEC2 {
 			code = orDefault(code, "Unavailable")

@@ -11,7 +11,10 @@
 //     after a call took effect (Inject);
 //   - answers the two Auto Scaling calls moto lacks, CompleteLifecycleAction
 //     and RecordLifecycleActionHeartbeat, and records them (Completions,
-//     Heartbeats).
+//     Heartbeats);
+//   - models, where a test asks, the windows moto skips: an instance shutting
+//     down, a plain volume detach the OS has not released yet, an instance of a
+//     group in Terminating:Wait, an expired lifecycle action (windows.go).
 //
 // Everything is stopped by t.Cleanup: the proxy, then moto's whole process
 // group. A Harness is safe for concurrent use.
@@ -96,6 +99,8 @@ type Harness struct {
 	lifecycle    map[lifecycleKey]bool // true once the lifecycle action was completed
 	completion   []LifecycleCall
 	heartbeats   []LifecycleCall
+
+	win windows // the state windows modelled on top of moto (windows.go)
 }
 
 // Start starts moto and the proxy, and registers t.Cleanup to stop both.
@@ -145,6 +150,7 @@ func Start(t testing.TB) *Harness {
 		},
 		counts:    map[string]int{},
 		lifecycle: map[lifecycleKey]bool{},
+		win:       windows{states: map[string]string{}, held: map[string]bool{}, group: map[string]GroupInstance{}},
 	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

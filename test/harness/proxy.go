@@ -71,7 +71,7 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	c := identify(r, body)
 	fault, faulted := h.record(c.action, body)
 
-	next := h.forward.ServeHTTP
+	next := h.modelled(c, h.forward.ServeHTTP)
 	if c.protocol == protocolQuery && isLifecycleAction(c.action) {
 		next = func(w http.ResponseWriter, _ *http.Request) { h.serveLifecycle(w, c) }
 	}
@@ -105,13 +105,17 @@ func (h *Harness) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			next(w, r)
 		case <-r.Context().Done(): // the client gave up or the harness is stopping
 		}
-	case Crash:
+	case Crash, LostResponse:
 		rec := httptest.NewRecorder()
 		next(rec, r)
 		if rec.Code/100 != 2 {
 			// The call failed on its own, so nothing happened that the crash could hide:
 			// pass the real failure on.
 			copyResponse(w, rec)
+			return
+		}
+		if fault.Kind == LostResponse {
+			h.writeFault(w, c, fault, "injected lost response: the call took effect at the server, but its response was lost")
 			return
 		}
 		h.writeFault(w, c, fault, "injected crash: the call took effect at the server, but its response was discarded")

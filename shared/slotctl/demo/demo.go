@@ -34,9 +34,11 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
 	"github.com/slotkeeper/slotkeeper/test/harness"
+	"github.com/slotkeeper/slotkeeper/test/realkafka"
 )
 
 // Options configure a demo run.
@@ -49,6 +51,10 @@ type Options struct {
 	LogDir string
 	// Out is where the story is told.
 	Out *slotctl.Output
+	// Kafka is the brokers' Kafka: KafkaFake (the default, also for "") or KafkaReal
+	// (Apache Kafka, from the runtime make kafka-runtime fetches; the SSM stop command
+	// becomes SIGTERM to that broker's process, a crash SIGKILL).
+	Kafka string
 }
 
 // Event is one row of the timeline: something that happened in the world (Function
@@ -96,6 +102,7 @@ type demo struct {
 	p     *progress
 	start time.Time
 	st    *Stage
+	k     kafkaWorld
 	f     *fleet
 	store *lease.Store // reads leases directly at moto (uncounted)
 
@@ -221,12 +228,36 @@ func (d *demo) setUp(ctx context.Context) error {
 		h = harness.Start(d.r)
 		return nil
 	})
+	var opt StageOptions
+	switch d.opt.Kafka {
+	case "", KafkaFake:
+	case KafkaReal:
+		if err := d.p.Wait("starting Apache Kafka "+realkafka.Version+": three KRaft nodes on loopback", func() error {
+			c, err := realkafka.Start(ctx, realkafka.Options{Nodes: Slots})
+			if err != nil {
+				return err
+			}
+			d.r.Cleanup(c.Close)
+			opt.RealKafka = c
+			d.p.Note("Apache Kafka %s: nodes 0, 1, 2 at %s, started in %s (logs in %s)", realkafka.Version, c.Bootstrap(), c.Started.Round(time.Millisecond), c.Dir)
+			return nil
+		}); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown Kafka %q: want %s or %s", d.opt.Kafka, KafkaFake, KafkaReal)
+	}
 	_ = d.p.Wait("building the world: VPC, lease table, zone, group, Kafka", func() error {
-		d.st = NewStage(d.r, h, "demo")
+		d.st = NewStageWith(d.r, h, "demo", opt)
 		return nil
 	})
-	d.p.Note("a VPC with subnets in us-east-1a, b and c; lease table %s; private zone %s; group %s with a launch and a terminate hook; Kafka (kfake): brokers 0, 1, 2, topic %s (3 partitions, RF 3, min ISR 2)",
-		d.st.Config.Table, d.st.Config.DNS.Name, d.st.Config.ASGName, Topic)
+	if d.st.Real != nil {
+		d.k = &realKafka{c: d.st.Real}
+	} else {
+		d.k = fakeKafka{d}
+	}
+	d.p.Note("a VPC with subnets in us-east-1a, b and c; lease table %s; private zone %s; group %s with a launch and a terminate hook; %s: brokers 0, 1, 2, topic %s (3 partitions, RF 3, min ISR 2)",
+		d.st.Config.Table, d.st.Config.DNS.Name, d.st.Config.ASGName, d.k.name(), Topic)
 	// A controlled shutdown (the stop command over SSM) stops the broker: it leaves the
 	// cluster metadata and the ISRs. moto runs no command; the proxy tells the demo.
 	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
@@ -265,10 +296,7 @@ func (d *demo) setUp(ctx context.Context) error {
 	}
 	d.p.Note("slotctl preflight: all %d checks pass (subnets, lease table, group, hooks, topics, hosted zone)", len(pre.Checks))
 	// No instance runs yet, so no broker is registered.
-	for n := range Slots {
-		d.st.Kafka.Unregister(int32(n))
-	}
-	return nil
+	return d.k.offline(ctx)
 }
 
 // watch reads the functions' log lines: the terminate function's reasons for holding
@@ -287,14 +315,14 @@ func (d *demo) watch(fn string, line []byte) {
 	}
 }
 
-// stopCommand sees every SSM SendCommand: a command running the deployment's stop
-// command stops the broker of each instance it targets.
+// stopCommand sees every SSM SendCommand: the stop-and-unmount command (which runs the
+// deployment's stop command) stops the broker of each instance it targets.
 func (d *demo) stopCommand(req []byte) {
 	var in struct {
 		InstanceIds []string
 		Parameters  map[string][]string
 	}
-	if json.Unmarshal(req, &in) != nil || !slices.Contains(in.Parameters["commands"], d.st.Config.StopCommand) {
+	if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) {
 		return
 	}
 	for _, id := range in.InstanceIds {
@@ -302,9 +330,15 @@ func (d *demo) stopCommand(req []byte) {
 		node, ok := d.nodes[id]
 		d.mu.Unlock()
 		if ok {
-			d.st.Kafka.Unregister(int32(node))
-			d.outOfSync(int32(node))
-			d.world(fmt.Sprintf("SSM runs %q on %s", d.st.Config.StopCommand, id), fmt.Sprintf("broker %d shuts down cleanly, leaves the cluster", node))
+			how := ""
+			if d.st.Real != nil {
+				how = " (SIGTERM to its Kafka process)"
+			}
+			if err := d.k.stopped(int32(node)); err != nil {
+				d.r.Errorf("stopping broker %d: %v", node, err)
+			}
+			d.world(fmt.Sprintf("SSM runs %q and unmounts %s on %s%s", d.st.Config.StopCommand, d.st.Config.Grow.DataMount, id, how),
+				fmt.Sprintf("broker %d shuts down cleanly, leaves the cluster; its volume is unmounted", node))
 		}
 	}
 }
@@ -386,7 +420,9 @@ func (d *demo) brokerUp(ctx context.Context, id string) (int, error) {
 	d.mu.Lock()
 	d.nodes[id] = node
 	d.mu.Unlock()
-	d.st.Kafka.Register(int32(node))
+	if err := d.k.started(ctx, int32(node)); err != nil {
+		return 0, fmt.Errorf("starting broker %d: %w", node, err)
+	}
 	return s, nil
 }
 
@@ -431,8 +467,9 @@ func (d *demo) launchThree(ctx context.Context) error {
 func (d *demo) crash(ctx context.Context) error {
 	id := d.crashed
 	d.st.H.TerminateInstance(d.r, id)
-	d.st.Kafka.Unregister(1)
-	d.outOfSync(1)
+	if err := d.k.crashed(1); err != nil {
+		return err
+	}
 	d.world(fmt.Sprintf("EC2 terminates %s (broker 1)", id), "no hook, no warning; Kafka: broker 1 gone, under-replicated")
 	if _, err := d.invoke(ctx, "dns", "EC2: "+id+" is shutting-down", StateChangeEvent(id, "shutting-down")); err != nil {
 		return err
@@ -458,6 +495,7 @@ func (d *demo) crash(ctx context.Context) error {
 // replace: the group's health check notices and launches a replacement in the AZ.
 func (d *demo) replace(ctx context.Context) error {
 	d.replacement = d.st.Launch(d.r, 1)
+	d.k.catchingUp(1)
 	d.world(fmt.Sprintf("the group replaces it: %s", d.replacement), "in us-east-1b; Pending:Wait")
 	return d.p.Wait("the replacement takes slot 1", func() error {
 		s, err := d.brokerUp(ctx, d.replacement)
@@ -509,7 +547,9 @@ func (d *demo) scaleIn(ctx context.Context) error {
 	}
 	first, _, _ := strings.Cut(d.holdReasons[0], "; ") // the first blocking partition
 	d.p.Note("held: %s", first)
-	d.inSync()
+	if err := d.k.caughtUp(ctx); err != nil {
+		return err
+	}
 	d.world("broker 1 has caught up", "every partition of "+Topic+" in sync on brokers 0, 1, 2")
 	var r result
 	err = d.p.Wait("the termination goes ahead: shutdown, detach, release, CONTINUE", func() error {
@@ -541,7 +581,9 @@ func (d *demo) scaleOut(ctx context.Context) error {
 		if _, err := d.brokerUp(ctx, d.returner); err != nil {
 			return err
 		}
-		d.inSync()
+		if err := d.k.caughtUp(ctx); err != nil {
+			return err
+		}
 		d.world("broker 0 starts and catches up", "every partition in sync")
 		return nil
 	})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl/demo"
+	"github.com/slotkeeper/slotkeeper/test/realkafka/realkafkatest"
 )
 
 // TestDemoEndToEnd runs `slotctl demo --json` as CI does, and checks the final state
@@ -24,12 +25,26 @@ func TestDemoEndToEnd(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") != "true" {
 		t.Skip("the demo builds five binaries and runs for about half a minute")
 	}
+	endToEnd(t)
+}
+
+// The same story against Apache Kafka itself (--kafka real): skipped without the
+// runtime, except under CI=true.
+func TestDemoEndToEndRealKafka(t *testing.T) {
+	if testing.Short() && os.Getenv("CI") != "true" {
+		t.Skip("the demo with Apache Kafka runs for about a minute and a half")
+	}
+	realkafkatest.Lock(t)
+	endToEnd(t, "--kafka", "real")
+}
+
+func endToEnd(t *testing.T, args ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	logs := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	began := time.Now()
-	code := slotctl.Main(ctx, []string{"demo", "--json", "--logs", logs},
+	code := slotctl.Main(ctx, append([]string{"demo", "--json", "--logs", logs}, args...),
 		slotctl.IO{Stdout: &stdout, Stderr: &stderr, Getenv: os.Getenv}, demo.Command())
 	elapsed := time.Since(began)
 

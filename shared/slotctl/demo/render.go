@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/test/realkafka"
 )
 
 // Command is `slotctl demo`, what `make demo` runs.
@@ -28,11 +29,18 @@ until Kafka can lose the broker; the group scales back out; broker 2's disk grow
 follows. It prints a line per wait, then the timeline (every event and invocation, with
 its AWS calls) and the final slot table, and checks the story's claims.
 
+With --kafka real the brokers are Apache Kafka itself (three KRaft nodes on loopback,
+fetched by 'make kafka-runtime'; needs Java 17+): a crash is SIGKILL to the broker's
+process, the stop command the terminate function sends over SSM is SIGTERM to it (a
+controlled shutdown), and the replacement broker 1 starts on its data directory once
+the scale-in has been held.
+
 Needs Go (the functions are built) and moto (run 'make venv' once). No AWS account.
 Exit code 0 when every claim holds, 1 when one does not, 3 when the demo cannot run.`,
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&opt.LogDir, "logs", "", "directory for the functions' logs (default: a new temporary directory, kept)")
 			fs.StringVar(&opt.Root, "repo", "", "slotkeeper checkout to build the functions from (default: found from the working directory)")
+			fs.StringVar(&opt.Kafka, "kafka", KafkaFake, "the brokers' Kafka: kfake (in-process) or real (Apache Kafka from 'make kafka-runtime': SIGTERM for the stop command, SIGKILL for a crash)")
 		},
 		Run: func(ctx context.Context, r *slotctl.Run) error {
 			o := opt
@@ -50,6 +58,9 @@ func runCommand(ctx context.Context, opt Options) error {
 		code := slotctl.ExitUnreachable
 		if errors.Is(err, ErrNoEmulator) {
 			hint = "run 'make venv' (it installs moto into .venv), or set SLOTKEEPER_MOTO_SERVER to a moto_server executable"
+		}
+		if errors.Is(err, realkafka.ErrNoRuntime) {
+			hint = "run 'make kafka-runtime' (it fetches Apache Kafka from Maven Central; needs java and mvn), or use --kafka kfake"
 		}
 		if len(rep.Timeline) > 0 && !out.JSON {
 			fmt.Fprintln(out.Human())

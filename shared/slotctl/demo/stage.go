@@ -15,10 +15,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
 	"github.com/slotkeeper/slotkeeper/test/harness"
+	"github.com/slotkeeper/slotkeeper/test/realkafka"
 )
 
 // Names in the demo's deployment.
@@ -34,13 +37,16 @@ const (
 
 // Stage is a slotkeeper deployment on this machine: in moto (behind the harness
 // proxy) a VPC with three AZs, the lease table, a private hosted zone and the brokers'
-// Auto Scaling group with both lifecycle hooks; and an in-process Kafka (kfake) of
-// three brokers with a topic. Everything was created directly at moto, so the proxy
-// has counted nothing yet.
+// Auto Scaling group with both lifecycle hooks; and a Kafka of three brokers with a
+// topic: in-process (kfake), or Apache Kafka itself (StageOptions.RealKafka).
+// Everything was created directly at moto, so the proxy has counted nothing yet.
 type Stage struct {
-	H      *harness.Harness
-	World  *harness.World
-	Kafka  *kafkatest.Cluster
+	H     *harness.Harness
+	World *harness.World
+	// Kafka is the in-process Kafka (kfake, scriptable ISR); nil when Real is set.
+	Kafka *kafkatest.Cluster
+	// Real is the Apache Kafka cluster of StageOptions.RealKafka, else nil.
+	Real   *realkafka.Cluster
 	ZoneID string
 	// Vars are the deployment's SLOTKEEPER_ variables (names without the prefix), as
 	// the functions would be configured.
@@ -49,9 +55,23 @@ type Stage struct {
 	Config config.Config
 }
 
-// NewStage builds a deployment of cluster in h. Names derive from cluster, so several
-// stages can share a harness.
+// StageOptions choose a Stage's Kafka.
+type StageOptions struct {
+	// RealKafka, when set, is the stage's Kafka instead of kfake: a running cluster
+	// whose node ids 0..2 are the slots' (realkafka.Start with 3 nodes). The stage
+	// creates its topic there.
+	RealKafka *realkafka.Cluster
+}
+
+// NewStage builds a deployment of cluster in h, with kfake. Names derive from
+// cluster, so several stages can share a harness.
 func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
+	t.Helper()
+	return NewStageWith(t, h, cluster, StageOptions{})
+}
+
+// NewStageWith builds a deployment of cluster in h with the given Kafka.
+func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOptions) *Stage {
 	t.Helper()
 	w := h.NewWorld(t, cluster+"-leases")
 	s := &Stage{H: h, World: w}
@@ -106,8 +126,27 @@ func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
 	s.ZoneID = strings.TrimPrefix(aws.ToString(zone.HostedZone.Id), "/hostedzone/")
 
 	// Kafka: brokers 0..2 are the slots' node ids.
-	s.Kafka = kafkatest.Start(t)
-	s.Kafka.CreateTopic(t, Topic, 3, 3, nil)
+	var bootstrap []string
+	if opt.RealKafka != nil {
+		s.Real = opt.RealKafka
+		bootstrap = s.Real.Addrs
+		cl, err := s.Real.Client()
+		if err != nil {
+			t.Fatalf("a client of Apache Kafka: %v", err)
+		}
+		resp, err := kadm.NewClient(cl).CreateTopic(ctx, 3, 3, nil, Topic)
+		cl.Close()
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil {
+			t.Fatalf("creating topic %s in Apache Kafka: %v", Topic, err)
+		}
+	} else {
+		s.Kafka = kafkatest.Start(t)
+		s.Kafka.CreateTopic(t, Topic, 3, 3, nil)
+		bootstrap = s.Kafka.Addrs
+	}
 
 	s.Vars = map[string]string{
 		"CLUSTER": cluster, "ASG_NAME": asgName, "TABLE": w.Table, "SLOT_COUNT": strconv.Itoa(Slots),
@@ -115,7 +154,7 @@ func NewStage(t testing.TB, h *harness.Harness, cluster string) *Stage {
 		"VOLUME_SIZE_GIB": strconv.Itoa(VolumeGiB), "HEARTBEAT_INTERVAL": "5s", "ATTACH_TIMEOUT": "20s",
 		"GROW_FUNCTION_ARN": "arn:aws:lambda:" + h.Region + ":123456789012:function:" + cluster + "-grow",
 		"HOSTED_ZONE_ID":    s.ZoneID, "DNS_NAME": dnsName, "DNS_TTL": "30",
-		"KAFKA_BOOTSTRAP": strings.Join(s.Kafka.Addrs, ","),
+		"KAFKA_BOOTSTRAP": strings.Join(bootstrap, ","),
 		"SAFETY_RECHECK":  "500ms", "SAFETY_MAX_WAIT": "2m", "SSM_TIMEOUT": "20s",
 		"STOP_COMMAND": "systemctl stop kafka", "LOG_LEVEL": "debug",
 	}

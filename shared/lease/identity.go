@@ -1,0 +1,152 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
+)
+
+// ErrRecordConflict means the lease already records another resource of the kind
+// being recorded: the slot's identity is not what the caller found, and the caller
+// must not go on with what it found.
+var ErrRecordConflict = errors.New("the lease records another resource")
+
+// Resource kinds a lease records.
+const (
+	KindVolume = "volume"
+	KindENI    = "eni"
+)
+
+// Recorded returns the id the lease records for kind (KindVolume or KindENI).
+func (l Lease) Recorded(kind string) string {
+	if kind == KindENI {
+		return l.ENIID
+	}
+	return l.VolumeID
+}
+
+// Record writes the id of the slot's volume (kind KindVolume) or ENI (kind KindENI,
+// with its private ip) into the lease as soon as the resource exists: from then on
+// every path uses the recorded id, and tags only cross-check it.
+//
+// The write is fenced (the version and holder l has, state claimed: only the claimer
+// records) and never replaces a recorded id: it succeeds only while the lease records
+// none. A retry of a write that took effect (a lost response) finds the same id
+// recorded and returns the lease as stored; another id recorded is ErrRecordConflict.
+// The history gets one entry per recorded resource.
+func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string) (Lease, error) {
+	attr := "volume_id"
+	if kind == KindENI {
+		attr = "eni_id"
+	}
+	if l.State != Claimed {
+		return Lease{}, fmt.Errorf("recording %s %s for slot %d: the lease is %s, not claimed: %w", kind, id, l.Slot, l.State, ErrFenced)
+	}
+	now := s.stamp()
+	entry, err := attributevalue.Marshal([]Transition{s.transition(l.State, l.State, l.Version, l.Holder, reason, now)})
+	if err != nil {
+		return Lease{}, fmt.Errorf("encoding history entry: %w", err)
+	}
+	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at", "#id": attr}
+	values := map[string]types.AttributeValue{
+		":v": num(l.Version), ":h": str(l.Holder), ":s": str(string(Claimed)), ":now": str(now), ":id": str(id),
+		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}},
+	}
+	update := "SET #id = :id, #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
+	if kind == KindENI {
+		names["#ip"], values[":ip"] = "ip", str(ip)
+		update += ", #ip = :ip"
+	}
+	cond := "#v = :v AND #h = :h AND #s = :s AND (attribute_not_exists(#id) OR #id = :blank)"
+	values[":blank"] = str("")
+	if s.Writes != nil {
+		s.Writes()
+	}
+	out, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: &s.table, Key: s.key(l.Slot), UpdateExpression: &update, ConditionExpression: &cond,
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values, ReturnValues: types.ReturnValueAllNew,
+	})
+	if err == nil {
+		return decode(out.Attributes)
+	}
+	if !awsapi.IsConditionFailed(err) {
+		return Lease{}, fmt.Errorf("recording %s %s for slot %d: %w", kind, id, l.Slot, err)
+	}
+	// Our own earlier attempt, or someone else: read what is there.
+	cur, gerr := s.Get(ctx, l.Slot)
+	switch {
+	case gerr != nil:
+		return Lease{}, fmt.Errorf("recording %s %s for slot %d: condition failed, and reading it back: %w", kind, id, l.Slot, gerr)
+	case cur.Version != l.Version || cur.Holder != l.Holder || cur.State != Claimed:
+		return Lease{}, fmt.Errorf("recording %s %s for slot %d (holder %s, version %d): %w", kind, id, l.Slot, l.Holder, l.Version, ErrFenced)
+	case cur.Recorded(kind) == id:
+		return cur, nil
+	default:
+		return Lease{}, fmt.Errorf("recording %s %s for slot %d: it records %s %s: %w", kind, id, l.Slot, kind, cur.Recorded(kind), ErrRecordConflict)
+	}
+}
+
+// Forget removes the recorded ids of kinds (KindVolume; KindENI also removes ip) from
+// a slot whose recorded resources are gone, so that the next launch gives the slot new
+// ones. It is the operator's explicit act (slotctl reset): it does not change the
+// state, holder or version, and it succeeds only if the item is exactly as l was read
+// (same version and update time). The history gets one entry with the reason.
+func (s *Store) Forget(ctx context.Context, l Lease, kinds []string, reason string) (Lease, error) {
+	if !l.Exists() {
+		return Lease{}, fmt.Errorf("slot %d has no lease item: nothing is recorded", l.Slot)
+	}
+	now := s.stamp()
+	entry, err := attributevalue.Marshal([]Transition{s.transition(l.State, l.State, l.Version, l.Holder, reason, now)})
+	if err != nil {
+		return Lease{}, fmt.Errorf("encoding history entry: %w", err)
+	}
+	names := map[string]string{"#v": "version", "#u": "updated_at", "#hist": "history"}
+	values := map[string]types.AttributeValue{
+		":v": num(l.Version), ":u": str(l.UpdatedAt), ":now": str(now),
+		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}},
+	}
+	update := "SET #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry) REMOVE "
+	var removes []string
+	for _, k := range kinds {
+		switch k {
+		case KindVolume:
+			removes = append(removes, "volume_id")
+		case KindENI:
+			removes = append(removes, "eni_id", "ip")
+		default:
+			return Lease{}, fmt.Errorf("unknown resource kind %q", k)
+		}
+	}
+	if len(removes) == 0 {
+		return Lease{}, errors.New("nothing to forget")
+	}
+	for i, a := range removes {
+		k := fmt.Sprintf("#r%d", i)
+		names[k] = a
+		if i > 0 {
+			update += ", "
+		}
+		update += k
+	}
+	cond := "#v = :v AND #u = :u"
+	if s.Writes != nil {
+		s.Writes()
+	}
+	out, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: &s.table, Key: s.key(l.Slot), UpdateExpression: &update, ConditionExpression: &cond,
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values, ReturnValues: types.ReturnValueAllNew,
+	})
+	if awsapi.IsConditionFailed(err) {
+		return Lease{}, fmt.Errorf("forgetting the resources of slot %d: %w", l.Slot, ErrFenced)
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("forgetting the resources of slot %d: %w", l.Slot, err)
+	}
+	return decode(out.Attributes)
+}

@@ -1,0 +1,172 @@
+package lease_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/test/harness"
+)
+
+// TestRemovalToken runs the removal token's store operations against moto, over the
+// real wire: taking, racing, giving back, the lost responses of both, and that the
+// token item is never listed as a slot lease.
+func TestRemovalToken(t *testing.T) {
+	h := harness.Start(t)
+	w := h.NewWorld(t, "leases")
+	s := &suite{h: h, table: w.Table}
+	s.db, s.direct = dynamoClients(h)
+
+	remover := func(slot int, instance, invocation string) lease.Remover {
+		return lease.Remover{Slot: slot, Instance: instance, LeaseVersion: 1, Invocation: invocation, Until: time.Now().Add(time.Minute)}
+	}
+	getRemoval := func(t *testing.T, st *lease.Store) lease.Removal {
+		t.Helper()
+		r, err := st.GetRemoval(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	t.Run("never written is free", func(t *testing.T) {
+		r := getRemoval(t, s.store("token-new"))
+		if r.Held() || r.Exists() || r.Version != 0 || r.Slot != lease.RemovalSlot {
+			t.Fatalf("token of a new cluster: %+v, want free at version 0", r)
+		}
+	})
+
+	t.Run("take and give back", func(t *testing.T) {
+		st := s.store("token-cycle")
+		a := remover(1, "i-a", "terminate/req-1")
+		taken, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "planned termination")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := getRemoval(t, st)
+		if !stored.HeldBy(a) || stored.Version != 1 || stored.Kind != lease.RemovalKind || stored.TakenAt == "" || !stored.InvocationAlive(time.Now()) {
+			t.Fatalf("stored token %+v, want held by %+v at version 1", stored, a)
+		}
+		if taken.Version != stored.Version || taken.UpdatedAt != stored.UpdatedAt {
+			t.Errorf("TakeRemoval returned %+v, stored %+v", taken, stored)
+		}
+		// A second delivery of the same removal re-stamps its invocation; the removal
+		// keeps the token from when it was first taken.
+		a2 := a
+		a2.Invocation = "terminate/req-2"
+		again, err := st.TakeRemoval(t.Context(), stored, a2, "redelivered")
+		if err != nil || !again.HeldBy(a2) || again.TakenAt != stored.TakenAt || again.Version != 2 {
+			t.Fatalf("re-stamp: %+v, %v", again, err)
+		}
+		freed, err := st.GiveBackRemoval(t.Context(), again, "slot released")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored = getRemoval(t, st)
+		if stored.Held() || stored.LastHolder != "i-a" || stored.Holder != "" || stored.Invocation != "" || stored.Version != 3 || freed.Version != 3 {
+			t.Fatalf("after give back: stored %+v, returned %+v", stored, freed)
+		}
+		if n := len(stored.History); n != 3 || stored.History[2].Event != "given back" {
+			t.Errorf("history %+v, want taken, taken, given back", stored.History)
+		}
+		// Giving back again from the held view recognises the give back that landed.
+		if r, err := st.GiveBackRemoval(t.Context(), again, "again"); err != nil || r.Version != 3 {
+			t.Errorf("repeated give back: %+v, %v", r, err)
+		}
+	})
+
+	t.Run("of two takers exactly one wins", func(t *testing.T) {
+		st := s.store("token-race")
+		cur := getRemoval(t, st)
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = st.TakeRemoval(t.Context(), cur, remover(i, "i-"+string(rune('a'+i)), "inv"), "race")
+			}()
+		}
+		wg.Wait()
+		won := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case !errors.Is(err, lease.ErrFenced):
+				t.Errorf("a loser got %v, want ErrFenced", err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("%d takers won, want exactly 1", won)
+		}
+	})
+
+	t.Run("a taken token is fenced for a stale view", func(t *testing.T) {
+		st := s.store("token-stale")
+		free := getRemoval(t, st)
+		if _, err := st.TakeRemoval(t.Context(), free, remover(0, "i-a", "inv-a"), "first"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := st.TakeRemoval(t.Context(), free, remover(2, "i-b", "inv-b"), "stale view")
+		fenced(t, "take from a stale view", err)
+		_, err = st.GiveBackRemoval(t.Context(), lease.Removal{State: lease.RemovalHeld, Holder: "i-b", HolderSlot: 2, Version: 7, UpdatedAt: "x"}, "not ours")
+		fenced(t, "give back of another holder's token", err)
+		if r := getRemoval(t, st); r.Holder != "i-a" {
+			t.Errorf("token %+v, want still held for i-a", r)
+		}
+	})
+
+	t.Run("lost responses are recognised", func(t *testing.T) {
+		st := s.store("token-lost")
+		a := remover(0, "i-a", "inv-a")
+		t.Cleanup(h.ClearFaults)
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		taken, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "lost")
+		if err != nil || !taken.HeldBy(a) {
+			t.Fatalf("take with a lost response: %+v, %v", taken, err)
+		}
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		freed, err := st.GiveBackRemoval(t.Context(), getRemoval(t, st), "lost")
+		if err != nil || freed.Held() {
+			t.Fatalf("give back with a lost response: %+v, %v", freed, err)
+		}
+		if r := getRemoval(t, st); r.Version != 2 || len(r.History) != 2 {
+			t.Errorf("token %+v: want one take and one give back", r)
+		}
+	})
+
+	t.Run("ending an invocation keeps the removal", func(t *testing.T) {
+		st := s.store("token-end")
+		a := remover(0, "i-a", "inv-a")
+		taken, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.EndRemovalInvocation(t.Context(), taken, "failed; redelivered"); err != nil {
+			t.Fatal(err)
+		}
+		r := getRemoval(t, st)
+		if !r.HeldFor(a) || r.InvocationAlive(time.Now().Add(time.Millisecond)) {
+			t.Errorf("token %+v: want held for the removal with no live invocation", r)
+		}
+	})
+
+	t.Run("the token is not a slot lease", func(t *testing.T) {
+		st := s.store("token-list")
+		claim(t, st, 0, "i-a")
+		claim(t, st, 2, "i-b")
+		if _, err := st.TakeRemoval(t.Context(), getRemoval(t, st), remover(0, "i-a", "inv"), "x"); err != nil {
+			t.Fatal(err)
+		}
+		leases, err := st.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(leases) != 2 || leases[0].Slot != 0 || leases[1].Slot != 2 {
+			t.Fatalf("List = %+v, want slots 0 and 2 only", leases)
+		}
+	})
+}

@@ -1,0 +1,1002 @@
+package test
+
+// Auto Scaling runs paths together: several terminations at once, a replacement
+// launched while the old holder is still leaving, duplicate and late deliveries, an
+// instance shutting down. These tests deliver such sequences to the real handlers
+// against moto (with the windows moto skips modelled by the harness) and kfake.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+
+	"github.com/slotkeeper/slotkeeper/shared/alert"
+	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
+	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
+	"github.com/slotkeeper/slotkeeper/shared/launch"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/shared/terminate"
+	"github.com/slotkeeper/slotkeeper/test/harness"
+)
+
+// logRecord is one JSON log line of the handlers.
+type logRecord struct {
+	At       time.Time `json:"timestamp"`
+	Message  string    `json:"message"`
+	Function string    `json:"function"`
+	Instance string    `json:"instance"`
+	Reason   string    `json:"reason"`
+	Step     string    `json:"step"`
+	Line     string    `json:"-"`
+}
+
+// records returns the handlers' log records so far, in order.
+func (c *cluster) records() []logRecord {
+	c.t.Helper()
+	var out []logRecord
+	for _, line := range strings.Split(strings.TrimSpace(c.logs.String()), "\n") {
+		var r logRecord
+		if json.Unmarshal([]byte(line), &r) == nil {
+			r.Line = line
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// first returns the index of the first record of instance whose message starts with
+// msg, or -1.
+func first(recs []logRecord, instance, msg string) int {
+	return slices.IndexFunc(recs, func(r logRecord) bool {
+		return (instance == "" || r.Instance == instance) && strings.HasPrefix(r.Message, msg)
+	})
+}
+
+// detaches returns the DetachVolume and DetachNetworkInterface requests since the last
+// ResetCounts as "Action force=true|false".
+func detaches(h *harness.Harness) []string {
+	var out []string
+	for _, action := range []string{"DetachVolume", "DetachNetworkInterface"} {
+		for _, body := range h.Bodies(action) {
+			form, _ := url.ParseQuery(string(body))
+			out = append(out, action+" force="+strings.ToLower(orFalse(form.Get("Force"))))
+		}
+	}
+	return out
+}
+
+func orFalse(s string) string {
+	if s == "" {
+		return "false"
+	}
+	return s
+}
+
+func forcedDetaches(h *harness.Harness) int {
+	n := 0
+	for _, d := range detaches(h) {
+		if strings.HasSuffix(d, "force=true") {
+			n++
+		}
+	}
+	return n
+}
+
+// inGroup models ids as instances of the cluster's group in state, with health.
+func (c *cluster) inGroup(state, health string, ids ...string) {
+	for _, id := range ids {
+		az, _ := c.instance(id)
+		c.h.SetGroupInstance(id, harness.GroupInstance{Group: c.cfg.ASGName, AZ: az, LifecycleState: state, HealthStatus: health})
+	}
+}
+
+// stopsBrokers makes every stop-and-unmount command take its instance's broker out
+// of kfake, as a controlled shutdown does: unregistered, out of every ISR. It must be
+// installed before the proxy's first call; c is filled in later.
+func stopsBrokers(h *harness.Harness, cp *atomic.Pointer[cluster], k *kafkaCluster) {
+	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
+		var in struct {
+			InstanceIds []string
+			Parameters  map[string][]string
+		}
+		c := cp.Load()
+		if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) || c == nil {
+			return resp
+		}
+		for _, id := range in.InstanceIds {
+			leases, err := c.store.List(context.Background())
+			if err != nil {
+				continue
+			}
+			for _, l := range leases {
+				if l.Holder == id {
+					node := int32(c.cfg.NodeID(l.Slot))
+					k.Unregister(node)
+					for _, topic := range []string{"orders", "scratch"} {
+						for p := range int32(3) {
+							var isr []int32
+							for _, r := range k.Replicas(topic, p) {
+								if r != node {
+									isr = append(isr, r)
+								}
+							}
+							if len(isr) > 0 {
+								k.SetISR(topic, p, isr...)
+							}
+						}
+					}
+				}
+			}
+		}
+		return resp
+	}})
+}
+
+// run delivers payload to a terminate handler as Lambda does and returns its result.
+func runTerminate(t *testing.T, term *terminate.Handler, payload []byte, request string) (terminate.Result, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctx = lambdacontext.NewContext(ctx, &lambdacontext.LambdaContext{AwsRequestID: request})
+	return term.Run(ctx, payload)
+}
+
+func runLaunch(t *testing.T, l *launch.Handler, payload []byte, request string) (launch.Result, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctx = lambdacontext.NewContext(ctx, &lambdacontext.LambdaContext{AwsRequestID: request})
+	return l.Run(ctx, payload)
+}
+
+// Must show 1: a scale-in of two of three brokers at once (RF 3, min ISR 2). The
+// second waits for the removal token; its safety is evaluated after the first broker
+// left; it is unsafe, and it is forced only at its bound, with the ALERT.
+func TestTwoRemovalsAtOnce(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	h.ResetCounts()
+
+	term := c.terminate(k.client(t))
+	// Long enough for the first removal to finish well within it, even under -race.
+	const bound = 6 * time.Second
+	term.SafetyMaxWait = bound
+	type outcome struct {
+		res          terminate.Result
+		err          error
+		began, ended time.Time
+	}
+	out := make([]outcome, 2)
+	var wg sync.WaitGroup
+	for i, id := range ids[:2] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i].began = time.Now()
+			out[i].res, out[i].err = runTerminate(t, term, c.terminateEvent(id), fmt.Sprintf("scale-in-%d", i))
+			out[i].ended = time.Now()
+		}()
+	}
+	wg.Wait()
+	for i, o := range out {
+		if o.err != nil {
+			t.Fatalf("terminate of %s: %v", ids[i], o.err)
+		}
+	}
+
+	recs := c.records()
+	firstHolder := recs[first(recs, "", "holding the removal token")].Instance
+	a, b := 0, 1
+	if firstHolder == ids[1] {
+		a, b = 1, 0
+	}
+	A, B := ids[a], ids[b]
+	order := []struct{ who, msg string }{
+		{A, "holding the removal token"},
+		{B, "waiting for the removal token"},
+		{A, "broker stopped and its data volume unmounted"},
+		{A, "removal token given back"},
+		{A, "slot handed back"},
+		{B, "holding the removal token"},
+		{B, "removal not safe yet"},
+		{B, "ALERT: unsafe termination forced"},
+		{B, "broker stopped and its data volume unmounted"},
+		{B, "slot handed back"},
+	}
+	at := -1
+	var excerpt []string
+	for _, o := range order {
+		i := first(recs, o.who, o.msg)
+		if i <= at {
+			t.Errorf("%q of %s is at log record %d, not after record %d: the order is wrong", o.msg, o.who, i, at)
+		}
+		if i >= 0 {
+			role := map[string]string{A: "first", B: "second"}[o.who]
+			excerpt = append(excerpt, fmt.Sprintf("%s %-6s %s %s", recs[i].At.Format("15:04:05.000"), role, recs[i].Message, shorten(recs[i].Reason, 110)))
+			at = i
+		}
+	}
+	t.Logf("the order, from the log:\n%s", strings.Join(excerpt, "\n"))
+
+	ra, rb := out[a].res, out[b].res
+	if ra.Forced || ra.Outcome != terminate.OutcomeReleased || !ra.Stopped {
+		t.Errorf("first removal %+v, want a safe, unforced release with the broker stopped", ra)
+	}
+	if !rb.Forced || rb.Outcome != terminate.OutcomeReleased || rb.SafetyChecks < 2 || rb.TokenWaitMS <= 0 {
+		t.Errorf("second removal %+v, want a release forced after waiting for the token and several unsafe checks", rb)
+	}
+	// Its verdicts were all taken after the first broker left (its CONTINUE).
+	var aDone time.Time
+	for _, cl := range h.Completions() {
+		if cl.InstanceID == A {
+			aDone = cl.At
+		}
+	}
+	firstCheck := recs[first(recs, B, "removal not safe yet")].At
+	if aDone.IsZero() || !firstCheck.After(aDone) {
+		t.Errorf("the second removal's first verdict (%s) is not after the first broker's CONTINUE (%s)", firstCheck, aDone)
+	}
+	if !strings.Contains(recs[first(recs, B, "removal not safe yet")].Reason, "at min.insync.replicas with this broker in the ISR") {
+		t.Errorf("the second removal was unsafe for another reason: %s", recs[first(recs, B, "removal not safe yet")].Reason)
+	}
+	// Forced only at its bound.
+	alertAt := recs[first(recs, B, "ALERT: unsafe termination forced")].At
+	if waited := alertAt.Sub(out[b].began); waited < bound {
+		t.Errorf("the second removal was forced %s after its event, before its bound %s", waited, bound)
+	}
+	if !strings.Contains(c.metrics.String(), "UnsafeTerminationsForced") {
+		t.Errorf("no UnsafeTerminationsForced metric")
+	}
+	if n := forcedDetaches(h); n != 0 {
+		t.Errorf("%d forced detaches, want none (both brokers were stopped and unmounted)", n)
+	}
+	if tok, err := c.store.GetRemoval(context.Background()); err != nil || tok.Held() {
+		t.Errorf("removal token after both: %+v, %v; want free", tok, err)
+	}
+	t.Logf("first removal: released after %s; second: waited %d ms for the token, %d unsafe checks after the first left, forced %s after its event (bound %s)",
+		out[a].ended.Sub(out[a].began).Round(time.Millisecond), rb.TokenWaitMS, rb.SafetyChecks, alertAt.Sub(out[b].began).Round(time.Millisecond), bound)
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// handover delivers the terminate event of the slot holder old and the launch event
+// of its replacement at the same time, as Auto Scaling does for a health replacement
+// (the replacement launches while the old instance waits in Terminating:Wait), and
+// checks the handover: the replacement waits, and binds the slot after the release,
+// with the same ENI and volume; no ABANDON; the stop-and-unmount command precedes
+// every detach; nothing is forced.
+func handover(t *testing.T, h *harness.Harness, c *cluster, k *kafkaCluster, old string, s int) (terminate.Result, launch.Result) {
+	t.Helper()
+	replacement := c.run(s % 3)
+	c.inGroup("Pending:Wait", "Healthy", replacement)
+	enis, vols := c.enis(s), c.volumes(s)
+	term := c.terminate(k.client(t))
+	h.ResetCounts()
+	var tres terminate.Result
+	var lres launch.Result
+	var terr, lerr error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); tres, terr = runTerminate(t, term, c.terminateEvent(old), "terminate-old") }()
+	go func() {
+		defer wg.Done()
+		lres, lerr = runLaunch(t, c.launch, c.launchEvent(replacement), "launch-replacement")
+	}()
+	wg.Wait()
+	if terr != nil || lerr != nil {
+		t.Fatalf("terminate: %v; launch: %v", terr, lerr)
+	}
+	if got := c.completionsOf(replacement, "slotkeeper-launch"); !slices.Equal(got, []string{"CONTINUE"}) {
+		t.Errorf("replacement completions %v, want one CONTINUE (no ABANDON)", got)
+	}
+	if got := c.completionsOf(old, "slotkeeper-terminate"); !slices.Equal(got, []string{"CONTINUE"}) {
+		t.Errorf("old holder's terminate completions %v, want one CONTINUE", got)
+	}
+	if lres.Outcome != launch.OutcomeContinue || lres.Slot != s {
+		t.Errorf("launch result %+v, want CONTINUE for slot %d", lres, s)
+	}
+	l := c.lease(s)
+	e, v := c.enis(s), c.volumes(s)
+	if l.State != lease.Bound || l.Holder != replacement || l.LastHolder != old || e[0].ID != enis[0].ID || v[0].ID != vols[0].ID ||
+		e[0].AttachedTo != replacement || v[0].AttachedTo != replacement {
+		t.Errorf("slot %d: lease %s by %s (last %s), ENI %+v, volume %+v; want bound by the replacement with ENI %s and volume %s",
+			s, l.State, l.Holder, l.LastHolder, e, v, enis[0].ID, vols[0].ID)
+	}
+	recs := c.records()
+	wait, release, claim := first(recs, replacement, "no free slot; waiting for a leaving holder"), first(recs, old, "slot handed back"),
+		first(recs, replacement, "handover: the leaving holder released the slot")
+	if wait < 0 || release < 0 || claim < 0 || !(wait < release && release < claim) {
+		t.Errorf("log records: replacement waits at %d, old holder released at %d, replacement claims at %d; want them in that order", wait, release, claim)
+	}
+	calls := h.MutatingCalls()
+	stop := slices.Index(calls, "SendCommand")
+	for i, a := range calls {
+		if strings.HasPrefix(a, "Detach") && (stop < 0 || i < stop) {
+			t.Errorf("%s at call %d before the stop-and-unmount command (at %d): %v", a, i, stop, calls)
+		}
+	}
+	if n := forcedDetaches(h); n != 0 {
+		t.Errorf("%d forced detaches (%v), want none", n, detaches(h))
+	}
+	if cmds := c.ssmCommands(old); len(cmds) != 1 || !strings.Contains(cmds[0][1], "umount") {
+		t.Errorf("SSM commands to the old holder %q, want one stop-and-unmount", cmds)
+	}
+	if wait >= 0 && claim >= 0 {
+		t.Logf("the replacement waited %s for the handover; mutating calls %v; detaches %v",
+			recs[claim].At.Sub(recs[wait].At).Round(time.Millisecond), mutating(h), detaches(h))
+	}
+	return tres, lres
+}
+
+// Must show 2: a health replacement. The terminate of an Unhealthy, running holder and
+// the launch of its replacement are delivered at the same time.
+func TestHealthReplacementHandsOver(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("InService", "Healthy", ids[0], ids[2])
+	c.inGroup("Terminating:Wait", "Unhealthy", ids[1])
+	tres, _ := handover(t, h, c, k, ids[1], 1)
+	if tres.Planned || !tres.Stopped || tres.SafetyChecks < 1 || tres.Forced {
+		t.Errorf("terminate result %+v, want an unplanned termination that still passed the safety gate and stopped the broker", tres)
+	}
+}
+
+// Must show 3: `slotctl evict` of a broker: the same handover, through the planned path.
+func TestEvictHandsOver(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, map[string]string{"KAFKA_BOOTSTRAP": strings.Join(k.Addrs, ",")})
+	cp.Store(c)
+	c.createGroup()
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("InService", "Healthy", ids...)
+
+	h.ResetCounts()
+	r := c.slotctl("evict", "1", "--yes", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"done": true`) {
+		t.Fatalf("slotctl evict 1: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got := h.GroupTerminations(); !slices.Equal(got, []string{ids[1]}) {
+		t.Fatalf("evict asked the group to terminate %v, want %s", got, ids[1])
+	}
+	if gi, _ := h.GroupInstanceOf(ids[1]); gi.LifecycleState != "Terminating:Wait" {
+		t.Fatalf("the evicted instance is %s in its group, want Terminating:Wait", gi.LifecycleState)
+	}
+	var ev slotctl.Eviction
+	if err := json.Unmarshal([]byte(r.stdout), &ev); err != nil || !ev.Done || ev.Instance != ids[1] {
+		t.Fatalf("slotctl evict document %q: %+v, %v", r.stdout, ev, err)
+	}
+	t.Logf("slotctl evict 1 --yes: %s in %s terminating (%s), removal safety: %s", ev.Instance, ev.Group, ev.Activity, ev.Safety)
+	tres, _ := handover(t, h, c, k, ids[1], 1)
+	if !tres.Planned || !tres.Stopped || tres.SafetyChecks < 1 || tres.Forced {
+		t.Errorf("terminate result %+v, want a planned termination, safe, with the broker stopped", tres)
+	}
+}
+
+// Must show 4: the drain's response lost, and two concurrent deliveries of one
+// terminate event: one SSM stop, detach and release before the one accepted CONTINUE,
+// in that order.
+func TestTerminateDrainLostAndDuplicates(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	setup := func(t *testing.T) (*cluster, []string) {
+		c := newCluster(t, h, 3, nil)
+		ids := []string{c.run(0), c.run(1), c.run(2)}
+		c.launchAll(ids...)
+		h.ResetCounts()
+		return c, ids
+	}
+	// check asserts the order of the leaving instance's mutating calls.
+	check := func(t *testing.T, c *cluster, id string) {
+		t.Helper()
+		calls := mutating(h)
+		count := func(a string) int {
+			n := 0
+			for _, x := range calls {
+				if x == a {
+					n++
+				}
+			}
+			return n
+		}
+		if n := count("SendCommand"); n != 1 {
+			t.Errorf("%d SSM commands, want 1: %v", n, calls)
+		}
+		if got := c.completionsOf(id, "slotkeeper-terminate"); !slices.Equal(got, []string{"CONTINUE"}) {
+			t.Errorf("accepted completions %v, want one CONTINUE", got)
+		}
+		stop, detach, complete := slices.Index(calls, "SendCommand"), slices.Index(calls, "DetachVolume"), slices.Index(calls, "CompleteLifecycleAction")
+		release := -1
+		for i, body := range h.Bodies("UpdateItem") {
+			if strings.Contains(string(body), `"free"`) && strings.Contains(string(body), "last_holder") && strings.Contains(string(body), `"N":"1"`) {
+				release = i
+			}
+		}
+		// The release is an UpdateItem: find its position among the calls.
+		pos, seen := -1, -1
+		for i, a := range calls {
+			if a == "UpdateItem" {
+				seen++
+				if seen == release {
+					pos = i
+				}
+			}
+		}
+		if !(stop >= 0 && stop < detach && detach < pos && pos < complete) {
+			t.Errorf("order: stop at %d, detach at %d, release at %d, CONTINUE at %d in %v; want stop < detach < release < CONTINUE", stop, detach, pos, complete, calls)
+		}
+		l := c.lease(1)
+		drains := 0
+		for _, tr := range l.History {
+			if tr.To == lease.Draining {
+				drains++
+			}
+		}
+		if l.State != lease.Free || l.LastHolder != id || drains != 1 {
+			t.Errorf("lease %s, last holder %s, %d drains in its history; want free after one drain", l.State, l.LastHolder, drains)
+		}
+		t.Logf("mutating calls: %v", calls)
+	}
+
+	t.Run("drain's response lost", func(t *testing.T) {
+		c, ids := setup(t)
+		// UpdateItem #1 takes the removal token, #2 is the drain.
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Skip: 1, Times: 1})
+		defer h.ClearFaults()
+		res, err := runTerminate(t, c.terminate(k.client(t)), c.terminateEvent(ids[1]), "lost-drain")
+		if err != nil || res.Outcome != terminate.OutcomeReleased || !res.Stopped {
+			t.Fatalf("terminate with the drain's response lost: %+v, %v; want the slot released after a stop", res, err)
+		}
+		check(t, c, ids[1])
+	})
+
+	t.Run("two concurrent deliveries", func(t *testing.T) {
+		c, ids := setup(t)
+		term := c.terminate(k.client(t))
+		payload := c.terminateEvent(ids[1])
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = invokeWith(term, payload) }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Logf("a concurrent delivery left the removal to the other and is redelivered: %v", err)
+				if err := invokeWith(term, payload); err != nil {
+					t.Fatalf("redelivery: %v", err)
+				}
+			}
+		}
+		check(t, c, ids[1])
+	})
+
+	t.Run("a delivery that died silently is carried on after its deadline", func(t *testing.T) {
+		c, ids := setup(t)
+		l := c.lease(1)
+		// An earlier delivery took the token and died without a word (a timeout):
+		// its stamp is live for another 3 seconds.
+		tok, err := c.store.GetRemoval(context.Background())
+		if err == nil {
+			_, err = c.store.TakeRemoval(context.Background(), tok, lease.Remover{Slot: 1, Instance: ids[1], LeaseVersion: l.Version,
+				Invocation: "terminate/dead", Until: time.Now().Add(3 * time.Second)}, "test")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		term := c.terminate(k.client(t))
+		payload := c.terminateEvent(ids[1])
+		if err := invokeWith(term, payload); err == nil || !strings.Contains(err.Error(), "another delivery of this event") {
+			t.Fatalf("while the dead delivery's stamp is live: %v, want a retryable error", err)
+		}
+		if m := slices.DeleteFunc(mutating(h), func(a string) bool { return a == "UpdateItem" }); len(m) != 0 {
+			t.Errorf("the delivery that left the removal to another made %v", m)
+		}
+		time.Sleep(3100 * time.Millisecond)
+		h.ResetCounts()
+		if err := invokeWith(term, payload); err != nil {
+			t.Fatalf("after the stamp's deadline: %v", err)
+		}
+		check(t, c, ids[1])
+	})
+}
+
+// Must show 5: a holder in shutting-down. Its volume leaves it with a plain detach;
+// the detach is forced only once the instance is terminated, or past the bound, with
+// an ALERT, a metric and an SNS message.
+func TestShuttingDownHolderPlainDetach(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	setup := func(t *testing.T) (*cluster, []string, *terminate.Handler) {
+		c := newCluster(t, h, 3, nil)
+		ids := []string{c.run(0), c.run(1), c.run(2)}
+		c.launchAll(ids...)
+		// The instance is shutting down (terminated outside the group, or its hook
+		// expired): its OS may still be stopping Kafka and holds the volume.
+		h.SetInstanceState(ids[1], "shutting-down")
+		h.HoldPlainDetach(ids[1], true)
+		t.Cleanup(func() { h.HoldPlainDetach(ids[1], false); h.SetInstanceState(ids[1], "") })
+		term := c.terminate(k.client(t))
+		term.ForceDetachAfter = 2 * time.Second
+		h.ResetCounts()
+		return c, ids, term
+	}
+
+	t.Run("forced only after terminated", func(t *testing.T) {
+		c, ids, term := setup(t)
+		var flipped time.Time
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for len(h.Bodies("DetachVolume")) == 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond) // a plain detach pending for a while
+			flipped = time.Now()
+			h.SetInstanceState(ids[1], "terminated")
+		}()
+		res, err := runTerminate(t, term, c.terminateEvent(ids[1]), "shutting-down-1")
+		<-done
+		if err != nil || res.Planned || res.Stopped || res.Outcome != terminate.OutcomeReleased {
+			t.Fatalf("terminate: %+v, %v; want an unplanned release without a stop command", res, err)
+		}
+		d := detaches(h)
+		if len(d) < 2 || d[0] != "DetachVolume force=false" || d[1] != "DetachVolume force=true" {
+			t.Fatalf("volume detaches %v, want a plain one, then a forced one", d)
+		}
+		if len(c.ssmCommands(ids[1])) != 0 {
+			t.Errorf("a stop command was sent to a shutting-down instance")
+		}
+		if strings.Contains(c.logs.String(), "ALERT") {
+			t.Errorf("a force on a terminated instance alerted: nothing can run there")
+		}
+		recs := c.records()
+		forced := first(recs, ids[1], "plain detach not done and the instance is halted")
+		if forced < 0 || recs[forced].At.Before(flipped) {
+			t.Errorf("the force (log record %d) is not after the instance was terminated at %s", forced, flipped.Format("15:04:05.000"))
+		}
+		if v := c.volumes(1); v[0].AttachedTo != "" || c.lease(1).State != lease.Free {
+			t.Errorf("volume %+v, lease %s: want detached and free", v, c.lease(1).State)
+		}
+		plain := first(recs, ids[1], "step start")
+		for i, r := range recs {
+			if r.Instance == ids[1] && r.Step == "detach" {
+				plain = i
+				break
+			}
+		}
+		t.Logf("detaches %v: the plain detach pending from %s, the instance terminated at %s, forced at %s",
+			d, recs[plain].At.Format("15:04:05.000"), flipped.Format("15:04:05.000"), recs[forced].At.Format("15:04:05.000"))
+	})
+
+	t.Run("forced at the bound, loudly", func(t *testing.T) {
+		c, ids, term := setup(t)
+		topic, err := sns.NewFromConfig(h.DirectConfig()).CreateTopic(context.Background(), &sns.CreateTopicInput{Name: aws.String(c.cfg.Cluster + "-alerts")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		term.Alerts = &alert.Notifier{SNS: sns.NewFromConfig(h.AWSConfig()), TopicARN: aws.ToString(topic.TopicArn), Cluster: c.cfg.Cluster}
+		began := time.Now()
+		res, err := runTerminate(t, term, c.terminateEvent(ids[1]), "shutting-down-2")
+		if err != nil || res.Outcome != terminate.OutcomeReleased {
+			t.Fatalf("terminate: %+v, %v", res, err)
+		}
+		recs := c.records()
+		alertAt := first(recs, ids[1], "ALERT: forced detach")
+		if alertAt < 0 || recs[alertAt].At.Sub(began) < term.ForceDetachAfter {
+			t.Fatalf("ALERT at record %d; want one, no earlier than %s after the event", alertAt, term.ForceDetachAfter)
+		}
+		d := detaches(h)
+		if len(d) < 2 || d[0] != "DetachVolume force=false" || d[1] != "DetachVolume force=true" {
+			t.Errorf("volume detaches %v, want a plain one, then a forced one", d)
+		}
+		if !strings.Contains(c.metrics.String(), "ForcedDetaches") || h.Calls("Publish") != 1 {
+			t.Errorf("metric ForcedDetaches present: %v; SNS publishes %d, want 1", strings.Contains(c.metrics.String(), "ForcedDetaches"), h.Calls("Publish"))
+		}
+		t.Logf("forced %s after the event (bound %s): %s", recs[alertAt].At.Sub(began).Round(time.Millisecond), term.ForceDetachAfter, shorten(recs[alertAt].Line, 300))
+	})
+}
+
+// Must show 6: a foreign hook name, a launch into the warm pool and an expired action
+// make no mutating call, each with a log line saying why.
+func TestForeignHookWarmPoolAndExpiredActions(t *testing.T) {
+	h := harness.Start(t)
+	c := newCluster(t, h, 3, nil)
+	term := c.terminate(nil)
+	id := c.run(0)
+	bound := c.run(1)
+	c.launchAll(bound)
+	edit := func(payload []byte, f func(d map[string]any)) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(payload, &m); err != nil {
+			t.Fatal(err)
+		}
+		f(m["detail"].(map[string]any))
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tests := []struct {
+		name    string
+		handler func([]byte) error
+		payload []byte
+		before  func()
+		log     string
+		calls   int // AWS calls allowed: the one heartbeat AWS refuses for an expired action
+	}{
+		{"launch of another hook", c.invoke, edit(c.launchEvent(id), func(d map[string]any) { d["LifecycleHookName"] = "web-warmup" }), nil, `lifecycle hook \"web-warmup\" is not \"slotkeeper-launch\"`, 0},
+		{"terminate of another hook", func(p []byte) error { return invokeWith(term, p) },
+			edit(c.terminateEvent(bound), func(d map[string]any) { d["LifecycleHookName"] = "drain-logs" }), nil, `lifecycle hook \"drain-logs\" is not \"slotkeeper-terminate\"`, 0},
+		{"launch into the warm pool", c.invoke, edit(c.launchEvent(id), func(d map[string]any) { d["Origin"], d["Destination"] = "EC2", "WarmPool" }), nil, "launching into the warm pool", 0},
+		{"expired launch action", c.invoke, c.launchEvent(id), func() { h.ExpireLifecycleAction(c.cfg.ASGName, "slotkeeper-launch", id) },
+			"the lifecycle action is no longer active", 1},
+		{"expired terminate action", func(p []byte) error { return invokeWith(term, p) }, c.terminateEvent(bound),
+			func() { h.ExpireLifecycleAction(c.cfg.ASGName, "slotkeeper-terminate", bound) }, "the lifecycle action is no longer active", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.before != nil {
+				tt.before()
+			}
+			h.ResetCounts()
+			from := len(c.logs.String())
+			if err := tt.handler(tt.payload); err != nil {
+				t.Fatalf("want a logged no-op, got %v", err)
+			}
+			if got := h.MutatingCalls(); len(got) > tt.calls || (tt.calls == 1 && len(got) == 1 && got[0] != "RecordLifecycleActionHeartbeat") {
+				t.Errorf("mutating calls %v, want none (apart from the heartbeat AWS refuses)", got)
+			}
+			if n := sum(h.CallCounts()); n != tt.calls {
+				t.Errorf("%d AWS calls %v, want %d", n, h.CallCounts(), tt.calls)
+			}
+			logged := c.logs.String()[from:]
+			i := strings.Index(logged, `"message":"ignoring event"`)
+			if i < 0 || !strings.Contains(logged, tt.log) {
+				t.Fatalf("log %q lacks the no-op line with %q", logged, tt.log)
+			}
+			line := logged[strings.LastIndex(logged[:i], "\n")+1:]
+			line = line[:strings.Index(line, "\n")]
+			var r logRecord
+			_ = json.Unmarshal([]byte(line), &r)
+			t.Logf("%d AWS calls %v; log: %s: %s", sum(h.CallCounts()), h.CallCounts(), r.Message, r.Reason)
+		})
+	}
+	if l := c.lease(0); l.Exists() {
+		t.Errorf("slot 0 was touched: %+v", l)
+	}
+	if l := c.lease(1); l.State != lease.Bound || l.Holder != bound {
+		t.Errorf("slot 1 changed: %+v", l)
+	}
+}
+
+// Must show 9 (against a Kafka that answers DescribeQuorum): a controller voter whose
+// removal would leave no caught-up majority is held back, with the same bound, alert
+// and metric as the partition rule, and goes once the quorum has caught up.
+func TestTerminateWaitsForControllerQuorum(t *testing.T) {
+	h := harness.Start(t)
+	setup := func(t *testing.T) (*cluster, *kafkaCluster, []string) {
+		c := newCluster(t, h, 3, nil)
+		ids := []string{c.run(0), c.run(1), c.run(2)}
+		c.launchAll(ids...)
+		return c, newKafka(t, 3), ids
+	}
+	// Voter 2 is 10 s behind the leader: removing voter 1 leaves only the leader (0)
+	// caught up, 1 of the 3 voters' majority of 2.
+	lagging := func(k *kafkaCluster) {
+		k.SetQuorum(kafkatestQuorum(0, []int32{0, 1, 2}, map[int32]time.Duration{2: 10 * time.Second}))
+	}
+
+	t.Run("held until the quorum catches up", func(t *testing.T) {
+		c, k, ids := setup(t)
+		lagging(k)
+		term := c.terminate(k.client(t))
+		term.SafetyMaxWait = 30 * time.Second
+		caughtUp := make(chan struct{})
+		go func() {
+			for strings.Count(c.logs.String(), "removal not safe yet") < 2 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			k.SetQuorum(kafkatestQuorum(0, []int32{0, 1, 2}, nil))
+			close(caughtUp)
+		}()
+		res, err := runTerminate(t, term, c.terminateEvent(ids[1]), "quorum-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-caughtUp:
+		default:
+			t.Fatal("the termination went ahead while the quorum was behind")
+		}
+		if res.Forced || res.SafetyChecks < 3 || res.Outcome != terminate.OutcomeReleased {
+			t.Errorf("result %+v, want an unforced release after several checks", res)
+		}
+		recs := c.records()
+		held := recs[first(recs, ids[1], "removal not safe yet")].Reason
+		if !strings.Contains(held, "controller 1 may not leave: only 1 caught-up voters [0] would remain of [0 1 2], a majority is 2") {
+			t.Errorf("the hold does not name the quorum rule: %s", held)
+		}
+		t.Logf("held %d checks: %s", res.SafetyChecks, shorten(held, 200))
+	})
+
+	t.Run("forced at the bound with the alert and metric", func(t *testing.T) {
+		c, k, ids := setup(t)
+		lagging(k)
+		term := c.terminate(k.client(t))
+		term.SafetyMaxWait = 500 * time.Millisecond
+		res, err := runTerminate(t, term, c.terminateEvent(ids[1]), "quorum-2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Forced || !strings.Contains(c.metrics.String(), "UnsafeTerminationsForced") {
+			t.Errorf("result %+v; metric present %v; want a forced release and the metric", res, strings.Contains(c.metrics.String(), "UnsafeTerminationsForced"))
+		}
+		recs := c.records()
+		i := first(recs, ids[1], "ALERT: unsafe termination forced")
+		if i < 0 || !strings.Contains(recs[i].Line, "controller 1 may not leave") {
+			t.Errorf("no ALERT naming the quorum rule")
+		}
+	})
+
+	t.Run("a broker that is no voter is not held by the quorum", func(t *testing.T) {
+		c, k, ids := setup(t)
+		k.SetQuorum(kafkatestQuorum(0, []int32{0, 2}, map[int32]time.Duration{2: 10 * time.Second}))
+		res, err := runTerminate(t, c.terminate(k.client(t)), c.terminateEvent(ids[1]), "quorum-3")
+		if err != nil || res.Forced || res.SafetyChecks != 1 {
+			t.Errorf("result %+v, %v: want one safe check (broker 1 is not a voter)", res, err)
+		}
+	})
+}
+
+// A launch that finds its AZ's slot held by a leaving holder that does not let go
+// within the handover bound does not abandon: it fails, to be delivered again, and
+// changes nothing.
+func TestHandoverTimeoutIsRetriedNotAbandoned(t *testing.T) {
+	h := harness.Start(t)
+	c := newCluster(t, h, 3, nil)
+	old := c.run(0)
+	c.launchAll(old)
+	// A termination is draining the slot (and takes its time).
+	if _, err := c.store.Drain(context.Background(), c.lease(0), "terminating"); err != nil {
+		t.Fatal(err)
+	}
+	replacement := c.run(0)
+	c.launch.HandoverMaxWait = 300 * time.Millisecond
+	c.launch.HeartbeatInterval = 50 * time.Millisecond
+	h.ResetCounts()
+	_, err := runLaunch(t, c.launch, c.launchEvent(replacement), "handover-timeout")
+	if err == nil || !strings.Contains(err.Error(), "has not released it") {
+		t.Fatalf("launch: %v, want a retryable error naming the handover", err)
+	}
+	if got := c.completions(replacement); len(got) != 0 {
+		t.Errorf("completions %v, want none: the event is retried", got)
+	}
+	if got := mutating(h); len(got) != 0 {
+		t.Errorf("mutating calls %v, want none (heartbeats aside)", got)
+	}
+	n := 0
+	for _, hb := range h.Heartbeats() {
+		if hb.InstanceID == replacement {
+			n++
+		}
+	}
+	if n < 2 {
+		t.Errorf("%d heartbeats while waiting, want the first and more", n)
+	}
+}
+
+// The fence before a create or attach requires the lease claimed by this instance: a
+// redelivered launch whose slot is draining meanwhile attaches nothing.
+func TestLaunchFenceRequiresClaimed(t *testing.T) {
+	h := harness.Start(t)
+	c := newCluster(t, h, 3, nil)
+	id := c.run(0)
+	// An earlier delivery claimed the slot; since then a termination drains it.
+	cur := c.lease(0)
+	l, err := c.store.Claim(context.Background(), cur, id, "us-east-1a", "launch")
+	if err == nil {
+		_, err = c.store.Drain(context.Background(), l, "terminating")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ResetCounts()
+	if err := c.invoke(c.launchEvent(id)); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range mutating(h) {
+		if strings.HasPrefix(a, "Create") || strings.HasPrefix(a, "Attach") {
+			t.Errorf("%s on a draining lease", a)
+		}
+	}
+	if got := c.completions(id); !slices.Equal(got, []string{"ABANDON"}) {
+		t.Errorf("completions %v, want ABANDON", got)
+	}
+}
+
+// createGroup creates the cluster's Auto Scaling group at moto with both lifecycle
+// hooks, so that slotctl finds them (its instances are modelled by the harness).
+func (c *cluster) createGroup() {
+	c.t.Helper()
+	ctx := context.Background()
+	direct := c.h.DirectConfig()
+	if _, err := ec2.NewFromConfig(direct).CreateLaunchTemplate(ctx, &ec2.CreateLaunchTemplateInput{
+		LaunchTemplateName: aws.String(c.cfg.Cluster + "-broker"),
+		LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String(c.w.AMI), InstanceType: ec2types.InstanceTypeT3Large},
+	}); err != nil {
+		c.t.Fatal(err)
+	}
+	asg := autoscaling.NewFromConfig(direct)
+	if _, err := asg.CreateAutoScalingGroup(ctx, &autoscaling.CreateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(c.cfg.ASGName), MinSize: aws.Int32(0), MaxSize: aws.Int32(3), DesiredCapacity: aws.Int32(0),
+		LaunchTemplate:    &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(c.cfg.Cluster + "-broker"), Version: aws.String("$Latest")},
+		VPCZoneIdentifier: aws.String(strings.Join(c.cfg.Subnets, ",")),
+	}); err != nil {
+		c.t.Fatal(err)
+	}
+	for _, hk := range [][3]string{{"slotkeeper-launch", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"}, {"slotkeeper-terminate", "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"}} {
+		if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
+			AutoScalingGroupName: aws.String(c.cfg.ASGName), LifecycleHookName: aws.String(hk[0]),
+			LifecycleTransition: aws.String(hk[1]), DefaultResult: aws.String(hk[2]), HeartbeatTimeout: aws.Int32(900),
+		}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+func kafkatestQuorum(leader int32, voters []int32, behind map[int32]time.Duration) kafkatest.Quorum {
+	return kafkatest.Quorum{Leader: leader, Voters: voters, Behind: behind}
+}
+
+// slotctlRun is one run of slotctl.
+type slotctlRun struct {
+	code           int
+	stdout, stderr string
+}
+
+// slotctl runs slotctl with args against this cluster, through the proxy, configured
+// by the cluster's variables.
+func (c *cluster) slotctl(args ...string) slotctlRun {
+	c.t.Helper()
+	var out, errOut strings.Builder
+	code := slotctl.Main(context.Background(), args, slotctl.IO{
+		Stdout: &out, Stderr: &errOut, Clients: slotctl.NewClients(c.h.AWSConfig()),
+		Getenv: func(k string) string { return c.vars[strings.TrimPrefix(k, config.Prefix)] },
+	})
+	return slotctlRun{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// The result of the stop-and-unmount command is checked: when it fails (here: the
+// filesystem is still in use), the volume and ENI stay on the instance, which may still
+// run Kafka, and an ALERT says so; the slot is released all the same. The replacement
+// then waits until the old instance no longer runs, detaches plainly while it shuts
+// down, and gets the volume once it is terminated: nothing is ever forced off an
+// instance that may run Kafka.
+func TestFailedStopLeavesTheVolumeAttached(t *testing.T) {
+	h := harness.Start(t)
+	var failing atomic.Bool
+	h.Override(harness.Override{Action: "GetCommandInvocation", Rewrite: func(_, resp []byte) []byte {
+		if !failing.Load() {
+			return resp
+		}
+		var m map[string]any
+		if json.Unmarshal(resp, &m) != nil {
+			return resp
+		}
+		m["Status"], m["StatusDetails"], m["ResponseCode"] = "Failed", "Failed", hostcmd.ExitMountBusy
+		m["StandardErrorContent"] = "slotkeeper-stop: /var/lib/kafka is still in use: USER PID ACCESS COMMAND kafka 4242 ..c.. java"
+		b, _ := json.Marshal(m)
+		return b
+	}})
+	k := newKafka(t, 3)
+	c := newCluster(t, h, 3, nil)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("InService", "Healthy", ids...)
+	vol := c.volumes(1)[0].ID
+	h.ResetCounts()
+
+	failing.Store(true)
+	res, err := runTerminate(t, c.terminate(k.client(t)), c.terminateEvent(ids[1]), "failed-stop")
+	failing.Store(false)
+	if err != nil || res.Stopped || !res.LeftAttached || res.Detached != 0 || res.Outcome != terminate.OutcomeReleased {
+		t.Fatalf("terminate after a failed stop: %+v, %v; want the slot released with its resources left attached", res, err)
+	}
+	if d := detaches(h); len(d) != 0 {
+		t.Errorf("detaches %v after a failed stop, want none", d)
+	}
+	if v := c.volumes(1)[0]; v.AttachedTo != ids[1] {
+		t.Errorf("volume %+v, want still attached to %s", v, ids[1])
+	}
+	if !strings.Contains(c.logs.String(), "ALERT: broker stop failed: volume left attached") || !strings.Contains(c.metrics.String(), "VolumesLeftAttached") {
+		t.Errorf("the volume left attached was not signalled (ALERT and metric)")
+	}
+	if l := c.lease(1); l.State != lease.Free || !slices.Equal(c.completionsOf(ids[1], "slotkeeper-terminate"), []string{"CONTINUE"}) {
+		t.Errorf("lease %s, completions %v: want free and one CONTINUE", l.State, c.completionsOf(ids[1], "slotkeeper-terminate"))
+	}
+
+	// The group goes on with the termination; the replacement launches meanwhile.
+	c.inGroup("Terminating:Proceed", "Healthy", ids[1])
+	replacement := c.run(1)
+	h.ResetCounts()
+	var shutdown, terminated time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !strings.Contains(c.logs.String(), "the slot's previous holder is leaving; waiting until it no longer runs") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		shutdown = time.Now()
+		h.HoldPlainDetach(ids[1], true)
+		h.SetInstanceState(ids[1], "shutting-down") // Kafka stops with the OS; the volume is held until then
+		for len(h.Bodies("DetachVolume")) == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		terminated = time.Now()
+		h.SetInstanceState(ids[1], "")
+		h.HoldPlainDetach(ids[1], false)
+		h.TerminateInstance(t, ids[1]) // moto detaches the volume, as EC2 does at termination
+	}()
+	lres, err := runLaunch(t, c.launch, c.launchEvent(replacement), "after-failed-stop")
+	<-done
+	if err != nil || lres.Outcome != launch.OutcomeContinue || lres.Slot != 1 {
+		t.Fatalf("replacement launch: %+v, %v", lres, err)
+	}
+	if v := c.volumes(1)[0]; v.ID != vol || v.AttachedTo != replacement {
+		t.Errorf("volume %+v, want %s on the replacement", v, vol)
+	}
+	// A force is allowed only once the old instance is terminated (EC2 detaches the
+	// volume at termination; the launch may see the state before the volume).
+	recs := c.records()
+	for _, body := range h.Bodies("DetachVolume") {
+		if !strings.Contains(string(body), "Force=true") {
+			continue
+		}
+		i := first(recs, replacement, "plain detach not done and the instance is halted")
+		if i < 0 || recs[i].At.Before(terminated) || !strings.Contains(recs[i].Line, `"state":"terminated"`) {
+			t.Errorf("the volume was forced off the old instance before it was terminated: %s", body)
+		}
+	}
+	waited := first(recs, replacement, "the slot's previous holder is leaving")
+	t.Logf("stop failed: volume left on %s; the replacement waited from %s, the instance shut down at %s and terminated at %s; detaches %v",
+		ids[1], recs[waited].At.Format("15:04:05.000"), shutdown.Format("15:04:05.000"), terminated.Format("15:04:05.000"), detaches(h))
+}
