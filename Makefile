@@ -132,10 +132,16 @@ sam-check: venv ## sam validate --lint, and an offline sam build with a bootstra
 	@echo "==> sam validate, sam build"
 	@bash scripts/sam-check.sh $(VENV)
 
+# The real-block-device tests (test/loopdev: loop devices, xfs, ext4) need system
+# tools; as root with apt-get this installs the missing ones, else it says which.
+.PHONY: test-tools
+test-tools: ## Install the system tools the block-device tests need (xfsprogs, e2fsprogs, psmisc), if missing
+	@bash scripts/test-tools.sh
+
 # The template tests (test/template_*_test.go) need the SAM translator that the
 # venv's SAM CLI brings; the venv target provides it.
 .PHONY: test
-test: venv kafka-runtime fmt-check vet shellcheck cfn-lint sam-check ## Check formatting, vet, lint scripts and template, sam build, fetch Kafka, and run all tests with the race detector
+test: venv test-tools kafka-runtime fmt-check vet shellcheck cfn-lint sam-check ## Check formatting, vet, lint scripts and template, sam build, fetch Kafka, and run all tests with the race detector
 	@echo "==> go test"
 	$(GO) test -race -count=1 -timeout 20m ./...
 

@@ -9,6 +9,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -315,11 +316,16 @@ func stubs(t *testing.T, scripts map[string]string) string {
 //	anything else (create-tags, delete-tags)      nothing, success
 //
 // answers holds the files' contents; a file of several lines answers one line per
-// call, its last line for good. A missing file fails the call.
+// call, its last line for good. A missing file fails the call. A file named
+// "fail:<service> <operation>" (e.g. "fail:ec2 delete-tags") makes that call fail.
 func awsStub(t *testing.T, answers map[string]string) string {
 	t.Helper()
 	dir := stubs(t, map[string]string{"aws": `dir=$(dirname "$0")
 printf '%s\n' "$*" >>"$dir/calls"
+if [[ -f "$dir/fail:$1 $2" ]]; then
+	echo "stub: $1 $2 fails" >&2
+	exit 254
+fi
 case "$1 $2" in
 "dynamodb get-item") f=lease ;;
 "autoscaling describe-auto-scaling-instances") f=group ;;
@@ -390,6 +396,8 @@ func TestServesOnlyWhenBoundAndInService(t *testing.T) {
 				"serving as node 2: target InService, lease bound at version 3, group InService"}},
 		{"abandoned: target Terminated", 0, "Terminated", bound, "InService\n", false,
 			[]string{"target lifecycle state Terminated: this instance never serves as node 2"}},
+		{"launched into a warm pool", 0, "Warmed:Stopped", bound, "InService\n", false,
+			[]string{"target lifecycle state Warmed:Stopped: warm pools are not supported (a warm instance gets no slot; this runs once): remove the warm pool"}},
 		{"the lease is bound to another instance", 0, "InService", "bound\ti-0fffffffffffffff0\t4\tvol-0abc123def4567890\n", "InService\n", false,
 			[]string{"not serving after 1s: slot 2's lease is bound by i-0fffffffffffffff0 at version 4, not bound by this instance at version 3"}},
 		{"the lease moved to a later version", 0, "InService", "bound\t" + me + "\t5\tvol-0abc123def4567890\n", "InService\n", false,
@@ -429,7 +437,7 @@ func TestServesOnlyWhenBoundAndInService(t *testing.T) {
 					t.Errorf("lease read %q, want it to start %q", got[0], want)
 				}
 			}
-			if c.target == "Terminated" && len(got) != 0 {
+			if (c.target == "Terminated" || strings.HasPrefix(c.target, "Warmed:")) && len(got) != 0 {
 				t.Errorf("an instance on its way out made AWS calls %q", got)
 			}
 			for _, l := range strings.Split(stderr, "\n") {
@@ -450,8 +458,8 @@ func TestFindsTheRecordedVolumeByID(t *testing.T) {
 		link                 bool
 		want                 string // device, or the refusal
 	}{
-		{"attached, marked", "vol-0abc123def4567890", me + "\t2\ttrue", true, "nvme1n1 yes"},
-		{"attached, not marked", "vol-0abc123def4567890", me + "\t2\tNone", true, "nvme1n1 no"},
+		{"attached, marked for claim 3", "vol-0abc123def4567890", me + "\t2\t3", true, "nvme1n1 3"},
+		{"attached, not marked", "vol-0abc123def4567890", me + "\t2\tNone", true, "nvme1n1 none"},
 		{"the lease records none", "None", "", true, "REFUSED: slot 2's lease records no volume"},
 		{"attached elsewhere", "vol-0abc123def4567890", "i-0fffffffffffffff0\t2\tNone", true, "REFUSED: volume vol-0abc123def4567890, which the lease records, is attached to i-0fffffffffffffff0, not here"},
 		{"tagged for another slot", "vol-0abc123def4567890", me + "\t1\tNone", true, "REFUSED: volume vol-0abc123def4567890 is tagged slotkeeper:slot=1, not 2"},
@@ -479,7 +487,7 @@ func TestFindsTheRecordedVolumeByID(t *testing.T) {
 			stdout, stderr, err := run(t, env, bin, `INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 VOLUME_ID=`+c.volume+`
 slot_volume
 device=$(volume_device "$VOLUME_ID")
-echo "$device $NEVER_FORMATTED"`)
+echo "$device ${MARK:-none}"`)
 			if strings.HasPrefix(c.want, "nvme") {
 				want := dev + strings.TrimPrefix(c.want, "nvme1n1")
 				if err != nil || strings.TrimSpace(stdout) != want {
@@ -501,43 +509,54 @@ echo "$device $NEVER_FORMATTED"`)
 }
 
 // Must show 4 (formatting): a device is formatted only when it has no signature and its
-// volume carries slotkeeper:never-formatted (slotkeeper created it blank); the mark is
-// cleared once the filesystem exists. A device without a signature and without the
-// mark (perhaps a damaged superblock) is refused, as is anything but xfs or ext4: no
-// mkfs, the reason logged and in the instance's slotkeeper:refused tag.
+// volume's slotkeeper:never-formatted mark is this instance's claim (slotkeeper made it
+// blank for this claim); the mark is cleared once the filesystem exists. A device
+// without a signature is refused without the mark (perhaps a damaged superblock) and
+// with the mark of another claim (the mark may have outlived a use of the volume), as
+// is anything but xfs or ext4: no mkfs, the reason logged and in the instance's
+// slotkeeper:refused tag. A mark that cannot be cleared is a refusal too.
 func TestFormatsOnlyWhatSlotkeeperMadeBlank(t *testing.T) {
+	const clear = "ec2 delete-tags --region us-east-1 --resources vol-0abc123def4567890 --tags Key=slotkeeper:never-formatted"
 	for _, c := range []struct {
 		name       string
 		blkid      string // stub: what blkid -p prints and its exit status
-		marked     bool
+		mark       string // the volume's never-formatted mark ("" none); this instance's claim is 3
+		failClear  bool   // delete-tags fails
 		formats    bool
-		clearsMark bool
-		log        string // "" = success without a log line to check
+		clearsMark bool // a delete-tags call of the mark
+		log        string
 	}{
-		{"blank, marked never formatted", "exit 2", true, true, true, "/dev/nvme1n1 is blank and volume vol-0abc123def4567890 was never formatted: formatting it (xfs)"},
-		{"blank, not marked", "exit 2", false, false, false,
+		{"blank, marked for this claim", "exit 2", "3", false, true, true, "/dev/nvme1n1 is blank and volume vol-0abc123def4567890 was made blank for claim 3: formatting it (xfs)"},
+		{"blank, not marked", "exit 2", "", false, false, false,
 			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"},
-		{"xfs, still marked (formatted, then a crash)", "echo xfs", true, false, true, "/dev/nvme1n1 already holds xfs: keeping it"},
-		{"xfs", "echo xfs", false, false, false, "/dev/nvme1n1 already holds xfs: keeping it"},
-		{"ext4", "echo ext4", false, false, false, "/dev/nvme1n1 already holds ext4: keeping it"},
-		{"partition table, marked", "exit 0", true, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds a partition table or unknown signature: refusing to touch it"},
-		{"other filesystem", "echo btrfs", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds btrfs: refusing to touch it"},
-		{"probe error, marked", "exit 4", true, false, false, "REFUSED: cannot probe /dev/nvme1n1 (blkid exit 4): refusing to format it"},
+		{"blank, marked for an earlier claim", "exit 2", "1", false, false, false,
+			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim 1, not 3: it may have been used since; never formatting it"},
+		{"blank, marked true (an earlier version's mark)", "exit 2", "true", false, false, false,
+			"REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim true, not 3"},
+		{"xfs, still marked (formatted, then a crash)", "echo xfs", "3", false, false, true, "/dev/nvme1n1 already holds xfs: keeping it"},
+		{"xfs, marked for an earlier claim", "echo xfs", "1", false, false, true, "volume vol-0abc123def4567890 has a filesystem: cleared its slotkeeper:never-formatted mark"},
+		{"xfs", "echo xfs", "", false, false, false, "/dev/nvme1n1 already holds xfs: keeping it"},
+		{"ext4", "echo ext4", "", false, false, false, "/dev/nvme1n1 already holds ext4: keeping it"},
+		{"blank, marked, the mark cannot be cleared", "exit 2", "3", true, true, true,
+			"REFUSED: could not clear the slotkeeper:never-formatted mark of vol-0abc123def4567890"},
+		{"partition table, marked", "exit 0", "3", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds a partition table or unknown signature: refusing to touch it"},
+		{"other filesystem", "echo btrfs", "", false, false, false, "REFUSED: /dev/nvme1n1 (volume vol-0abc123def4567890) holds btrfs: refusing to touch it"},
+		{"probe error, marked", "exit 4", "3", false, false, false, "REFUSED: cannot probe /dev/nvme1n1 (blkid exit 4): refusing to format it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			bin := awsStub(t, nil)
+			answers := map[string]string{}
+			if c.failClear {
+				answers["fail:ec2 delete-tags"] = ""
+			}
+			bin := awsStub(t, answers)
 			formatted := filepath.Join(bin, "mkfs")
 			for name, body := range map[string]string{"blkid": c.blkid, "mkfs.xfs": fmt.Sprintf("printf '%%s\\n' \"$@\" > %q", formatted)} {
 				if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/usr/bin/env bash\n"+body+"\n"), 0o755); err != nil {
 					t.Fatal(err)
 				}
 			}
-			mark := "no"
-			if c.marked {
-				mark = "yes"
-			}
 			_, stderr, err := run(t, settings(3, 3, 0), bin,
-				"INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 VOLUME_ID=vol-0abc123def4567890 NEVER_FORMATTED="+mark+"\nensure_filesystem /dev/nvme1n1")
+				"INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 LEASE=3 VOLUME_ID=vol-0abc123def4567890 MARK="+c.mark+"\nensure_filesystem /dev/nvme1n1")
 			refused := strings.HasPrefix(c.log, "REFUSED")
 			if (err == nil) == refused {
 				t.Fatalf("err %v, want refused %v; stderr %q", err, refused, stderr)
@@ -553,7 +572,6 @@ func TestFormatsOnlyWhatSlotkeeperMadeBlank(t *testing.T) {
 				t.Errorf("mkfs.xfs arguments %q", b)
 			}
 			got := calls(t, bin)
-			clear := "ec2 delete-tags --region us-east-1 --resources vol-0abc123def4567890 --tags Key=slotkeeper:never-formatted"
 			if n := countPrefix(got, clear); (n == 1) != c.clearsMark || n > 1 {
 				t.Errorf("the mark cleared %d times, want %v: %q", n, c.clearsMark, got)
 			}
@@ -562,6 +580,164 @@ func TestFormatsOnlyWhatSlotkeeperMadeBlank(t *testing.T) {
 				t.Errorf("refusal tags %d, want refused %v: %q", tagged, refused, got)
 			}
 			t.Log(c.log)
+		})
+	}
+}
+
+// blockTool returns the path of a filesystem tool the disk tests run for real; without
+// it the test fails under CI and is skipped otherwise.
+func blockTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/sbin"} {
+			if _, serr := os.Stat(filepath.Join(dir, name)); serr == nil {
+				return filepath.Join(dir, name)
+			}
+		}
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not found (xfsprogs, util-linux)", name)
+		}
+		t.Skipf("%s not found (xfsprogs, util-linux)", name)
+	}
+	return p
+}
+
+// A volume that held a broker's data, whose superblock was then destroyed (a forced
+// detach, say), still carries the never-formatted mark of the claim that created it:
+// an instance whose user data never cleared it (an older bootstrap) used it. The real
+// blkid finds no signature (exit 2) on the real xfs image with its first 4 KiB zeroed;
+// the bootstrap of a later claim refuses it and never runs mkfs. Only the mark of its
+// own claim, which launch re-stamps solely for a volume no broker has used, would let
+// it format.
+func TestNeverFormatsADamagedVolumeMarkedForAnotherClaim(t *testing.T) {
+	mkfs, blkid := blockTool(t, "mkfs.xfs"), blockTool(t, "blkid")
+	img := filepath.Join(t.TempDir(), "volume.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(320 << 20); err != nil { // sparse; xfs needs 300 MiB
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command(mkfs, "-q", "-f", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(blkid, "-p", "-o", "value", "-s", "TYPE", img).Output(); err != nil || strings.TrimSpace(string(out)) != "xfs" {
+		t.Fatalf("blkid of the fresh image: %q %v", out, err)
+	}
+	// The broker's data is there; then the superblock goes.
+	f, err = os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	err = exec.Command(blkid, "-p", "-o", "value", "-s", "TYPE", img).Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("blkid -p of the damaged image: %v, want exit 2 (no signature)", err)
+	}
+
+	for _, c := range []struct {
+		name, mark string
+		formats    bool
+		want       string
+	}{
+		{"marked for the claim that created it (1), this is claim 5", "1", false,
+			"REFUSED: " + img + " (volume vol-0abc123def4567890) has no filesystem signature and is marked never formatted for claim 1, not 5"},
+		{"mark removed by launch (the slot was bound since)", "", false,
+			"REFUSED: " + img + " (volume vol-0abc123def4567890) has no filesystem signature and is not marked slotkeeper:never-formatted"},
+		{"marked for this claim (launch re-stamps only a never-used volume)", "5", true,
+			"is blank and volume vol-0abc123def4567890 was made blank for claim 5: formatting it (xfs)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bin := awsStub(t, nil)
+			formatted := filepath.Join(bin, "mkfs")
+			if err := os.WriteFile(filepath.Join(bin, "mkfs.xfs"), []byte(fmt.Sprintf("#!/usr/bin/env bash\nprintf '%%s\\n' \"$@\" > %q\n", formatted)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(blkid, filepath.Join(bin, "blkid")); err != nil {
+				t.Fatal(err)
+			}
+			_, stderr, err := run(t, settings(3, 3, 0), bin,
+				"INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=2 LEASE=5 VOLUME_ID=vol-0abc123def4567890 MARK="+c.mark+"\nensure_filesystem "+img)
+			_, statErr := os.Stat(formatted)
+			if formats := statErr == nil; formats != c.formats || (err == nil) != c.formats {
+				t.Fatalf("mkfs ran %v (want %v), err %v\n%s", formats, c.formats, err, stderr)
+			}
+			if !strings.Contains(stderr, c.want) {
+				t.Errorf("log lacks %q:\n%s", c.want, stderr)
+			}
+			t.Logf("blkid -p exit 2; mark %q, claim 5: mkfs ran %v", c.mark, c.formats)
+		})
+	}
+}
+
+// Nothing is written to the volume before its identity is checked: a volume holding
+// another node's log, its data directory owned by someone else, is refused with its
+// owner unchanged (no chown), and nothing created on it.
+func TestPrepareVolumeWritesNothingBeforeTheIdentityCheck(t *testing.T) {
+	mount := t.TempDir()
+	data := filepath.Join(mount, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := settings(3, 3, 0)
+	env["SLOTKEEPER_DATA_MOUNT"] = mount
+	env["SLOTKEEPER_FSTAB"] = filepath.Join(t.TempDir(), "fstab")
+	if err := os.WriteFile(env["SLOTKEEPER_FSTAB"], nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	own, _, err := run(t, env, "", "cluster_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := awsStub(t, nil)
+	chowned := filepath.Join(bin, "chowned")
+	for name, body := range map[string]string{
+		"blkid":      `case "$*" in *UUID*) echo 0f1e2d3c-aaaa-bbbb-cccc-1234567890ab ;; *) echo xfs ;; esac`,
+		"mountpoint": "exit 0",
+		"mount":      "exit 0",
+		"chown":      fmt.Sprintf("printf '%%s\\n' \"$*\" >> %q", chowned),
+	} {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/usr/bin/env bash\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, nodeID string
+		refused      bool
+	}{
+		{"another node's log", "2", true},
+		{"its own log", "1", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_ = os.Remove(chowned)
+			meta := "version=1\nnode.id=" + c.nodeID + "\ncluster.id=" + strings.TrimSpace(own) + "\n"
+			if err := os.WriteFile(filepath.Join(data, "meta.properties"), []byte(meta), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, stderr, err := run(t, env, bin, "INSTANCE_ID=i-0123456789abcdef0 REGION=us-east-1 SLOT=1 NODE_ID=1 LEASE=3 VOLUME_ID=vol-0abc123def4567890 MARK=\nprepare_volume /dev/nvme1n1")
+			b, _ := os.ReadFile(chowned)
+			if c.refused {
+				if err == nil || !strings.Contains(stderr, "REFUSED: "+filepath.Join(data, "meta.properties")+": node.id=2, but slot 1 is node 1") {
+					t.Fatalf("err %v, stderr %q: want the refusal", err, stderr)
+				}
+				if len(b) != 0 {
+					t.Errorf("the refused volume was written to: chown %q", b)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v\n%s", err, stderr)
+			}
+			if want := "-R 9092:9092 " + data + "\n"; string(b) != want { // kafka's fixed uid and gid
+				t.Errorf("chown calls %q, want %q (the data directory, once its identity is checked)", b, want)
+			}
 		})
 	}
 }
@@ -598,7 +774,7 @@ func TestMountsTheVolumeAtEveryBoot(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", b, want)
 	}
-	if m, _ := os.ReadFile(mounted); string(m) != mount+"\n" {
+	if m, _ := os.ReadFile(mounted); string(m) != "--fstab\n"+fstab+"\n"+mount+"\n" {
 		t.Errorf("mount called with %q", m)
 	}
 }

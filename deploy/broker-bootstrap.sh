@@ -4,7 +4,8 @@
 # the CloudWatch agent; waits (IMDSv2) for the instance's slotkeeper tags, then until
 # it may serve (target lifecycle state InService, the slot's lease bound to it, the
 # group has it InService); finds the volume the lease records by id in
-# /dev/disk/by-id, formats it only if slotkeeper made it blank, mounts it; writes the
+# /dev/disk/by-id, formats it only if slotkeeper made it blank for this very claim,
+# mounts it; writes the
 # KRaft configuration; starts the CloudWatch agent and Kafka (systemd). A refusal to
 # use the volume stops it before Kafka starts, with the reason in the log and in the
 # instance's slotkeeper:refused tag.
@@ -27,10 +28,11 @@ readonly AGENT_HOME=/opt/aws/amazon-cloudwatch-agent
 # (SLOTKEEPER_SSM_TIMEOUT, 2m; test/template_test.go checks it).
 readonly STOP_TIMEOUT_SECONDS=110
 
-# Identity of this instance, set by wait_for_slot; the slot's volume, set by
-# wait_until_serving and slot_volume.
+# Identity of this instance, set by wait_for_slot; the slot's volume and the value of
+# its slotkeeper:never-formatted mark ("" without one), set by wait_until_serving and
+# slot_volume.
 INSTANCE_ID="" REGION="" AZ="" SLOT="" NODE_ID="" LEASE=""
-VOLUME_ID="" NEVER_FORMATTED=no
+VOLUME_ID="" MARK=""
 IMDS_TOKEN=""
 
 log() { printf 'slotkeeper-bootstrap: %s\n' "$*" >&2; }
@@ -152,7 +154,8 @@ wait_until_serving() {
 				fi
 			fi
 			;;
-		Terminated | Detached | Standby | Warmed:*) die "target lifecycle state $target: this instance never serves as node $NODE_ID" ;;
+		Terminated | Detached | Standby) die "target lifecycle state $target: this instance never serves as node $NODE_ID" ;;
+		Warmed:*) die "target lifecycle state $target: warm pools are not supported (a warm instance gets no slot; this runs once): remove the warm pool" ;;
 		*) why="target lifecycle state $target, not InService" ;;
 		esac
 		[[ $why == "$said" ]] || log "waiting: $why"
@@ -163,7 +166,7 @@ wait_until_serving() {
 }
 
 # slot_volume: check the recorded volume is attached here and tagged for the slot; set
-# NEVER_FORMATTED from its slotkeeper:never-formatted mark.
+# MARK to the value of its slotkeeper:never-formatted mark ("" without one).
 slot_volume() {
 	local out attached slot mark
 	[[ $VOLUME_ID == vol-* ]] || refuse "slot $SLOT's lease records no volume"
@@ -173,8 +176,8 @@ slot_volume() {
 	read -r attached slot mark <<<"$out"
 	[[ $attached == "$INSTANCE_ID" ]] || refuse "volume $VOLUME_ID, which the lease records, is attached to $attached, not here"
 	[[ $slot == "$SLOT" ]] || refuse "volume $VOLUME_ID is tagged slotkeeper:slot=$slot, not $SLOT"
-	if [[ $mark == true ]]; then NEVER_FORMATTED=yes; else NEVER_FORMATTED=no; fi
-	log "slot $SLOT's volume is $VOLUME_ID (never formatted: $NEVER_FORMATTED)"
+	if [[ $mark == None ]]; then MARK=""; else MARK=$mark; fi
+	log "slot $SLOT's volume is $VOLUME_ID (never-formatted mark: ${MARK:-none})"
 }
 
 # volume_device VOLUME_ID: print the volume's device: on Nitro, an NVMe device udev
@@ -190,9 +193,14 @@ volume_device() {
 }
 
 # ensure_filesystem DEVICE: format DEVICE (xfs) only if it has no signature and its
-# volume is marked never formatted (slotkeeper created it blank); then clear the mark.
-# xfs or ext4 is kept; anything else (no signature without the mark: perhaps a damaged
-# superblock; partition table, unknown signature, probe error) is refused.
+# volume's slotkeeper:never-formatted mark is this instance's claim (LEASE): launch
+# created the volume blank for this claim, or re-stamped the mark because the slot was
+# never bound since the volume was recorded, so no broker can have used it. A mark of
+# another claim may have outlived a use of the volume (an older bootstrap never
+# cleared it): a device without a signature is then refused, never formatted, as it is
+# without a mark (perhaps a damaged superblock). xfs or ext4 is kept; anything else
+# (partition table, unknown signature, probe error) is refused. Once the filesystem
+# exists, any mark is cleared; failing that is a refusal too.
 ensure_filesystem() {
 	local device=$1 fstype rc=0
 	fstype=$(blkid -p -o value -s TYPE "$device") || rc=$?
@@ -204,33 +212,41 @@ ensure_filesystem() {
 		esac
 		;;
 	2)
-		[[ $NEVER_FORMATTED == yes ]] ||
+		[[ -n $MARK ]] ||
 			refuse "$device (volume $VOLUME_ID) has no filesystem signature and is not marked slotkeeper:never-formatted: perhaps a damaged filesystem; never formatting it"
-		log "$device is blank and volume $VOLUME_ID was never formatted: formatting it (xfs)"
+		[[ $MARK == "$LEASE" ]] ||
+			refuse "$device (volume $VOLUME_ID) has no filesystem signature and is marked never formatted for claim $MARK, not $LEASE: it may have been used since; never formatting it"
+		log "$device is blank and volume $VOLUME_ID was made blank for claim $LEASE: formatting it (xfs)"
 		mkfs.xfs -q -L kafka-data "$device"
 		;;
 	*) refuse "cannot probe $device (blkid exit $rc): refusing to format it" ;;
 	esac
-	if [[ $NEVER_FORMATTED == yes ]]; then
+	if [[ -n $MARK ]]; then
 		aws ec2 delete-tags --region "$REGION" --resources "$VOLUME_ID" --tags Key=slotkeeper:never-formatted >/dev/null ||
-			die "could not clear the slotkeeper:never-formatted mark of $VOLUME_ID"
-		NEVER_FORMATTED=no
+			refuse "could not clear the slotkeeper:never-formatted mark of $VOLUME_ID"
+		MARK=""
 		log "volume $VOLUME_ID has a filesystem: cleared its slotkeeper:never-formatted mark"
 	fi
 }
 
+# set_fstab [LINE]: rewrite fstab without the data mount's line, plus LINE if given.
+set_fstab() {
+	local fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} tmp
+	tmp=$(mktemp "$fstab.XXXXXX")
+	awk -v m="$SLOTKEEPER_DATA_MOUNT" '$2 != m' "$fstab" >"$tmp"
+	[[ -z ${1:-} ]] || printf '%s\n' "$1" >>"$tmp"
+	chmod 0644 "$tmp"
+	mv -f "$tmp" "$fstab"
+}
+
 # mount_data DEVICE: mount DEVICE at the data mount, now and at every boot.
 mount_data() {
-	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT fstab=${SLOTKEEPER_FSTAB:-/etc/fstab} uuid fstype tmp
+	local device=$1 mount=$SLOTKEEPER_DATA_MOUNT uuid fstype
 	uuid=$(blkid -o value -s UUID "$device") || die "no filesystem UUID on $device"
 	fstype=$(blkid -o value -s TYPE "$device") || die "no filesystem type on $device"
 	mkdir -p "$mount"
-	tmp=$(mktemp "$fstab.XXXXXX")
-	awk -v m="$mount" '$2 != m' "$fstab" >"$tmp"
-	printf 'UUID=%s %s %s defaults,noatime,nofail 0 2\n' "$uuid" "$mount" "$fstype" >>"$tmp"
-	chmod 0644 "$tmp"
-	mv -f "$tmp" "$fstab"
-	mountpoint -q "$mount" || mount "$mount"
+	set_fstab "UUID=$uuid $mount $fstype defaults,noatime,nofail 0 2"
+	mountpoint -q "$mount" || mount --fstab "${SLOTKEEPER_FSTAB:-/etc/fstab}" "$mount"
 	log "$device ($fstype, UUID $uuid) is mounted at $mount"
 }
 
@@ -296,13 +312,31 @@ EOF
 
 # check_volume_identity: refuse a volume formatted for another node id or cluster.
 check_volume_identity() {
-	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid
+	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=
 	[[ -f $meta ]] || return 0
 	id=$(sed -n 's/^node\.id=//p' "$meta")
 	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	[[ -z $id || $id == "$NODE_ID" ]] || refuse "$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
-	[[ -z $cid || $cid == "$(cluster_id)" ]] || refuse "$meta: cluster.id=$cid, not $(cluster_id)"
+	[[ -z $id || $id == "$NODE_ID" ]] || why="node.id=$id, but slot $SLOT is node $NODE_ID"
+	[[ -n $why || -z $cid || $cid == "$(cluster_id)" ]] || why="cluster.id=$cid, not $(cluster_id)"
+	if [[ $why ]]; then
+		# Not this node's log: unmounted (unless in use), and out of fstab for the next boot.
+		mountpoint -q "$SLOTKEEPER_DATA_MOUNT" && umount "$SLOTKEEPER_DATA_MOUNT" && set_fstab
+		refuse "$meta: $why"
+	fi
 	log "the volume is node $NODE_ID's: resuming its log"
+}
+
+# prepare_volume DEVICE: make DEVICE the data mount, checked to be this node's: its
+# filesystem (ensure_filesystem), mounted (mount_data), its meta.properties
+# (check_volume_identity); only then is anything written to it (the log directory, its
+# owner: kafka's fixed uid). A volume holding another node's log is unmounted again.
+prepare_volume() {
+	local device=$1 data=$SLOTKEEPER_DATA_MOUNT/data
+	ensure_filesystem "$device"
+	mount_data "$device"
+	check_volume_identity
+	mkdir -p "$data"
+	[[ $(stat -c %u "$data") == "$KAFKA_UID" ]] || chown -R "$KAFKA_UID:$KAFKA_UID" "$data"
 }
 
 # heap_opts: a quarter of the memory, 512 MiB to 6 GiB (the page cache gets the rest).
@@ -402,12 +436,9 @@ main() {
 
 	local device
 	device=$(volume_device "$VOLUME_ID")
-	ensure_filesystem "$device"
-	mount_data "$device"
-	mkdir -p "$SLOTKEEPER_DATA_MOUNT/data" /var/log/kafka
+	prepare_volume "$device"
+	mkdir -p /var/log/kafka
 	chown kafka:kafka /var/log/kafka
-	[[ $(stat -c %u "$SLOTKEEPER_DATA_MOUNT/data") == "$KAFKA_UID" ]] || chown -R kafka:kafka "$SLOTKEEPER_DATA_MOUNT/data"
-	check_volume_identity
 
 	kafka_properties | write_file "$KAFKA_CONFIG" 0644
 	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \

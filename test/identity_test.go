@@ -22,6 +22,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/alert"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/grow"
+	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/reconcile"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
@@ -216,10 +217,12 @@ func TestLookAlikesNeverTakeTheSlot(t *testing.T) {
 		rec.VolumeID, rec.ENIID, vols, slices.Min(vols), enis, slices.Min(enis), replacement, creates, launchCalls, orphanIDs(rep))
 }
 
-// slotctlRun runs slotctl against this cluster through the proxy.
+// slotctlRun runs slotctl against this cluster through the proxy, with the cluster's
+// name, table, slots and subnets, and its Kafka when it has one.
 func (c *cluster) slotctlRun(args ...string) (int, string, string) {
 	c.t.Helper()
-	vars := map[string]string{"CLUSTER": c.cfg.Cluster, "TABLE": c.cfg.Table, "SLOT_COUNT": fmt.Sprint(c.cfg.SlotCount)}
+	vars := map[string]string{"CLUSTER": c.cfg.Cluster, "TABLE": c.cfg.Table, "SLOT_COUNT": fmt.Sprint(c.cfg.SlotCount),
+		"SUBNETS": strings.Join(c.cfg.Subnets, ","), "KAFKA_BOOTSTRAP": strings.Join(c.cfg.Kafka.Bootstrap, ",")}
 	var out, errOut bytes.Buffer
 	code := slotctl.Main(context.Background(), args, slotctl.IO{
 		Stdout: &out, Stderr: &errOut,
@@ -243,7 +246,11 @@ func TestGoneResourceAbandonsUntilReset(t *testing.T) {
 	h := harness.Start(t)
 	for _, kind := range []string{lease.KindVolume, lease.KindENI} {
 		t.Run(kind, func(t *testing.T) {
-			c := newCluster(t, h, 3, nil)
+			// reset asks Kafka whether the slot's node is a controller voter before it
+			// forgets a volume: here node 1 is not (voters 0 and 2).
+			k := kafkatest.Start(t)
+			k.SetQuorum(kafkatest.Quorum{Leader: 0, Voters: []int32{0, 2}})
+			c := newCluster(t, h, 3, map[string]string{"KAFKA_BOOTSTRAP": strings.Join(k.Addrs, ",")})
 			topic := c.withAlerts()
 			ids := []string{c.run(0), c.run(1), c.run(2)}
 			c.launchAll(ids...)
@@ -333,8 +340,8 @@ func TestGoneResourceAbandonsUntilReset(t *testing.T) {
 			created := h.Calls("CreateVolume")
 			if kind == lease.KindENI {
 				created = h.Calls("CreateNetworkInterface")
-			} else if _, tags := c.volumeByID(fresh); tags["slotkeeper:never-formatted"] != "true" {
-				t.Errorf("the new volume %s lacks the never-formatted mark: %v", fresh, tags)
+			} else if _, tags := c.volumeByID(fresh); tags["slotkeeper:never-formatted"] != fmt.Sprint(after.Version) {
+				t.Errorf("the new volume %s lacks the never-formatted mark of claim %d: %v", fresh, after.Version, tags)
 			}
 			if created != 1 {
 				t.Errorf("%d creates after the reset, want 1", created)
@@ -489,6 +496,13 @@ func TestCrashBetweenCreateAndRecord(t *testing.T) {
 					vols[0].AttachedTo != holder || enis[0].AttachedTo != holder {
 					t.Fatalf("lease %+v; volume %+v, ENI %+v: want both recorded and attached to %s", l, vols[0], enis[0], holder)
 				}
+				// The volume was never used: its never-formatted mark names the claim that
+				// holds it now (re-stamped when another instance took the slot), so its
+				// broker formats it.
+				_, tags := c.volumeByID(l.VolumeID)
+				if tags["slotkeeper:never-formatted"] != fmt.Sprint(l.Version) || l.VolumeClaim == 0 {
+					t.Fatalf("volume %s (recorded by claim %d) is marked %q, want the holder's claim %d", l.VolumeID, l.VolumeClaim, tags["slotkeeper:never-formatted"], l.Version)
+				}
 				rep, err := c.runReconcile(c.reconciler(), c.scheduleEvent())
 				if err != nil {
 					t.Fatal(err)
@@ -496,8 +510,8 @@ func TestCrashBetweenCreateAndRecord(t *testing.T) {
 				if len(rep.Orphans) != 0 || len(rep.Identity) != 0 {
 					t.Fatalf("orphans %+v, identity %+v, want none", rep.Orphans, rep.Identity)
 				}
-				t.Logf("CreateVolume calls %d, CreateNetworkInterface calls %d; end: volume %s, ENI %s recorded and attached to %s; orphans 0",
-					h.Calls("CreateVolume"), h.Calls("CreateNetworkInterface"), l.VolumeID, l.ENIID, holder)
+				t.Logf("CreateVolume calls %d, CreateNetworkInterface calls %d; end: volume %s (recorded by claim %d, marked for claim %s), ENI %s recorded and attached to %s; orphans 0",
+					h.Calls("CreateVolume"), h.Calls("CreateNetworkInterface"), l.VolumeID, l.VolumeClaim, tags["slotkeeper:never-formatted"], l.ENIID, holder)
 			})
 		}
 	}

@@ -21,6 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -477,8 +479,9 @@ func TestTerminateDrainLostAndDuplicates(t *testing.T) {
 
 	t.Run("drain's response lost", func(t *testing.T) {
 		c, ids := setup(t)
-		// UpdateItem #1 takes the removal token, #2 is the drain.
-		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Skip: 1, Times: 1})
+		// UpdateItem #1 records the removal's start on the lease, #2 takes the removal
+		// token, #3 is the drain.
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Skip: 2, Times: 1})
 		defer h.ClearFaults()
 		res, err := runTerminate(t, c.terminate(k.client(t)), c.terminateEvent(ids[1]), "lost-drain")
 		if err != nil || res.Outcome != terminate.OutcomeReleased || !res.Stopped {
@@ -509,11 +512,11 @@ func TestTerminateDrainLostAndDuplicates(t *testing.T) {
 		check(t, c, ids[1])
 	})
 
-	t.Run("a delivery that died silently is carried on after its deadline", func(t *testing.T) {
+	t.Run("a delivery that died silently is carried on once its stamp expires", func(t *testing.T) {
 		c, ids := setup(t)
 		l := c.lease(1)
-		// An earlier delivery took the token and died without a word (a timeout):
-		// its stamp is live for another 3 seconds.
+		// An earlier delivery took the token and died without a word (a crash, an
+		// out-of-memory kill, a timeout): nothing renews its stamp, which expires in 3 s.
 		tok, err := c.store.GetRemoval(context.Background())
 		if err == nil {
 			_, err = c.store.TakeRemoval(context.Background(), tok, lease.Remover{Slot: 1, Instance: ids[1], LeaseVersion: l.Version,
@@ -524,18 +527,55 @@ func TestTerminateDrainLostAndDuplicates(t *testing.T) {
 		}
 		term := c.terminate(k.client(t))
 		payload := c.terminateEvent(ids[1])
-		if err := invokeWith(term, payload); err == nil || !strings.Contains(err.Error(), "another delivery of this event") {
-			t.Fatalf("while the dead delivery's stamp is live: %v, want a retryable error", err)
-		}
-		if m := slices.DeleteFunc(mutating(h), func(a string) bool { return a == "UpdateItem" }); len(m) != 0 {
-			t.Errorf("the delivery that left the removal to another made %v", m)
-		}
-		time.Sleep(3100 * time.Millisecond)
-		h.ResetCounts()
+		// Lambda's retry comes while the stamp is still live: it waits (with
+		// heartbeats) instead of failing, and carries the removal on once it expires.
+		began := time.Now()
 		if err := invokeWith(term, payload); err != nil {
-			t.Fatalf("after the stamp's deadline: %v", err)
+			t.Fatalf("the retry of a delivery that died: %v; want it to wait for the dead stamp and carry on", err)
+		}
+		recs := c.records()
+		i := first(recs, ids[1], "holding the removal token")
+		if i < 0 || !strings.Contains(recs[i].Reason, "carrying on the removal of an earlier delivery (terminate/dead)") ||
+			recs[i].At.Sub(began) < 2*time.Second {
+			t.Errorf("the retry did not carry on the dead delivery's removal after its stamp expired: %+v", recs[max(i, 0)])
 		}
 		check(t, c, ids[1])
+		t.Logf("the retry waited %s for the dead delivery's stamp, then carried the removal on",
+			recs[i].At.Sub(began).Round(10*time.Millisecond))
+	})
+
+	t.Run("a concurrent duplicate waits for the working delivery and then changes nothing", func(t *testing.T) {
+		c, ids := setup(t)
+		term := c.terminate(k.client(t))
+		// A stamp lives 600 ms unless renewed; the first delivery's stop takes 2 s, so
+		// only its renewals keep the duplicate from taking the removal over.
+		term.StampTTL = 600 * time.Millisecond
+		payload := c.terminateEvent(ids[1])
+		// The first delivery is slow to stop the broker; the duplicate arrives while
+		// it works and finds the token stamped by it.
+		h.Inject(harness.Fault{Action: "SendCommand", Kind: harness.Latency, Latency: 2 * time.Second, Times: 1})
+		defer h.ClearFaults()
+		var firstErr, dupErr error
+		var dup terminate.Result
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); firstErr = invokeWith(term, payload) }()
+		for first(c.records(), ids[1], "holding the removal token") < 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		dup, dupErr = runTerminate(t, term, payload, "duplicate")
+		wg.Wait()
+		if firstErr != nil || dupErr != nil {
+			t.Fatalf("first delivery: %v; duplicate: %v; want both to succeed (no retry, nothing for the dead-letter queue)", firstErr, dupErr)
+		}
+		if dup.Outcome != terminate.OutcomeIgnored && dup.Outcome != terminate.OutcomeNoSlot {
+			t.Errorf("duplicate %+v, want it to change nothing once the first delivery completed the action", dup)
+		}
+		if !strings.Contains(c.logs.String(), "another delivery of this event") {
+			t.Errorf("the duplicate did not say it waited for the other delivery")
+		}
+		check(t, c, ids[1])
+		t.Logf("duplicate: outcome %s (%s)", dup.Outcome, shorten(dup.Reason, 120))
 	})
 }
 
@@ -783,6 +823,46 @@ func TestTerminateWaitsForControllerQuorum(t *testing.T) {
 			t.Errorf("result %+v, %v: want one safe check (broker 1 is not a voter)", res, err)
 		}
 	})
+
+	// A cluster without a KRaft quorum to describe (ZooKeeper mode, or brokers before
+	// Kafka 3.3) is judged by the partition rule alone, with one warning per
+	// invocation; a quorum that could not be read just now still means "not safe".
+	for _, tc := range []struct {
+		name   string
+		script func(k *kafkaCluster)
+		forced bool
+	}{
+		{"DescribeQuorum not advertised: the partition rule decides", func(k *kafkaCluster) { k.HideQuorumAPI() }, false},
+		{"UNSUPPORTED_VERSION: the partition rule decides", func(k *kafkaCluster) { k.SetQuorum(kafkatest.Quorum{Leader: -1, ErrorCode: 35}) }, false},
+		{"a transient error stays not safe", func(k *kafkaCluster) { k.SetQuorum(kafkatest.Quorum{Leader: -1, ErrorCode: 7}) }, true}, // REQUEST_TIMED_OUT
+		{"not advertised, a partition at min ISR with the broker in it: warned once, held by the partition rule", func(k *kafkaCluster) {
+			k.HideQuorumAPI()
+			k.SetISR("orders", 0, 1, 2)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, k, ids := setup(t)
+			tc.script(k)
+			term := c.terminate(k.client(t))
+			term.SafetyMaxWait = time.Second
+			from := len(c.logs.String())
+			res, err := runTerminate(t, term, c.terminateEvent(ids[1]), "no-quorum")
+			if err != nil || res.Forced != tc.forced || res.Outcome != terminate.OutcomeReleased {
+				t.Fatalf("result %+v, %v; want forced %v", res, err, tc.forced)
+			}
+			logged := c.logs.String()[from:]
+			warned := strings.Count(logged, `"message":"the controller quorum rule does not apply`)
+			switch {
+			case !tc.forced && (warned != 1 || res.SafetyChecks != 1):
+				t.Errorf("%d warnings, %d checks; want one warning and one safe check", warned, res.SafetyChecks)
+			case tc.forced && !strings.Contains(logged, "ALERT: unsafe termination forced"):
+				t.Errorf("the removal was not forced with the ALERT")
+			case tc.forced && warned != strings.Count(tc.name, "warned once"):
+				t.Errorf("%d warnings over %d checks, want %d", warned, res.SafetyChecks, strings.Count(tc.name, "warned once"))
+			}
+			t.Logf("forced %v after %d checks, %d warning(s)", res.Forced, res.SafetyChecks, warned)
+		})
+	}
 }
 
 // A launch that finds its AZ's slot held by a leaving holder that does not let go
@@ -999,4 +1079,227 @@ func TestFailedStopLeavesTheVolumeAttached(t *testing.T) {
 	waited := first(recs, replacement, "the slot's previous holder is leaving")
 	t.Logf("stop failed: volume left on %s; the replacement waited from %s, the instance shut down at %s and terminated at %s; detaches %v",
 		ids[1], recs[waited].At.Format("15:04:05.000"), shutdown.Format("15:04:05.000"), terminated.Format("15:04:05.000"), detaches(h))
+}
+
+// failingStops makes every stop-and-unmount command fail while on is set, as it does
+// when Kafka does not stop (exit 4): the broker still runs and stays in every ISR.
+func failingStops(h *harness.Harness, on *atomic.Bool) {
+	h.Override(harness.Override{Action: "GetCommandInvocation", Rewrite: func(_, resp []byte) []byte {
+		if !on.Load() {
+			return resp
+		}
+		var m map[string]any
+		if json.Unmarshal(resp, &m) != nil {
+			return resp
+		}
+		m["Status"], m["StatusDetails"], m["ResponseCode"] = "Failed", "Failed", hostcmd.ExitStillActive
+		m["StandardErrorContent"] = "slotkeeper-stop: unit kafka is deactivating after the stop command"
+		b, _ := json.Marshal(m)
+		return b
+	}})
+}
+
+// A removal whose stop-and-unmount failed releases its slot (its volume stays on the
+// instance) but keeps the removal token while its instance runs: its broker may still
+// be in every ISR. The next removal therefore waits for the token and is never judged
+// safe meanwhile: it leaves only at its bound, with the ALERT. Once the first instance
+// no longer runs (terminated, or stopped as when it returns to a warm pool), the token
+// is taken over at once.
+func TestFailedStopKeepsTheRemovalToken(t *testing.T) {
+	h := harness.Start(t)
+	var failing atomic.Bool
+	failingStops(h, &failing)
+	k := newKafka(t, 3)
+
+	for _, tc := range []struct {
+		name string
+		// halt, when set, is what becomes of the first instance while the second
+		// removal waits: "terminated" or "stopped".
+		halt string
+	}{{"the first instance still runs", ""}, {"the first instance terminates", "terminated"}, {"the first instance stops (a warm-pool return)", "stopped"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, h, 3, nil)
+			ids := []string{c.run(0), c.run(1), c.run(2)}
+			c.launchAll(ids...)
+			c.inGroup("Terminating:Wait", "Healthy", ids[0], ids[1])
+			term := c.terminate(k.client(t))
+			term.SafetyMaxWait = 4 * time.Second
+
+			failing.Store(true)
+			ra, err := runTerminate(t, term, c.terminateEvent(ids[1]), "first")
+			failing.Store(false)
+			if err != nil || !ra.LeftAttached || ra.Stopped {
+				t.Fatalf("first removal: %+v %v; want its volume left attached after the failed stop", ra, err)
+			}
+			tok, err := c.store.GetRemoval(context.Background())
+			if err != nil || !tok.Held() || tok.Holder != ids[1] || tok.Stopped || tok.InvocationAlive(time.Now()) {
+				t.Fatalf("removal token after the failed stop: %+v, %v; want still held for %s, not stopped, no live invocation", tok, err, ids[1])
+			}
+			if l := c.lease(1); l.State != lease.Free {
+				t.Errorf("first slot %s, want released", l.State)
+			}
+
+			began := time.Now()
+			if tc.halt != "" {
+				go func() {
+					time.Sleep(time.Second)
+					if tc.halt == "terminated" {
+						h.TerminateInstance(t, ids[1])
+					} else {
+						h.SetInstanceState(ids[1], tc.halt)
+					}
+				}()
+			}
+			rb, err := runTerminate(t, term, c.terminateEvent(ids[0]), "second")
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs := c.records()
+			wait := first(recs, ids[0], "waiting for the removal token")
+			if wait < 0 || !strings.Contains(recs[wait].Reason, "not seen stopped") {
+				t.Errorf("the second removal did not wait for the token kept by the first one (%d)", wait)
+			}
+			held := recs[first(recs, ids[0], "holding the removal token")]
+			switch tc.halt {
+			case "":
+				if !rb.Forced || !strings.Contains(c.logs.String(), "ALERT: unsafe termination forced") || time.Since(began) < term.SafetyMaxWait {
+					t.Errorf("second removal %+v after %s: want it forced at its bound %s with the ALERT while the first broker may still run",
+						rb, time.Since(began).Round(time.Millisecond), term.SafetyMaxWait)
+				}
+			default:
+				if rb.Forced || !strings.Contains(held.Reason, "taken over: "+ids[1]+" is "+tc.halt) {
+					t.Errorf("second removal %+v, token %q: want the token taken over once %s is %s, unforced", rb, held.Reason, ids[1], tc.halt)
+				}
+			}
+			t.Logf("second removal: waited %d ms for the token (%s); forced %v; %s", rb.TokenWaitMS, shorten(recs[wait].Reason, 100), rb.Forced, shorten(held.Reason, 90))
+		})
+	}
+}
+
+// holdToken makes the removal of ids[0]'s slot 0 hold the removal token, with a live
+// stamp, while that instance runs: every other removal must wait for it.
+func holdToken(t *testing.T, c *cluster, instance string) {
+	t.Helper()
+	l := c.lease(0)
+	tok, err := c.store.GetRemoval(context.Background())
+	if err == nil {
+		_, err = c.store.TakeRemoval(context.Background(), tok, lease.Remover{Slot: 0, Instance: instance, LeaseVersion: l.Version,
+			Invocation: "terminate/slow", Until: time.Now().Add(time.Hour)}, "test: a removal that takes long")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The gate's bound counts from when the removal first asked for the token, recorded on
+// its lease: a delivery that dies while waiting does not give its redelivery a fresh
+// bound.
+func TestGateBoundSurvivesRedeliveries(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	c := newCluster(t, h, 3, nil)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	holdToken(t, c, ids[0])
+	term := c.terminate(k.client(t))
+	const bound = 4 * time.Second
+	term.SafetyMaxWait = bound
+	payload := c.terminateEvent(ids[1])
+
+	// The first delivery waits for the token and is killed after 1.5 s.
+	began := time.Now()
+	ctx, cancel := context.WithCancel(lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{AwsRequestID: "killed"}))
+	time.AfterFunc(1500*time.Millisecond, cancel)
+	if _, err := term.Run(ctx, payload); err == nil {
+		t.Fatal("the killed delivery succeeded")
+	}
+	l := c.rawLease(1)
+	if l["removal_lease_version"] != "1" || l["removal_started_at"] == "" {
+		t.Errorf("the lease does not record the removal's start: %v", l)
+	}
+
+	// Lambda's retry goes on with the same bound.
+	retried := time.Now()
+	res, err := runTerminate(t, term, payload, "retry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := c.records()
+	alert := first(recs, ids[1], "ALERT: unsafe termination forced")
+	if alert < 0 || !res.Forced {
+		t.Fatalf("retry %+v: want it forced at the bound, with the ALERT", res)
+	}
+	sinceFirst, sinceRetry := recs[alert].At.Sub(began), recs[alert].At.Sub(retried)
+	if sinceFirst < bound || sinceRetry > bound-time.Second {
+		t.Errorf("forced %s after the first delivery and %s after the retry; want the bound %s counted from the first delivery",
+			sinceFirst.Round(time.Millisecond), sinceRetry.Round(time.Millisecond), bound)
+	}
+	t.Logf("bound %s: the retry was forced %s after the first delivery began, %s after it began itself",
+		bound, sinceFirst.Round(10*time.Millisecond), sinceRetry.Round(10*time.Millisecond))
+}
+
+// The gate never runs into the part of the invocation the rest of the removal needs:
+// with a bound longer than the invocation allows, it ends GateReserve before the
+// deadline, loudly, and the stop, the detaches, the release and CONTINUE still
+// happen in the same invocation.
+func TestGateEndsBeforeTheInvocationDeadline(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	c := newCluster(t, h, 3, nil)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	holdToken(t, c, ids[0])
+	term := c.terminate(k.client(t))
+	term.SafetyMaxWait = 30 * time.Minute // the documented default of old
+	term.GateReserve = 6 * time.Second
+	const limit = 14 * time.Second // the invocation's whole time
+
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	ctx = lambdacontext.NewContext(ctx, &lambdacontext.LambdaContext{AwsRequestID: "short"})
+	began := time.Now()
+	res, err := term.Run(ctx, c.terminateEvent(ids[1]))
+	took := time.Since(began)
+	if err != nil || !res.Forced || res.Outcome != terminate.OutcomeReleased || !res.Stopped {
+		t.Fatalf("terminate: %+v, %v; want the gate ended loudly and the slot handed back in the same invocation", res, err)
+	}
+	recs := c.records()
+	alert := first(recs, ids[1], "ALERT: unsafe termination forced")
+	if alert < 0 || !strings.Contains(recs[alert].Line, "before the invocation's deadline") {
+		t.Errorf("no ALERT saying the gate ended before the invocation's deadline")
+	}
+	gateEnded := recs[alert].At.Sub(began)
+	if gateEnded > limit-term.GateReserve+time.Second || gateEnded < limit-term.GateReserve-time.Second {
+		t.Errorf("the gate ended %s into the invocation; want about %s (%s before its %s deadline)", gateEnded, limit-term.GateReserve, term.GateReserve, limit)
+	}
+	if got := c.completionsOf(ids[1], "slotkeeper-terminate"); !slices.Equal(got, []string{"CONTINUE"}) {
+		t.Errorf("completions %v, want one CONTINUE", got)
+	}
+	t.Logf("invocation of %s, bound 30m: the gate ended %s in, the removal completed after %s",
+		limit, gateEnded.Round(10*time.Millisecond), took.Round(10*time.Millisecond))
+}
+
+// rawLease reads slot s's lease item as stored, its scalar attributes as text.
+func (c *cluster) rawLease(s int) map[string]string {
+	c.t.Helper()
+	out, err := dynamodb.NewFromConfig(c.h.DirectConfig()).GetItem(context.Background(), &dynamodb.GetItemInput{
+		TableName: aws.String(c.cfg.Table), ConsistentRead: aws.Bool(true),
+		Key: map[string]ddbtypes.AttributeValue{
+			"cluster": &ddbtypes.AttributeValueMemberS{Value: c.cfg.Cluster},
+			"slot":    &ddbtypes.AttributeValueMemberN{Value: fmt.Sprint(s)},
+		},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	m := map[string]string{}
+	for k, v := range out.Item {
+		switch v := v.(type) {
+		case *ddbtypes.AttributeValueMemberS:
+			m[k] = v.Value
+		case *ddbtypes.AttributeValueMemberN:
+			m[k] = v.Value
+		}
+	}
+	return m
 }

@@ -181,13 +181,18 @@ func createTagged(c iamContext, st iamStatement, r string) string {
 	return "resource not allowed"
 }
 
-// createTags: tags on volumes and ENIs only as they are created; on instances of the
+// createTags: tags on volumes and ENIs only as they are created, and on the cluster's
+// volumes only the never-formatted mark (launch re-stamps it); on instances of the
 // broker group, only the slotkeeper identity tags.
 func createTags(c iamContext, st iamStatement, r string) string {
 	requestTagged := st.condEquals("StringEquals", "aws:RequestTag/slotkeeper:cluster", c.cluster)
 	switch r {
 	case c.ec2("volume/*"), c.ec2("network-interface/*"):
 		if requestTagged && st.condEquals("StringEquals", "ec2:CreateAction", "CreateVolume", "CreateNetworkInterface") {
+			return ""
+		}
+		if r == c.ec2("volume/*") && st.condEquals("StringEquals", "aws:ResourceTag/slotkeeper:cluster", c.cluster) &&
+			slices.Equal(st.condValue("ForAllValues:StringEquals", "aws:TagKeys"), []string{"slotkeeper:never-formatted"}) {
 			return ""
 		}
 		return "tags volumes or ENIs outside their creation"
@@ -202,8 +207,8 @@ func createTags(c iamContext, st iamStatement, r string) string {
 	return "resource not allowed"
 }
 
-// deleteTags (the broker instances): only the never-formatted mark of the cluster's
-// volumes, and only the refusal tag of the broker group's instances.
+// deleteTags (launch and the broker instances): only the never-formatted mark of the
+// cluster's volumes, and only the refusal tag of the broker group's instances.
 func deleteTags(c iamContext, st iamStatement, r string) string {
 	keys := st.condValue("ForAllValues:StringEquals", "aws:TagKeys")
 	switch r {
@@ -291,7 +296,7 @@ var iamRules = map[string]iamRule{
 	"ec2:CreateVolume":                           createTagged,
 	"ec2:CreateNetworkInterface":                 createTagged,
 	"ec2:CreateTags":                             createTags,
-	"ec2:DeleteTags":                             deleteTags, // the broker instances' bootstrap
+	"ec2:DeleteTags":                             deleteTags, // launch and the broker instances' bootstrap
 	"ec2:AttachVolume":                           slotTagged("volume", "instance"),
 	"ec2:AttachNetworkInterface":                 slotTagged("network-interface", "instance"),
 	"ec2:DetachVolume":                           slotTagged("volume", "instance"),
@@ -430,7 +435,7 @@ func TestTemplateFunctionPermissions(t *testing.T) {
 			}
 			want := map[string][][]string{
 				"LaunchFunction": {base, lifecycle, detach, alarms, when(hasDNS, dns), when(hasKMS, kms),
-					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume", "sns:Publish"}},
+					{"dynamodb:UpdateItem", "ec2:AttachNetworkInterface", "ec2:AttachVolume", "ec2:CreateNetworkInterface", "ec2:CreateTags", "ec2:CreateVolume", "ec2:DeleteTags", "sns:Publish"}},
 				"TerminateFunction": {base, lifecycle, detach, when(hasDNS, dns), when(inVPC, vpc),
 					{"dynamodb:UpdateItem", "ssm:SendCommand", "sns:Publish"}},
 				"GrowFunction":      {base, growth, {"dynamodb:UpdateItem"}},

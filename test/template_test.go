@@ -23,6 +23,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/launch"
+	"github.com/slotkeeper/slotkeeper/shared/terminate"
 )
 
 func getenvFrom(env map[string]string) func(string) string {
@@ -222,13 +223,20 @@ const (
 // past the attach timeout and then waited for again. An instance that no longer runs:
 // no gate, no command, and each plain detach forced past FORCE_DETACH_AFTER.
 func terminateBudget(c config.Config) time.Duration {
-	safety := c.SafetyMaxWait + kafka.CallTimeout
+	running := c.SafetyMaxWait + terminateAfterGate(c)
+	gone := 2*(max(c.ForceDetachAfter, c.AttachTimeout)+c.AttachTimeout) + terminateMargin
+	return max(running, gone)
+}
+
+// terminateAfterGate is what a removal of a running broker needs after its gate:
+// the last verdict, the stop-and-unmount command, the check that the broker left,
+// and the plain detaches, each forced past the attach timeout and waited for again.
+func terminateAfterGate(c config.Config) time.Duration {
+	verdict := kafka.CallTimeout
 	stop := c.SSMTimeout + remotePollMax
 	left := c.SSMTimeout + leavePollMax + kafka.CallTimeout
 	detach := 2 * 2 * c.AttachTimeout
-	running := safety + stop + left + detach + terminateMargin
-	gone := 2*(max(c.ForceDetachAfter, c.AttachTimeout)+c.AttachTimeout) + terminateMargin
-	return max(running, gone)
+	return verdict + stop + left + detach + terminateMargin
 }
 
 // launchBudget: instance pending, ENI detach and attach, volume create, detach and
@@ -283,6 +291,24 @@ func TestTemplateTimeBudgets(t *testing.T) {
 		}
 		if cfg.HandoverMaxWait+reserve+cfg.AttachTimeout < time.Minute {
 			t.Errorf("%s: handover wait %s is too short to be of use", sc.name, cfg.HandoverMaxWait)
+		}
+	}
+
+	// terminate's gate never runs into the time the rest of the removal needs, and the
+	// template's safety waits end before that cut.
+	for _, sc := range deployScenarios {
+		s := deployStack(t, sc.name)
+		cfg := loadFunctionConfig(t, s, "TerminateFunction")
+		timeout := timeoutOf(t, s, "TerminateFunction")
+		reserve := terminate.New(cfg, nil, nil, nil, nil, nil, nil).GateReserve
+		if need := terminateAfterGate(cfg); reserve < need {
+			t.Errorf("%s: the removal gate ends %s before terminate's deadline; the rest of the removal needs %s", sc.name, reserve, need)
+		}
+		if cut := timeout - min(reserve, timeout/2); cfg.SafetyMaxWait > cut {
+			t.Errorf("%s: SLOTKEEPER_SAFETY_MAX_WAIT %s is cut to %s by the invocation's deadline", sc.name, cfg.SafetyMaxWait, cut)
+		}
+		if sc.name == "defaults" {
+			t.Logf("terminate: the gate ends at the latest %s into the invocation (reserve %s); the safety wait is %s", timeout-min(reserve, timeout/2), reserve, cfg.SafetyMaxWait)
 		}
 	}
 

@@ -34,43 +34,56 @@ func userDataParts(t *testing.T, s *cfnStack) ([]string, string) {
 	return parts, string(decoded)
 }
 
-// userDataCopy is what scripts/sync-user-data.sh puts into the user data for file: a
-// JSON file as it is; a shell script without its comment-only and blank lines outside
-// here-documents, its first line (the shebang) and every here-document line kept.
-func userDataCopy(file, text string) string {
+// bashReprint returns bash's own rendering of a script's code: the script read as the
+// body of a function (never run) and printed back by declare -f, which leaves comments
+// and layout out. A copy of a script means the same to bash exactly when the two
+// renderings are equal, however the copy was made.
+func bashReprint(t *testing.T, script string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "script.sh")
+	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "-c", `eval "__whole() {
+$(cat "$1")
+}" && declare -f __whole`, "bash", path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bash cannot read the script: %v\n%s", err, stderr.String())
+	}
+	return string(out)
+}
+
+// copyOf returns the part of the user data that copies file: the JSON file as it is;
+// for a script, the one part that starts with the file's first line (the shebang, which
+// the copy keeps), or "" when there is none or several.
+func copyOf(parts []string, file, text string) string {
 	if !strings.HasSuffix(file, ".sh") {
-		return text
+		if slices.Contains(parts, text) {
+			return text
+		}
+		return ""
 	}
-	opener := regexp.MustCompile(`(^|[^<])<<(-?)[ \t]*["']?([A-Za-z_][A-Za-z_0-9]*)`)
-	var out []string
-	heredoc, dash := "", false
-	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
-	for i, line := range lines {
-		if heredoc != "" {
-			probe := line
-			if dash {
-				probe = strings.TrimLeft(probe, "\t")
-			}
-			if probe == heredoc {
-				heredoc = ""
-			}
-			out = append(out, line)
-			continue
+	first, _, _ := strings.Cut(text, "\n")
+	var found []string
+	for _, p := range parts {
+		if strings.HasPrefix(p, first+"\n") {
+			found = append(found, p)
 		}
-		if trimmed := strings.TrimLeft(line, " \t"); i > 0 && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
-			continue
-		}
-		if m := opener.FindStringSubmatch(line); m != nil {
-			heredoc, dash = m[3], m[2] == "-"
-		}
-		out = append(out, line)
 	}
-	return strings.Join(out, "\n") + "\n"
+	if len(found) != 1 {
+		return ""
+	}
+	return found[0]
 }
 
 // The broker fleet's user data carries deploy/cloudwatch-agent.json as it is and
 // deploy/broker-bootstrap.sh without its comments (scripts/sync-user-data.sh copies
-// them in), and the copied script behaves as the file does; the user data fits EC2's
+// them in), and the copied script is the same code to bash (bash's own rendering of
+// the copy and of the file are equal, whatever the stripping did) and behaves as the
+// file does; the user data fits EC2's
 // 16 KB, writes settings the bootstrap accepts and that describe this stack, and
 // reports the disk use of the mount the functions' disk alarms watch.
 func TestTemplateBrokerUserData(t *testing.T) {
@@ -88,16 +101,21 @@ func TestTemplateBrokerUserData(t *testing.T) {
 	if want := []string{"deploy/cloudwatch-agent.json", "deploy/broker-bootstrap.sh"}; !slices.Equal(embedded, want) {
 		t.Fatalf("template.yaml embeds %v, want %v", embedded, want)
 	}
-	files := map[string]string{}
+	files, copies := map[string]string{}, map[string]string{}
 	for _, f := range embedded {
 		b, err := os.ReadFile(filepath.Join(templateRepoDir(), f))
 		if err != nil {
 			t.Fatal(err)
 		}
 		files[f] = string(b)
-		if !slices.Contains(parts, userDataCopy(f, string(b))) {
-			t.Errorf("the user data's copy of %s differs from the file: run scripts/sync-user-data.sh", f)
+		copied := copyOf(parts, f, string(b))
+		switch {
+		case copied == "":
+			t.Errorf("the user data has no copy of %s: run scripts/sync-user-data.sh", f)
+		case strings.HasSuffix(f, ".sh") && bashReprint(t, copied) != bashReprint(t, string(b)):
+			t.Errorf("the user data's copy of %s means something else to bash than the file: run scripts/sync-user-data.sh", f)
 		}
+		copies[f] = copied
 		for _, delim := range []string{"SLOTKEEPER_ENV", "SLOTKEEPER_AGENT_CONFIG", "SLOTKEEPER_BOOTSTRAP"} {
 			if slices.Contains(strings.Split(string(b), "\n"), delim) {
 				t.Errorf("%s has a line %s, which would end its here-document in the user data", f, delim)
@@ -110,10 +128,10 @@ func TestTemplateBrokerUserData(t *testing.T) {
 	if len(userData) > 16384 {
 		t.Errorf("user data is %d bytes; EC2 allows 16384", len(userData))
 	}
-	script := files["deploy/broker-bootstrap.sh"]
+	script, copied := files["deploy/broker-bootstrap.sh"], copies["deploy/broker-bootstrap.sh"]
 	t.Logf("user data: %d of 16384 bytes (deploy/broker-bootstrap.sh: %d bytes in the file, %d in the user data)",
-		len(userData), len(script), len(userDataCopy("deploy/broker-bootstrap.sh", script)))
-	sameBehaviour(t, script, userDataCopy("deploy/broker-bootstrap.sh", script))
+		len(userData), len(script), len(copied))
+	sameBehaviour(t, script, copied)
 
 	// The settings the user data writes, read by the bootstrap itself.
 	m := regexp.MustCompile(`(?s)<<'SLOTKEEPER_ENV'\n(.*?)\nSLOTKEEPER_ENV\n`).FindStringSubmatch(userData)
@@ -210,5 +228,84 @@ SLOT=$2 NODE_ID=$((100 + $2)) AZ=us-east-1a; kafka_properties; kafka_unit; clust
 		if a, b := run(paths["file"], slot), run(paths["copy"], slot); a != b || !strings.Contains(a, "node.id=") {
 			t.Errorf("slot %s: the copy prints\n%s\nthe file prints\n%s", slot, b, a)
 		}
+	}
+}
+
+// scripts/sync-user-data.sh keeps every line whose removal would change what bash
+// reads: here-documents of every form (<<'W', <<\W, <<"W", <<-W) and a line after a
+// backslash continuation, whose '#' starts no comment; and it refuses, changing
+// nothing, a script whose copy would still mean something else (a '#' line inside a
+// multi-line string). The copies are checked with bash's own rendering, independent of
+// how the script strips.
+func TestSyncUserDataKeepsTheMeaning(t *testing.T) {
+	sync, err := filepath.Abs(filepath.Join(templateRepoDir(), "scripts", "sync-user-data.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tricky := "#!/usr/bin/env bash\n# a comment\nf() {\n\t# a comment\n\tcat <<'EOF'\n# quoted here-document\nEOF\n" +
+		"\tcat <<\\EOF\n# backslash here-document\nEOF\n\tcat <<-\"EOF\"\n\t# dash here-document\n\tEOF\n" +
+		"\tcat << EOF\n  # spaced here-document\nEOF\n\techo a \\\n# continued, not a comment\n\tcat <<<\"here-string\"\n\n\techo done # trailing\n}\nf\n"
+	for _, c := range []struct {
+		name, script string
+		refused      bool
+	}{
+		{"here-documents and a continuation", tricky, false},
+		{"a '#' line inside a multi-line string", "#!/usr/bin/env bash\nx='a\n# b'\necho \"$x\"\n", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "s.sh"), []byte(c.script), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			before := "Resources:\n  X:\n    - | # verbatim: s.sh\n      old\n    - tail\n"
+			if err := os.WriteFile(filepath.Join(dir, "t.yaml"), []byte(before), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("bash", sync, "t.yaml")
+			cmd.Dir = dir
+			out, err := cmd.CombinedOutput()
+			after, rerr := os.ReadFile(filepath.Join(dir, "t.yaml"))
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			if c.refused {
+				if err == nil || string(after) != before || !strings.Contains(string(out), "would change what bash reads") {
+					t.Fatalf("sync: %v\n%s\ntemplate now:\n%s\nwant a refusal and no change", err, out, after)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("sync: %v\n%s", err, out)
+			}
+			// The block: the lines after the marker, indented 6 spaces, up to "    - tail".
+			body, _, _ := strings.Cut(strings.SplitN(string(after), "# verbatim: s.sh\n", 2)[1], "    - tail\n")
+			var lines []string
+			for _, l := range strings.Split(strings.TrimSuffix(body, "\n"), "\n") {
+				lines = append(lines, strings.TrimPrefix(l, "      "))
+			}
+			copied := strings.Join(lines, "\n") + "\n"
+			if bashReprint(t, copied) != bashReprint(t, c.script) {
+				t.Errorf("the copy means something else to bash:\n%s\nfile:\n%s", copied, c.script)
+			}
+			for _, kept := range []string{"# quoted here-document", "# backslash here-document", "\t# dash here-document", "  # spaced here-document", "# continued, not a comment"} {
+				if !slices.Contains(lines, kept) {
+					t.Errorf("the copy lost the line %q:\n%s", kept, copied)
+				}
+			}
+			if strings.Contains(copied, "# a comment") {
+				t.Errorf("a comment line was kept:\n%s", copied)
+			}
+			run := func(text string) string {
+				out, err := exec.Command("bash", "-c", text).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				return string(out)
+			}
+			if a, b := run(copied), run(c.script); a != b {
+				t.Errorf("the copy prints\n%s\nthe file prints\n%s", a, b)
+			}
+			t.Logf("%d lines in the file, %d in the copy; same code to bash, same output", strings.Count(c.script, "\n"), len(lines))
+		})
 	}
 }

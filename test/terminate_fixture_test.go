@@ -35,6 +35,11 @@ func (c *cluster) terminate(k terminate.Kafka) *terminate.Handler {
 	t.SafetyMaxWait = 3 * time.Second
 	t.LeaveTimeout = 300 * time.Millisecond
 	t.SSMPoll = 10 * time.Millisecond
+	// The tests' invocations have 2 minutes; the rest of a removal needs seconds here.
+	t.GateReserve = 20 * time.Second
+	// Renewed every 5 s: no test's removal takes that long, so the stamps the tests
+	// see are the ones taken (a test of a silent death writes its own).
+	t.StampTTL = 10 * time.Second
 	return t
 }
 

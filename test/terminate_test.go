@@ -30,9 +30,12 @@ func TestPlannedTerminationHandsTheSlotBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmds := c.ssmCommands(ids[1])
-	want := strings.Join(hostcmd.SSMCommands(hostcmd.StopAndUnmount("kafka", "/var/lib/kafka", "systemctl stop kafka.service")), "\n")
+	// The command names the slot's volume as EC2 has it attached: its id and device.
+	want := strings.Join(hostcmd.SSMCommands(hostcmd.StopAndUnmount(hostcmd.Stop{
+		Unit: "kafka", Command: "systemctl stop kafka.service", Mount: "/var/lib/kafka", Volume: vols[0].ID, Device: "/dev/sdf",
+	})), "\n")
 	if len(cmds) != 1 || cmds[0][1] != want || !strings.Contains(cmds[0][0], "broker 1") {
-		t.Errorf("SSM commands to %s: %q, want one stop-and-unmount of broker 1 with the configured stop command", ids[1], cmds)
+		t.Errorf("SSM commands to %s: %q, want one stop-and-unmount of broker 1 and volume %s with the configured stop command", ids[1], cmds, vols[0].ID)
 	}
 	for _, other := range []string{ids[0], ids[2]} {
 		if cmds := c.ssmCommands(other); len(cmds) != 0 {

@@ -1,5 +1,5 @@
 // Command slotctl is the operator's tool for a slotkeeper cluster: status, history,
-// preflight, evict, and the local demo. It only wires; the logic lives in
+// preflight, evict, adopt, roll, and the local demo. It only wires; the logic lives in
 // shared/slotctl and shared/slotctl/demo.
 package main
 

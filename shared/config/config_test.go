@@ -40,7 +40,7 @@ func TestLoadDefaults(t *testing.T) {
 	if c.Grow.ThresholdPercent != 80 || c.Grow.TargetPercent != 60 || c.Grow.MaxSizeGiB != 16384 || c.Grow.DataMount != "/var/lib/kafka" {
 		t.Errorf("grow defaults: %+v", c.Grow)
 	}
-	if c.DNS.Enabled() || c.DNS.TTL != 60 || len(c.Kafka.Bootstrap) != 0 || c.SafetyMaxWait != 30*time.Minute || c.StopCommand != "systemctl stop kafka" {
+	if c.DNS.Enabled() || c.DNS.TTL != 60 || len(c.Kafka.Bootstrap) != 0 || c.SafetyMaxWait != 5*time.Minute || c.StopCommand != "systemctl stop kafka" {
 		t.Errorf("dns/kafka/safety defaults: %+v %+v %s %q", c.DNS, c.Kafka, c.SafetyMaxWait, c.StopCommand)
 	}
 	if c.LaunchHook != "slotkeeper-launch" || c.TerminateHook != "slotkeeper-terminate" || c.KafkaUnit != "kafka" ||

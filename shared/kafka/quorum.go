@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -150,9 +151,19 @@ func QuorumSafe(q Quorum, node int32, lag time.Duration) QuorumVerdict {
 	return v
 }
 
+// ErrQuorumUnsupported means the cluster does not answer DescribeQuorum at all: it is
+// not a KRaft cluster (ZooKeeper mode), or its brokers are older than Kafka 3.3 (which
+// forward DescribeQuorum to the controllers). The quorum rule does not apply to it.
+// Only two answers mean this: the broker's ApiVersions answer does not list
+// DescribeQuorum (the client then refuses to send it), or the broker answers
+// UNSUPPORTED_VERSION. Every other failure (a timeout, a lost connection, no leader)
+// is an ordinary error: the quorum could not be read, and removal is not safe.
+var ErrQuorumUnsupported = errors.New("the cluster does not support DescribeQuorum (not KRaft, or Kafka before 3.3)")
+
 // Quorum describes the KRaft controller quorum with a fresh DescribeQuorum request
 // (answered by the active controller, forwarded by any broker), sent to Hedge
-// brokers at once and bounded by CallTimeout like every other call.
+// brokers at once and bounded by CallTimeout like every other call. A cluster that
+// does not support the request at all gets an error wrapping ErrQuorumUnsupported.
 func (c *Client) Quorum(ctx context.Context) (Quorum, error) {
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
@@ -167,6 +178,12 @@ func (c *Client) Quorum(ctx context.Context) (Quorum, error) {
 		return req
 	})
 	if err != nil {
+		// The client refuses a request its broker does not advertise ("broker is too
+		// old"), with an error it does not export: ask the broker what it supports,
+		// and call the request unsupported only when it says so.
+		if advertised, aerr := c.advertises(ctx, kmsg.DescribeQuorum); aerr == nil && !advertised {
+			return Quorum{}, fmt.Errorf("describing the controller quorum: %w: the broker's ApiVersions answer has no DescribeQuorum (%w)", ErrQuorumUnsupported, err)
+		}
 		return Quorum{}, fmt.Errorf("describing the controller quorum: %w", err)
 	}
 	q, err := quorumOf(resp.(*kmsg.DescribeQuorumResponse))
@@ -176,9 +193,25 @@ func (c *Client) Quorum(ctx context.Context) (Quorum, error) {
 	return q, nil
 }
 
+// advertises reports whether a broker of the cluster lists key in a fresh ApiVersions
+// answer.
+func (c *Client) advertises(ctx context.Context, key kmsg.Key) (bool, error) {
+	_, kresp, err := c.first(ctx, func() kmsg.Request { return kmsg.NewPtrApiVersionsRequest() })
+	if err != nil {
+		return false, fmt.Errorf("asking which requests the broker supports: %w", err)
+	}
+	resp := kresp.(*kmsg.ApiVersionsResponse)
+	if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+		return false, fmt.Errorf("asking which requests the broker supports: %w", err)
+	}
+	return slices.ContainsFunc(resp.ApiKeys, func(k kmsg.ApiVersionsResponseApiKey) bool { return k.ApiKey == int16(key) }), nil
+}
+
 // quorumOf reads the metadata partition's state out of a DescribeQuorum response.
 func quorumOf(resp *kmsg.DescribeQuorumResponse) (Quorum, error) {
-	if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+	if err := kerr.ErrorForCode(resp.ErrorCode); errors.Is(err, kerr.UnsupportedVersion) {
+		return Quorum{}, fmt.Errorf("describing the controller quorum: %w: %w%s", ErrQuorumUnsupported, err, message(resp.ErrorMessage))
+	} else if err != nil {
 		return Quorum{}, fmt.Errorf("describing the controller quorum: %w%s", err, message(resp.ErrorMessage))
 	}
 	for _, t := range resp.Topics {

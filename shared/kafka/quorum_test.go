@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -125,4 +126,58 @@ func TestQuorumOverTheWire(t *testing.T) {
 	if _, err := c.Quorum(ctx); err == nil {
 		t.Fatal("an error answer must be an error")
 	}
+}
+
+// TestQuorumUnsupported tells a cluster that has no controller quorum to describe (it
+// does not advertise DescribeQuorum, or answers UNSUPPORTED_VERSION) from one whose
+// quorum could not be read just now: only the former is ErrQuorumUnsupported.
+func TestQuorumUnsupported(t *testing.T) {
+	ctx := context.Background()
+	client := func(t *testing.T, kc *kafkatest.Cluster) *Client {
+		c, err := NewClient(kc.Config(), kgo.RetryTimeout(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	t.Run("not advertised", func(t *testing.T) {
+		kc := kafkatest.Start(t)
+		kc.HideQuorumAPI()
+		_, err := client(t, kc).Quorum(ctx)
+		if !errors.Is(err, ErrQuorumUnsupported) {
+			t.Fatalf("err = %v, want ErrQuorumUnsupported", err)
+		}
+		t.Logf("not advertised: %v", err)
+	})
+	kc := kafkatest.Start(t)
+	c := client(t, kc)
+	for _, tc := range []struct {
+		name        string
+		code        int16
+		unsupported bool
+	}{
+		{"UNSUPPORTED_VERSION", kerr.UnsupportedVersion.Code, true},
+		{"NOT_LEADER_OR_FOLLOWER", kerr.NotLeaderForPartition.Code, false},
+		{"REQUEST_TIMED_OUT", kerr.RequestTimedOut.Code, false},
+		{"BROKER_NOT_AVAILABLE", kerr.BrokerNotAvailable.Code, false},
+		{"UNKNOWN_SERVER_ERROR", kerr.UnknownServerError.Code, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kc.SetQuorum(kafkatest.Quorum{ErrorCode: tc.code})
+			_, err := c.Quorum(ctx)
+			if err == nil || errors.Is(err, ErrQuorumUnsupported) != tc.unsupported {
+				t.Fatalf("err = %v; want an error, ErrQuorumUnsupported: %v", err, tc.unsupported)
+			}
+		})
+	}
+	t.Run("the cluster gone", func(t *testing.T) {
+		kc.Close()
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err := c.Quorum(cctx)
+		if err == nil || errors.Is(err, ErrQuorumUnsupported) {
+			t.Fatalf("err = %v; want an ordinary error: the quorum could not be read", err)
+		}
+	})
 }

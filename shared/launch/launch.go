@@ -61,8 +61,9 @@ type Handler struct {
 	HeartbeatInterval time.Duration
 	// Order ranks claim candidates (slot.Rendezvous).
 	Order slot.Order
-	// Alerts tells the operator of a slot whose recorded volume or ENI is gone or
-	// tagged for another slot (nil: the log and the IdentityAlerts metric only).
+	// Alerts tells the operator of a slot whose recorded volume or ENI is gone,
+	// malformed, tagged for another slot or unusable (nil: the log and the
+	// IdentityAlerts metric only).
 	Alerts *alert.Notifier
 	// HandoverMaxWait bounds the wait for a leaving holder to release a slot of the
 	// instance's AZ; HandoverReserve is the time the rest of the launch needs after it
@@ -410,27 +411,27 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 
 	var b lease.Binding
 	// A resource found or created for the slot is recorded in the lease at once (a
-	// fenced write); from then on it is the slot's by its id.
-	recordENI := func(ctx context.Context, id, ip string) error {
-		rec, err := inv.store.Record(ctx, l, lease.KindENI, id, ip, fmt.Sprintf("recorded ENI %s (%s) as the slot's", id, ip))
-		if err == nil {
-			l = rec
+	// fenced write); from then on it is the slot's by its id. A conflict comes with the
+	// lease as stored (another delivery recorded another id): it is ours to go on with.
+	record := func(kind string) resources.Record {
+		return func(ctx context.Context, id, ip string) (lease.Lease, error) {
+			what := fmt.Sprintf("recorded volume %s as the slot's", id)
+			if kind == lease.KindENI {
+				what = fmt.Sprintf("recorded ENI %s (%s) as the slot's", id, ip)
+			}
+			rec, err := inv.store.Record(ctx, l, kind, id, ip, what)
+			if err == nil || (errors.Is(err, lease.ErrRecordConflict) && rec.Version == l.Version && rec.Holder == l.Holder) {
+				l = rec
+			}
+			return rec, err
 		}
-		return err
-	}
-	recordVolume := func(ctx context.Context, id string) error {
-		rec, err := inv.store.Record(ctx, l, lease.KindVolume, id, "", fmt.Sprintf("recorded volume %s as the slot's", id))
-		if err == nil {
-			l = rec
-		}
-		return err
 	}
 	if inv.cfg.ENI {
 		err := inv.o.Step(ctx, "attach-eni", func(ctx context.Context) error {
 			if err := inv.fence(ctx, l); err != nil {
 				return err
 			}
-			e, _, err := inv.res.EnsureENI(ctx, l, inv.cfg.SubnetOf(s), recordENI)
+			e, _, err := inv.res.EnsureENI(ctx, l, inv.cfg.SubnetOf(s), record(lease.KindENI))
 			if err != nil {
 				return err
 			}
@@ -451,7 +452,7 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 		if err := inv.fence(ctx, l); err != nil {
 			return err
 		}
-		v, _, err := inv.res.EnsureVolume(ctx, l, az, recordVolume)
+		v, _, err := inv.res.EnsureVolume(ctx, l, az, record(lease.KindVolume))
 		if err != nil {
 			return err
 		}
@@ -486,18 +487,15 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 	return bound, nil
 }
 
-// identityAlert tells the operator that the slot's recorded volume or ENI is gone or
-// tagged for another slot: the launch abandons rather than give the slot a new, blank
-// identity, and every replacement does the same until an operator acts.
+// identityAlert tells the operator that the slot's recorded volume or ENI is gone,
+// malformed, tagged for another slot or unusable (another AZ or subnet): the launch
+// abandons rather than give the slot a new, blank identity, and every replacement does
+// the same until an operator acts.
 func (inv *invocation) identityAlert(ctx context.Context, ie *resources.IdentityError) {
-	problem := "tags"
-	if ie.Missing {
-		problem = "missing"
-	}
-	inv.o.Metrics.Count("IdentityAlerts", 1, "Kind", ie.Kind, "Problem", problem)
+	inv.o.Metrics.Count("IdentityAlerts", 1, "Kind", ie.Kind, "Problem", ie.Problem)
 	msg := fmt.Sprintf("slot %d (broker %d): the launch of %s is abandoned, and so will be every replacement until an operator acts: %s",
 		ie.Slot, inv.cfg.NodeID(ie.Slot), inv.inst.ID, ie.Msg)
-	if aerr := inv.Alerts.Send(ctx, inv.o.Log, fmt.Sprintf("slot %d %s %s %s", ie.Slot, ie.Kind, ie.ID, problem), msg); aerr != nil {
+	if aerr := inv.Alerts.Send(ctx, inv.o.Log, fmt.Sprintf("slot %d %s %s %s", ie.Slot, ie.Kind, ie.ID, ie.Problem), msg); aerr != nil {
 		inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, aerr.Error())
 	}
 }

@@ -31,19 +31,53 @@ func (l Lease) Recorded(kind string) string {
 	return l.VolumeID
 }
 
+// RecordedBy returns the version of the claim that recorded the id of kind (0 when
+// unknown: written at bind by an earlier version, or by an operator).
+func (l Lease) RecordedBy(kind string) int64 {
+	if kind == KindENI {
+		return l.ENIClaim
+	}
+	return l.VolumeClaim
+}
+
+// UnboundSince reports whether the lease proves that the slot has not been bound since
+// the claim at version v: its history still holds an entry of that claim (to claimed,
+// at version v; the history is trimmed from its oldest end, so everything after that
+// entry is kept) and no bind at version v or later. A volume recorded by claim v that
+// the slot was never bound with since has never been used by a broker: the broker user
+// data waits for the bind before it touches the volume. Without proof (v unknown, the
+// history trimmed, a lease written by hand) it returns false.
+func (l Lease) UnboundSince(v int64) bool {
+	if v <= 0 || l.State == Bound || l.State == Draining {
+		return false
+	}
+	anchored := false
+	for _, tr := range l.History {
+		if tr.To == Bound && tr.Version >= v {
+			return false
+		}
+		if tr.To == Claimed && tr.Version == v {
+			anchored = true
+		}
+	}
+	return anchored
+}
+
 // Record writes the id of the slot's volume (kind KindVolume) or ENI (kind KindENI,
 // with its private ip) into the lease as soon as the resource exists: from then on
 // every path uses the recorded id, and tags only cross-check it.
 //
 // The write is fenced (the version and holder l has, state claimed: only the claimer
 // records) and never replaces a recorded id: it succeeds only while the lease records
-// none. A retry of a write that took effect (a lost response) finds the same id
-// recorded and returns the lease as stored; another id recorded is ErrRecordConflict.
-// The history gets one entry per recorded resource.
+// none. It also records the claim (l.Version) that recorded the id (volume_claim,
+// eni_claim). A retry of a write that took effect (a lost response) finds the same id
+// recorded and returns the lease as stored; another id recorded is ErrRecordConflict,
+// returned with the lease as stored (the caller uses the id it records). The history
+// gets one entry per recorded resource.
 func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string) (Lease, error) {
-	attr := "volume_id"
+	attr, claimAttr := "volume_id", "volume_claim"
 	if kind == KindENI {
-		attr = "eni_id"
+		attr, claimAttr = "eni_id", "eni_claim"
 	}
 	if l.State != Claimed {
 		return Lease{}, fmt.Errorf("recording %s %s for slot %d: the lease is %s, not claimed: %w", kind, id, l.Slot, l.State, ErrFenced)
@@ -53,12 +87,12 @@ func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string
 	if err != nil {
 		return Lease{}, fmt.Errorf("encoding history entry: %w", err)
 	}
-	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at", "#id": attr}
+	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at", "#id": attr, "#claim": claimAttr}
 	values := map[string]types.AttributeValue{
 		":v": num(l.Version), ":h": str(l.Holder), ":s": str(string(Claimed)), ":now": str(now), ":id": str(id),
 		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}},
 	}
-	update := "SET #id = :id, #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
+	update := "SET #id = :id, #claim = :v, #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
 	if kind == KindENI {
 		names["#ip"], values[":ip"] = "ip", str(ip)
 		update += ", #ip = :ip"
@@ -88,7 +122,7 @@ func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string
 	case cur.Recorded(kind) == id:
 		return cur, nil
 	default:
-		return Lease{}, fmt.Errorf("recording %s %s for slot %d: it records %s %s: %w", kind, id, l.Slot, kind, cur.Recorded(kind), ErrRecordConflict)
+		return cur, fmt.Errorf("recording %s %s for slot %d: it records %s %s: %w", kind, id, l.Slot, kind, cur.Recorded(kind), ErrRecordConflict)
 	}
 }
 
@@ -116,9 +150,9 @@ func (s *Store) Forget(ctx context.Context, l Lease, kinds []string, reason stri
 	for _, k := range kinds {
 		switch k {
 		case KindVolume:
-			removes = append(removes, "volume_id")
+			removes = append(removes, "volume_id", "volume_claim")
 		case KindENI:
-			removes = append(removes, "eni_id", "ip")
+			removes = append(removes, "eni_id", "eni_claim", "ip")
 		default:
 			return Lease{}, fmt.Errorf("unknown resource kind %q", k)
 		}

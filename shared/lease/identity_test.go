@@ -30,7 +30,8 @@ func TestRecordAndForget(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e.VolumeID != "vol-0a" || e.ENIID != "eni-0a" || e.IP != "10.0.1.10" || e.State != lease.Claimed || e.Version != l.Version {
+		if e.VolumeID != "vol-0a" || e.ENIID != "eni-0a" || e.IP != "10.0.1.10" || e.State != lease.Claimed || e.Version != l.Version ||
+			e.VolumeClaim != l.Version || e.ENIClaim != l.Version || e.RecordedBy(lease.KindVolume) != l.Version {
 			t.Fatalf("after both records: %+v", e)
 		}
 		// The same record again (an SDK retry of a write that took effect): the lease as
@@ -39,9 +40,11 @@ func TestRecordAndForget(t *testing.T) {
 		if err != nil || again.VolumeID != "vol-0a" {
 			t.Fatalf("repeated record: %+v %v", again, err)
 		}
-		// Another id is never written over the recorded one.
-		if _, err := st.Record(t.Context(), l, lease.KindVolume, "vol-0b", "", "a look-alike"); !errors.Is(err, lease.ErrRecordConflict) {
-			t.Fatalf("recording another volume: %v, want ErrRecordConflict", err)
+		// Another id is never written over the recorded one; the conflict comes with the
+		// lease as stored, so that the caller uses the recorded id.
+		cur, err := st.Record(t.Context(), l, lease.KindVolume, "vol-0b", "", "a look-alike")
+		if !errors.Is(err, lease.ErrRecordConflict) || cur.VolumeID != "vol-0a" || cur.Version != l.Version {
+			t.Fatalf("recording another volume: %+v %v, want ErrRecordConflict with the lease recording vol-0a", cur, err)
 		}
 		got := s.read(t, "rec", 0)
 		if got.VolumeID != "vol-0a" {
@@ -59,8 +62,8 @@ func TestRecordAndForget(t *testing.T) {
 		// Release and a new claim keep the record: it is the slot's, not the holder's.
 		r := release(t, st, bind(t, st, got))
 		next := claim(t, st, 0, "i-b")
-		if r.VolumeID != "vol-0a" || next.VolumeID != "vol-0a" || next.ENIID != "eni-0a" {
-			t.Errorf("record lost: after release %q, after the next claim %q/%q", r.VolumeID, next.VolumeID, next.ENIID)
+		if r.VolumeID != "vol-0a" || next.VolumeID != "vol-0a" || next.ENIID != "eni-0a" || next.VolumeClaim != l.Version {
+			t.Errorf("record lost: after release %q, after the next claim %q/%q (recorded by claim %d)", r.VolumeID, next.VolumeID, next.ENIID, next.VolumeClaim)
 		}
 		t.Logf("history of slot 0: %d entries, volume recorded once", len(s.read(t, "rec", 0).History))
 	})
@@ -101,12 +104,20 @@ func TestRecordAndForget(t *testing.T) {
 	t.Run("forget", func(t *testing.T) {
 		st := s.store("forget")
 		st.Actor = "slotctl/arn:aws:iam::123456789012:user/ops"
-		l := release(t, st, bind(t, st, claim(t, st, 0, "i-a")))
+		c := claim(t, st, 0, "i-a")
+		c, err := st.Record(t.Context(), c, lease.KindVolume, "vol-0a", "", "created")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err = st.Record(t.Context(), c, lease.KindENI, "eni-0a", "10.0.1.10", "created"); err != nil {
+			t.Fatal(err)
+		}
+		l := release(t, st, bind(t, st, c))
 		f, err := st.Forget(t.Context(), l, []string{lease.KindVolume}, "volume deleted by mistake")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.VolumeID != "" || f.ENIID != "eni-0a" || f.IP != "10.0.1.10" || f.State != lease.Free || f.Version != l.Version {
+		if f.VolumeID != "" || f.VolumeClaim != 0 || f.ENIID != "eni-0a" || f.IP != "10.0.1.10" || f.State != lease.Free || f.Version != l.Version {
 			t.Fatalf("after forgetting the volume: %+v", f)
 		}
 		last := f.History[len(f.History)-1]
@@ -117,8 +128,40 @@ func TestRecordAndForget(t *testing.T) {
 		_, err = st.Forget(t.Context(), l, []string{lease.KindVolume}, "again")
 		fenced(t, "forget from a stale read", err)
 		g, err := st.Forget(t.Context(), f, []string{lease.KindENI}, "eni deleted")
-		if err != nil || g.ENIID != "" || g.IP != "" {
+		if err != nil || g.ENIID != "" || g.IP != "" || g.ENIClaim != 0 {
 			t.Fatalf("forgetting the ENI: %+v %v", g, err)
 		}
 	})
+}
+
+// UnboundSince proves from the history alone that a slot was never bound since the
+// claim that recorded a resource; without proof (the claim unknown, its entries
+// trimmed off the history, a hand-written lease) it says no.
+func TestUnboundSince(t *testing.T) {
+	tr := func(from, to lease.State, v int64) lease.Transition {
+		return lease.Transition{From: from, To: to, Version: v}
+	}
+	claimed := []lease.Transition{tr(lease.Free, lease.Claimed, 3), tr(lease.Claimed, lease.Claimed, 3)}
+	for _, c := range []struct {
+		name  string
+		l     lease.Lease
+		since int64
+		want  bool
+	}{
+		{"recorded by this claim, not bound yet", lease.Lease{State: lease.Claimed, Version: 3, History: claimed}, 3, true},
+		{"recorded by an earlier claim released unbound",
+			lease.Lease{State: lease.Claimed, Version: 5, History: append(claimed, tr(lease.Claimed, lease.Free, 4), tr(lease.Free, lease.Claimed, 5))}, 3, true},
+		{"bound by the claim that recorded it",
+			lease.Lease{State: lease.Claimed, Version: 5, History: append(claimed, tr(lease.Claimed, lease.Bound, 3), tr(lease.Bound, lease.Free, 4), tr(lease.Free, lease.Claimed, 5))}, 3, false},
+		{"bound by a later claim", lease.Lease{State: lease.Claimed, Version: 7, History: append(claimed,
+			tr(lease.Claimed, lease.Free, 4), tr(lease.Free, lease.Claimed, 5), tr(lease.Claimed, lease.Bound, 5), tr(lease.Bound, lease.Free, 6), tr(lease.Free, lease.Claimed, 7))}, 3, false},
+		{"the recording claim's entries trimmed off", lease.Lease{State: lease.Claimed, Version: 9, History: []lease.Transition{tr(lease.Free, lease.Claimed, 9)}}, 3, false},
+		{"recorded by an unknown claim", lease.Lease{State: lease.Claimed, Version: 3, History: claimed}, 0, false},
+		{"bound now", lease.Lease{State: lease.Bound, Version: 3, History: claimed}, 3, false},
+		{"a hand-written lease without history", lease.Lease{State: lease.Claimed, Version: 2}, 1, false},
+	} {
+		if got := c.l.UnboundSince(c.since); got != c.want {
+			t.Errorf("%s: UnboundSince(%d) = %v, want %v", c.name, c.since, got, c.want)
+		}
+	}
 }

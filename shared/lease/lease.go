@@ -20,6 +20,9 @@
 //	                       (Record, a fenced write that never replaces a recorded id),
 //	                       written again at bind, kept across release and claim, and
 //	                       removed only by an operator (Forget: slotctl reset).
+//	volume_claim, eni_claim  the version of the claim that recorded volume_id and
+//	                       eni_id (absent for ids written by other means: at bind by
+//	                       an earlier version, or by an operator adopting a broker)
 //	claimed_at, updated_at RFC 3339 timestamps
 //	history    list of {at, from, to, version, instance, actor, reason}, newest last
 //
@@ -77,6 +80,11 @@ type Lease struct {
 	ClaimedAt  string       `dynamodbav:"claimed_at,omitempty"`
 	UpdatedAt  string       `dynamodbav:"updated_at,omitempty"`
 	History    []Transition `dynamodbav:"history,omitempty"`
+
+	// VolumeClaim and ENIClaim are the version of the claim that recorded VolumeID
+	// and ENIID (0: unknown, e.g. written at bind by an earlier version or by hand).
+	VolumeClaim int64 `dynamodbav:"volume_claim,omitempty"`
+	ENIClaim    int64 `dynamodbav:"eni_claim,omitempty"`
 }
 
 // Transition is one entry of a slot's history.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -30,7 +31,10 @@ import (
 //	holder_slot, holder, lease_version   the removal holding it: the slot, the
 //	                  instance leaving it and the lease version it holds the slot at
 //	invocation, invocation_until          the invocation working on that removal, and
-//	                  until when it is taken as alive (its deadline)
+//	                  until when it is taken as alive: a short stamp (about two
+//	                  heartbeat intervals) that the invocation renews while it works
+//	stopped           true once the removal's stop-and-unmount command confirmed that
+//	                  its broker stopped and its volume is unmounted
 //	taken_at, updated_at, last_holder, history (newest last, at most HistoryLimit)
 //
 // Every write is an UpdateItem conditioned on the version read, so of two writers
@@ -76,6 +80,7 @@ type Removal struct {
 	LeaseVersion    int64          `dynamodbav:"lease_version"`
 	Invocation      string         `dynamodbav:"invocation,omitempty"`
 	InvocationUntil string         `dynamodbav:"invocation_until,omitempty"`
+	Stopped         bool           `dynamodbav:"stopped,omitempty"`
 	TakenAt         string         `dynamodbav:"taken_at,omitempty"`
 	LastHolder      string         `dynamodbav:"last_holder,omitempty"`
 	UpdatedAt       string         `dynamodbav:"updated_at,omitempty"`
@@ -85,7 +90,7 @@ type Removal struct {
 // RemovalEvent is one entry of the token's history.
 type RemovalEvent struct {
 	At           string `dynamodbav:"at"`
-	Event        string `dynamodbav:"event"` // taken | given back | invocation ended
+	Event        string `dynamodbav:"event"` // taken | stopped | given back | invocation ended
 	Slot         int    `dynamodbav:"slot"`
 	Instance     string `dynamodbav:"instance"`
 	LeaseVersion int64  `dynamodbav:"lease_version"`
@@ -148,7 +153,7 @@ func (s *Store) TakeRemoval(ctx context.Context, cur Removal, m Remover, reason 
 	next := cur
 	next.Cluster, next.Slot, next.Kind, next.State, next.Version = s.cluster, RemovalSlot, RemovalKind, RemovalHeld, cur.Version+1
 	if !cur.HeldFor(m) {
-		next.TakenAt = now
+		next.TakenAt, next.Stopped = now, false
 		if cur.Held() {
 			next.LastHolder = cur.Holder
 		}
@@ -207,6 +212,52 @@ func (s *Store) EndRemovalInvocation(ctx context.Context, cur Removal, reason st
 	return next, nil
 }
 
+// MarkRemovalStopped records on the token cur describes (held) that its removal's
+// broker was seen stopped and its volume unmounted: from then on the removal counts
+// as over once its slot is released, even while the instance still runs. A mark that
+// already took effect (a lost response the SDK retried) is recognised.
+func (s *Store) MarkRemovalStopped(ctx context.Context, cur Removal, reason string) (Removal, error) {
+	if !cur.Held() {
+		return Removal{}, fmt.Errorf("marking the removal token stopped: it is not held: %w", ErrFenced)
+	}
+	if cur.Stopped {
+		return cur, nil
+	}
+	now := s.stamp()
+	next := cur
+	next.Version, next.Stopped, next.UpdatedAt = cur.Version+1, true, now
+	next.History = s.removalHistory(cur.History, RemovalEvent{At: now, Event: "stopped", Slot: cur.HolderSlot, Instance: cur.Holder, LeaseVersion: cur.LeaseVersion, Reason: reason})
+	err := s.writeRemoval(ctx, cur, next, nil)
+	if errors.Is(err, ErrFenced) {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Held() && again.Stopped && again.HolderSlot == cur.HolderSlot &&
+			again.Holder == cur.Holder && again.LeaseVersion == cur.LeaseVersion {
+			return again, nil
+		}
+	}
+	if err != nil {
+		return Removal{}, fmt.Errorf("marking the removal of slot %d (%s) stopped on the removal token: %w", cur.HolderSlot, cur.Holder, err)
+	}
+	return next, nil
+}
+
+// RenewRemoval moves the stamp of the invocation on cur (held) on to until: the
+// invocation is still working on its removal. It writes no history. A renewal that
+// already took effect (a lost response) is recognised.
+func (s *Store) RenewRemoval(ctx context.Context, cur Removal, until time.Time) (Removal, error) {
+	next := cur
+	next.Version, next.InvocationUntil, next.UpdatedAt = cur.Version+1, until.UTC().Format(time.RFC3339Nano), s.stamp()
+	err := s.writeRemoval(ctx, cur, next, nil)
+	if errors.Is(err, ErrFenced) {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Held() && again.Invocation == cur.Invocation && again.InvocationUntil == next.InvocationUntil {
+			return again, nil
+		}
+	}
+	if err != nil {
+		return Removal{}, fmt.Errorf("renewing the removal token's stamp of %s: %w", cur.Invocation, err)
+	}
+	return next, nil
+}
+
 func (s *Store) removalHistory(hist []RemovalEvent, e RemovalEvent) []RemovalEvent {
 	e.Actor = s.Actor
 	if len(hist) >= HistoryLimit {
@@ -221,6 +272,9 @@ func (s *Store) writeRemoval(ctx context.Context, cur, next Removal, removes []s
 	item, err := attributevalue.MarshalMap(next)
 	if err != nil {
 		return fmt.Errorf("encoding the removal token: %w", err)
+	}
+	if !next.Stopped {
+		removes = append(slices.Clone(removes), "stopped")
 	}
 	delete(item, "cluster")
 	delete(item, "slot")
@@ -269,4 +323,68 @@ func (s *Store) writeRemoval(ctx context.Context, cur, next Removal, removes []s
 		return ErrFenced
 	}
 	return err
+}
+
+// A removal's start is recorded on the slot's lease item, so that the bound of its
+// removal gate (the wait for the removal token and for removal safety) counts from
+// the first delivery of its lifecycle event and survives redeliveries: a delivery
+// that dies or fails does not give the next one a fresh bound. Two attributes, part
+// of the public contract, hold it:
+//
+//	removal_started_at     RFC 3339 time the removal first asked for the token
+//	removal_lease_version  the lease version (holder's claim) that removal is of
+//
+// They are written once per claim (a later claim's removal writes them anew) and are
+// ignored unless removal_lease_version is the lease's current version.
+
+// RemovalStarted returns when the removal of l (its holder leaving the slot at its
+// version) started: the time recorded on the lease item for this version, or now,
+// recorded if none is. The record is a conditional write on the holder and version;
+// a lease that has moved on records nothing and returns now (the removal's later
+// fenced writes find out).
+func (s *Store) RemovalStarted(ctx context.Context, l Lease) (time.Time, error) {
+	now := s.Now().UTC()
+	names := map[string]string{"#at": "removal_started_at", "#rv": "removal_lease_version", "#v": "version", "#h": "holder"}
+	values := map[string]types.AttributeValue{":at": str(now.Format(time.RFC3339Nano)), ":v": num(l.Version), ":h": str(l.Holder)}
+	update := "SET #at = :at, #rv = :v"
+	cond := "#v = :v AND #h = :h AND (attribute_not_exists(#rv) OR #rv <> :v)"
+	if s.Writes != nil {
+		s.Writes()
+	}
+	_, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: &s.table, Key: s.key(l.Slot), UpdateExpression: &update, ConditionExpression: &cond,
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+	})
+	if err == nil {
+		return now, nil
+	}
+	if !awsapi.IsConditionFailed(err) {
+		return time.Time{}, fmt.Errorf("recording the start of the removal of slot %d (%s): %w", l.Slot, l.Holder, err)
+	}
+	// Recorded already (an earlier delivery, or this very write whose response was
+	// lost), or the lease moved on.
+	out, err := s.db.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: &s.table, Key: s.key(l.Slot), ConsistentRead: aws.Bool(true),
+		ProjectionExpression: aws.String("#at, #rv, #v, #h"), ExpressionAttributeNames: names,
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading the start of the removal of slot %d (%s): %w", l.Slot, l.Holder, err)
+	}
+	var rec struct {
+		At      string `dynamodbav:"removal_started_at"`
+		Of      int64  `dynamodbav:"removal_lease_version"`
+		Version int64  `dynamodbav:"version"`
+		Holder  string `dynamodbav:"holder"`
+	}
+	if err := attributevalue.UnmarshalMap(out.Item, &rec); err != nil {
+		return time.Time{}, fmt.Errorf("decoding the start of the removal of slot %d: %w", l.Slot, err)
+	}
+	if rec.Holder != l.Holder || rec.Version != l.Version || rec.Of != l.Version {
+		return now, nil
+	}
+	at, err := time.Parse(time.RFC3339Nano, rec.At)
+	if err != nil || at.After(now) {
+		return now, nil
+	}
+	return at, nil
 }

@@ -154,6 +154,90 @@ func TestRemovalToken(t *testing.T) {
 		}
 	})
 
+	t.Run("stopped: recorded once, kept by a re-stamp, cleared for the next removal", func(t *testing.T) {
+		st := s.store("token-stopped")
+		a := remover(1, "i-a", "inv-a")
+		taken, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		marked, err := st.MarkRemovalStopped(t.Context(), taken, "broker stopped")
+		h.ClearFaults()
+		if err != nil || !marked.Stopped {
+			t.Fatalf("mark with a lost response: %+v, %v", marked, err)
+		}
+		if r := getRemoval(t, st); !r.Stopped || !r.HeldBy(a) || r.History[len(r.History)-1].Event != "stopped" {
+			t.Fatalf("token %+v: want held and stopped, with the event in its history", r)
+		}
+		a2 := a
+		a2.Invocation = "inv-a2"
+		if again, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a2, "redelivered"); err != nil || !again.Stopped {
+			t.Fatalf("a re-stamp of the same removal lost its stopped mark: %+v, %v", again, err)
+		}
+		b := remover(2, "i-b", "inv-b")
+		if next, err := st.TakeRemoval(t.Context(), getRemoval(t, st), b, "taken over"); err != nil || next.Stopped {
+			t.Fatalf("the next removal took the token stopped: %+v, %v", next, err)
+		}
+		if r := getRemoval(t, st); r.Stopped || !r.HeldBy(b) {
+			t.Fatalf("stored %+v: want held by the next removal, not stopped", r)
+		}
+		_, err = st.MarkRemovalStopped(t.Context(), taken, "stale")
+		fenced(t, "marking from a stale view", err)
+	})
+
+	t.Run("a renewal moves the stamp on", func(t *testing.T) {
+		st := s.store("token-renew")
+		a := remover(1, "i-a", "inv-a")
+		a.Until = time.Now().Add(time.Second)
+		taken, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		renewed, err := st.RenewRemoval(t.Context(), taken, time.Now().Add(time.Hour))
+		h.ClearFaults()
+		if err != nil {
+			t.Fatalf("renew with a lost response: %v", err)
+		}
+		r := getRemoval(t, st)
+		if !r.HeldBy(a) || !r.InvocationAlive(time.Now().Add(time.Minute)) || r.Version != renewed.Version || len(r.History) != 1 {
+			t.Fatalf("token %+v: want the stamp moved on by an hour, no history entry", r)
+		}
+		_, err = st.RenewRemoval(t.Context(), taken, time.Now().Add(time.Hour))
+		fenced(t, "renewing from a stale view", err)
+	})
+
+	t.Run("a removal's start is recorded once per claim", func(t *testing.T) {
+		st := s.store("removal-start")
+		l := bind(t, st, claim(t, st, 1, "i-a"))
+		clock := time.Date(2026, 11, 21, 20, 0, 0, 0, time.UTC)
+		st.Now = func() time.Time { return clock }
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		first, err := st.RemovalStarted(t.Context(), l)
+		h.ClearFaults()
+		if err != nil || !first.Equal(clock) {
+			t.Fatalf("first start (response lost): %s, %v; want %s", first, err, clock)
+		}
+		clock = clock.Add(3 * time.Minute)
+		again, err := st.RemovalStarted(t.Context(), l)
+		if err != nil || !again.Equal(first) {
+			t.Fatalf("a redelivery's start: %s, %v; want the first one's, %s", again, err, first)
+		}
+		// The slot moves on: the next holder's removal starts afresh.
+		if _, err := st.Release(t.Context(), l, "released"); err != nil {
+			t.Fatal(err)
+		}
+		next := bind(t, st, claim(t, st, 1, "i-b"))
+		if moved, err := st.RemovalStarted(t.Context(), l); err != nil || !moved.Equal(clock) {
+			t.Errorf("the start of a removal whose lease moved on: %s, %v; want now (%s), nothing recorded", moved, err, clock)
+		}
+		clock = clock.Add(time.Minute)
+		if fresh, err := st.RemovalStarted(t.Context(), next); err != nil || !fresh.Equal(clock) {
+			t.Errorf("the next holder's removal started at %s, %v; want %s", fresh, err, clock)
+		}
+	})
+
 	t.Run("the token is not a slot lease", func(t *testing.T) {
 		st := s.store("token-list")
 		claim(t, st, 0, "i-a")

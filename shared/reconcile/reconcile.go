@@ -127,8 +127,9 @@ type Failure struct {
 	Error  string `json:"error"`
 }
 
-// IdentityProblem is a slot whose recorded volume or ENI is gone, or tagged for
-// another cluster or slot.
+// IdentityProblem is a slot whose recorded volume or ENI is gone, not a well-formed
+// id, tagged for another cluster or slot, or can never be attached to the slot's
+// instances.
 type IdentityProblem struct {
 	Slot int    `json:"slot"`
 	Kind string `json:"kind"` // volume | eni
@@ -465,12 +466,25 @@ func stateName(s string) string {
 	return s
 }
 
+// found is a volume or ENI as the orphan report sees it.
+type found struct {
+	kind, id string
+	tags     []types.Tag
+	place    string    // a volume's AZ, an ENI's subnet
+	state    string    // EC2's state (volume) or status (ENI)
+	created  time.Time // a volume's creation time; zero for an ENI (EC2 does not say)
+}
+
 // findOrphans reports, and never deletes, every volume and ENI tagged with the cluster
 // that no lease records: a slot tag outside 0..SlotCount-1, or a resource of a slot
 // whose lease records another (or none). A resource a lease records is never an
-// orphan, whatever its tags say. It also checks every recorded resource: one that is
-// gone, or whose tags name another cluster or slot, is an identity problem, logged as
-// an ALERT (the launch of that slot abandons until an operator acts).
+// orphan, whatever its tags say; nor is one of a slot whose claim, younger than
+// SLOTKEEPER_CLAIM_TTL, has not recorded that kind yet (its launch is creating it, or
+// crashed between the create and the record and will take it on its retry). It also
+// checks every recorded resource: one that is gone, not a well-formed id, tagged for
+// another cluster or slot, or that can never be attached to the slot's instances
+// (another AZ or subnet, a volume in the error state) is an identity problem, logged
+// as an ALERT (the launch of that slot abandons until an operator acts).
 func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 	return func(ctx context.Context) error {
 		byslot := map[int]lease.Lease{}
@@ -478,19 +492,48 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 		for _, l := range leases {
 			byslot[l.Slot] = l
 			for _, kind := range []string{lease.KindVolume, lease.KindENI} {
-				if id := l.Recorded(kind); id != "" {
+				id := l.Recorded(kind)
+				switch {
+				case id == "":
+				case !resources.WellFormed(kind, id):
+					r.identity(ctx, l.Slot, kind, id, fmt.Sprintf("slot %d records %s %q, which is not a well-formed id; "+
+						"record the right one, or 'slotctl reset %d' forgets it", l.Slot, kind, id, l.Slot))
+				default:
 					recorded[kind][id] = l.Slot
 				}
 			}
 		}
+		var azs map[string]string // subnet -> AZ, learnt when a recorded volume is seen
+		slotAZ := func(s int) string {
+			if azs == nil {
+				var err error
+				if azs, err = r.res.SubnetAZs(ctx, r.cfg.Subnets); err != nil {
+					r.o.Log.WarnContext(ctx, "cannot check recorded volumes' AZ", obs.KeyErr, err.Error())
+					azs = map[string]string{}
+				}
+			}
+			return azs[r.cfg.SubnetOf(s)]
+		}
 		seen := map[string]bool{}
-		judge := func(kind, id string, tags []types.Tag) {
-			slotTag := tag(tags, resources.TagSlot)
+		judge := func(f found) {
+			kind, id := f.kind, f.id
+			slotTag := tag(f.tags, resources.TagSlot)
 			if s, ok := recorded[kind][id]; ok {
 				seen[id] = true
-				if cluster := tag(tags, resources.TagCluster); cluster != r.cfg.Cluster || slotTag != strconv.Itoa(s) {
+				cluster := tag(f.tags, resources.TagCluster)
+				switch {
+				case cluster != r.cfg.Cluster || slotTag != strconv.Itoa(s):
 					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records %s %s, whose tags say %s=%q %s=%q: launches of the slot are refused until it is tagged again",
 						s, kind, id, resources.TagCluster, cluster, resources.TagSlot, slotTag))
+				case kind == lease.KindENI && f.place != r.cfg.SubnetOf(s):
+					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records eni %s, which is in subnet %s, not the slot's subnet %s: it can never be attached; "+
+						"'slotctl reset %d' forgets it", s, id, f.place, r.cfg.SubnetOf(s), s))
+				case kind == lease.KindVolume && f.state == string(types.VolumeStateError):
+					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records volume %s, which is in the error state: it can never be attached; "+
+						"'slotctl reset %d' forgets it", s, id, s))
+				case kind == lease.KindVolume && slotAZ(s) != "" && f.place != slotAZ(s):
+					r.identity(ctx, s, kind, id, fmt.Sprintf("slot %d records volume %s, which is in %s, not the slot's AZ %s: it can never be attached; "+
+						"'slotctl reset %d' forgets it", s, id, f.place, slotAZ(s), s))
 				}
 				return
 			}
@@ -501,11 +544,22 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 				why = fmt.Sprintf("slot tag %q is not a slot of this cluster (0..%d)", slotTag, r.cfg.SlotCount-1)
 			case byslot[n].Recorded(kind) != "":
 				why = fmt.Sprintf("slot %d uses %s %s", n, kind, byslot[n].Recorded(kind))
+			case r.inFlight(byslot[n], f.created):
+				r.o.Log.InfoContext(ctx, "unrecorded "+kind+" of a slot being claimed: its launch records it (not an orphan yet)",
+					"id", id, obs.KeySlot, n, obs.KeyInstance, byslot[n].Holder)
+				return
 			default:
 				why = fmt.Sprintf("slot %d records no %s", n, kind)
 			}
 			r.rep.Orphans = append(r.rep.Orphans, Orphan{Kind: kind, ID: id, Slot: slotTag, Why: why})
 			r.o.Log.WarnContext(ctx, "orphaned "+kind+" (reported, never deleted)", "id", id, obs.KeyReason, why)
+		}
+		volume := func(v types.Volume) found {
+			return found{kind: lease.KindVolume, id: aws.ToString(v.VolumeId), tags: v.Tags, place: aws.ToString(v.AvailabilityZone),
+				state: string(v.State), created: aws.ToTime(v.CreateTime)}
+		}
+		eni := func(n types.NetworkInterface) found {
+			return found{kind: lease.KindENI, id: aws.ToString(n.NetworkInterfaceId), tags: n.TagSet, place: aws.ToString(n.SubnetId), state: string(n.Status)}
 		}
 		filter := []types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{r.cfg.Cluster}}}
 		vols := ec2.NewDescribeVolumesPaginator(r.ec2, &ec2.DescribeVolumesInput{Filters: filter})
@@ -515,7 +569,7 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 				return fmt.Errorf("listing the cluster's volumes: %w", err)
 			}
 			for _, v := range page.Volumes {
-				judge(lease.KindVolume, aws.ToString(v.VolumeId), v.Tags)
+				judge(volume(v))
 			}
 		}
 		enis := ec2.NewDescribeNetworkInterfacesPaginator(r.ec2, &ec2.DescribeNetworkInterfacesInput{Filters: filter})
@@ -525,11 +579,11 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 				return fmt.Errorf("listing the cluster's ENIs: %w", err)
 			}
 			for _, n := range page.NetworkInterfaces {
-				judge(lease.KindENI, aws.ToString(n.NetworkInterfaceId), n.TagSet)
+				judge(eni(n))
 			}
 		}
 		// Recorded resources the listing did not show have lost the cluster tag, or are gone.
-		if err := r.unlisted(ctx, recorded, seen, judge); err != nil {
+		if err := r.unlisted(ctx, recorded, seen, judge, volume, eni); err != nil {
 			return err
 		}
 		kinds := map[string]int{lease.KindVolume: 0, lease.KindENI: 0}
@@ -544,9 +598,25 @@ func (r *run) findOrphans(leases []lease.Lease) func(context.Context) error {
 	}
 }
 
+// inFlight reports whether l is a claim younger than SLOTKEEPER_CLAIM_TTL that a
+// resource created at created (zero: unknown) may belong to: its launch records what it
+// creates right after creating it, and takes on its retry what a crash left unrecorded.
+func (r *run) inFlight(l lease.Lease, created time.Time) bool {
+	if l.State != lease.Claimed {
+		return false
+	}
+	claimed, err := time.Parse(time.RFC3339Nano, l.ClaimedAt)
+	if err != nil || r.Now().Sub(claimed) >= r.cfg.ClaimTTL {
+		return false
+	}
+	// A resource made before the claim is not the claim's (a minute of clock skew allowed).
+	return created.IsZero() || !created.Before(claimed.Add(-time.Minute))
+}
+
 // unlisted describes, by id, the recorded resources the cluster's tag listing did not
 // show: one found is judged (its tags disagree); one not found is gone.
-func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, seen map[string]bool, judge func(kind, id string, tags []types.Tag)) error {
+func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, seen map[string]bool, judge func(found),
+	volume func(types.Volume) found, eni func(types.NetworkInterface) found) error {
 	for _, kind := range []string{lease.KindVolume, lease.KindENI} {
 		var ids []string
 		for id := range recorded[kind] {
@@ -566,7 +636,7 @@ func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, 
 					return fmt.Errorf("describing recorded volumes %v: %w", chunk, err)
 				}
 				for _, v := range out.Volumes {
-					judge(kind, aws.ToString(v.VolumeId), v.Tags)
+					judge(volume(v))
 				}
 			} else {
 				out, err := r.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []types.Filter{{Name: aws.String("network-interface-id"), Values: chunk}}})
@@ -574,7 +644,7 @@ func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, 
 					return fmt.Errorf("describing recorded ENIs %v: %w", chunk, err)
 				}
 				for _, n := range out.NetworkInterfaces {
-					judge(kind, aws.ToString(n.NetworkInterfaceId), n.TagSet)
+					judge(eni(n))
 				}
 			}
 		}
@@ -588,7 +658,8 @@ func (r *run) unlisted(ctx context.Context, recorded map[string]map[string]int, 
 	return nil
 }
 
-// identity reports a slot whose recorded resource is gone or tagged for another slot.
+// identity reports a slot whose recorded resource is gone, malformed, tagged for
+// another slot or unusable.
 func (r *run) identity(ctx context.Context, s int, kind, id, why string) {
 	r.rep.Identity = append(r.rep.Identity, IdentityProblem{Slot: s, Kind: kind, ID: id, Why: why})
 	r.o.Log.ErrorContext(ctx, "ALERT: slot identity problem (launches of the slot abandon until an operator acts)",

@@ -108,7 +108,7 @@ func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, devi
 		if err != nil && !m.volumeOn(ctx, v.ID, instance) {
 			return v, fmt.Errorf("attaching volume %s to %s at %s: %w", v.ID, instance, device, permanentIf(err))
 		}
-		m.Log.InfoContext(ctx, "attached slot volume", "volume", v.ID, "instance", instance, "device", device)
+		m.Log.InfoContext(ctx, "attached slot volume", "volume", v.ID, "to", instance, "device", device)
 	}
 	return m.waitVolume(ctx, v.ID, "attached to "+instance, func(v Volume) bool {
 		return v.AttachedTo == instance && v.AttachmentState == "attached"
@@ -144,7 +144,7 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 		if err != nil && !m.eniOn(ctx, e.ID, instance) {
 			return e, fmt.Errorf("attaching ENI %s to %s at device index %d: %w", e.ID, instance, ENIDeviceIndex, permanentIf(err))
 		}
-		m.Log.InfoContext(ctx, "attached slot ENI", "eni", e.ID, "instance", instance, "ip", e.IP)
+		m.Log.InfoContext(ctx, "attached slot ENI", "eni", e.ID, "to", instance, "ip", e.IP)
 	}
 	return m.waitENI(ctx, e.ID, "attached to "+instance, func(e ENI) bool {
 		return e.AttachedTo == instance && e.AttachmentStatus == "attached"
@@ -286,7 +286,7 @@ func (m *Manager) detachEscalating(ctx context.Context, what, instance, st strin
 	ignorable := func(err error) bool { return err == nil || awsapi.IsIncorrectState(err) || awsapi.IsNotFound(err) }
 	forced := mode == Force && slot.Halted(st)
 	if forced {
-		m.Log.InfoContext(ctx, "forcing the detach: nothing can run on the instance", "resource", what, "instance", instance, "state", orGoneState(st))
+		m.Log.InfoContext(ctx, "forcing the detach: nothing can run on the instance", "resource", what, "from", instance, "state", orGoneState(st))
 	}
 	if err := detach(ctx, forced); !ignorable(err) {
 		return err
@@ -309,11 +309,11 @@ func (m *Manager) detachEscalating(ctx context.Context, what, instance, st strin
 			}
 			switch waited := time.Since(start); {
 			case slot.Halted(st):
-				m.Log.WarnContext(ctx, "plain detach not done and the instance is halted: forcing it", "resource", what, "instance", instance, "state", orGoneState(st))
+				m.Log.WarnContext(ctx, "plain detach not done and the instance is halted: forcing it", "resource", what, "from", instance, "state", orGoneState(st))
 				forced = true
 			case m.Detach.ForceAfter > 0 && waited >= m.Detach.ForceAfter:
 				m.Log.ErrorContext(ctx, "plain detach not done past the bound: forcing it although the instance may still run", "resource", what,
-					"instance", instance, "state", st, "waited", waited.Round(time.Millisecond).String())
+					"from", instance, "state", st, "waited", waited.Round(time.Millisecond).String())
 				if m.Detach.Forced != nil {
 					m.Detach.Forced(ctx, what, instance, st, waited)
 				}
@@ -354,6 +354,9 @@ func (m *Manager) waitVolume(ctx context.Context, id, what string, ok func(Volum
 	var v Volume
 	err := m.wait(ctx, "volume "+id+" "+what, func(ctx context.Context) (bool, error) {
 		out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+		if awsapi.IsNotFound(err) {
+			return false, nil // EC2 is eventually consistent: a volume just created may not show yet
+		}
 		if err != nil {
 			return false, fmt.Errorf("describing volume %s: %w", id, err)
 		}
@@ -370,6 +373,9 @@ func (m *Manager) waitENI(ctx context.Context, id, what string, ok func(ENI) boo
 	var e ENI
 	err := m.wait(ctx, "ENI "+id+" "+what, func(ctx context.Context) (bool, error) {
 		out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+		if awsapi.IsNotFound(err) {
+			return false, nil // EC2 is eventually consistent: an ENI just created may not show yet
+		}
 		if err != nil {
 			return false, fmt.Errorf("describing ENI %s: %w", id, err)
 		}

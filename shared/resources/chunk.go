@@ -84,3 +84,24 @@ func EachVolume(ctx context.Context, api awsapi.EC2, ids []string, fn func(types
 	}
 	return nil
 }
+
+// EachNetworkInterface calls fn for every network interface of ids that EC2 knows, in
+// requests of at most MaxFilterValues ids (a network-interface-id filter, read page by
+// page).
+func EachNetworkInterface(ctx context.Context, api awsapi.EC2, ids []string, fn func(types.NetworkInterface)) error {
+	for _, chunk := range Chunks(unique(ids), MaxFilterValues) {
+		p := ec2.NewDescribeNetworkInterfacesPaginator(api, &ec2.DescribeNetworkInterfacesInput{
+			Filters: []types.Filter{{Name: aws.String("network-interface-id"), Values: chunk}},
+		})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return fmt.Errorf("describing %d network interfaces (%s … %s): %w", len(chunk), chunk[0], chunk[len(chunk)-1], err)
+			}
+			for _, n := range page.NetworkInterfaces {
+				fn(n)
+			}
+		}
+	}
+	return nil
+}

@@ -11,9 +11,13 @@
 // cluster or slot (ErrIdentity). A recorded resource that is gone is ErrMissing: the
 // slot is not given a new one (an operator does that, with slotctl reset).
 //
-// A volume slotkeeper creates carries TagNeverFormatted until the broker's user data
-// has made its filesystem; only such a volume may be formatted, and only such a volume
-// may be taken by its tags on a slot's first use.
+// A volume slotkeeper creates carries TagNeverFormatted, whose value is the lease
+// version of the claim it is meant for, until the broker's user data has made its
+// filesystem. The user data formats a device only while that value is its own claim's
+// version; EnsureVolume re-stamps the mark for a new claim only when the lease proves
+// the slot was never bound since the volume was recorded, and removes it otherwise (a
+// broker may have used the volume). Only such a marked volume, created blank and never
+// attached, may be taken by its tags on a slot's first use.
 //
 // Nothing here deletes a volume or a network interface: a broker's data outlives every
 // instance and every mistake.
@@ -27,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +44,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
+	"github.com/slotkeeper/slotkeeper/shared/slot"
 )
 
 // Tag keys (public contract).
@@ -47,9 +53,12 @@ const (
 	TagSlot    = "slotkeeper:slot"
 	TagNodeID  = "slotkeeper:node-id"
 	TagLease   = "slotkeeper:lease"
-	// TagNeverFormatted marks a data volume slotkeeper created blank: set at
-	// CreateVolume, removed by the broker's user data once the volume has a
-	// filesystem. The user data formats a device only while its volume has it.
+	// TagNeverFormatted marks a data volume slotkeeper created blank; its value is
+	// the lease version (slotkeeper:lease) of the claim the volume is meant for. Set
+	// at CreateVolume, re-stamped or removed by launch for a later claim (see
+	// EnsureVolume), removed by the broker's user data once the volume has a
+	// filesystem. The user data formats a device only while its volume's mark is its
+	// own claim's version.
 	TagNeverFormatted = "slotkeeper:never-formatted"
 	// TagRefused is set on an instance whose user data refused to start Kafka; its
 	// value says why (slotctl status shows it).
@@ -102,6 +111,7 @@ type Volume struct {
 	AttachedTo      string
 	AttachmentState string
 	Device          string
+	SnapshotID      string // "" for a volume created blank
 	Tags            map[string]string
 }
 
@@ -127,34 +137,76 @@ func (m *Manager) clientToken(kind string, s int, version int64) string {
 	return "slotkeeper-" + hex.EncodeToString(sum[:])[:40]
 }
 
-// Identity errors: the lease records a resource that is gone, or whose tags say it is
-// not the slot's. Both are permanent (a retry finds the same) and call for an operator:
-// the launch abandons with an ALERT instead of giving the slot a new, blank identity.
+// Identity errors: the lease records a resource that is gone, whose tags say it is not
+// the slot's, or that can never be attached to the slot's instances. All are permanent
+// (a retry finds the same) and call for an operator: the launch abandons with an ALERT
+// instead of giving the slot a new, blank identity.
 var (
-	// ErrMissing: the lease records a volume or ENI that EC2 no longer knows.
+	// ErrMissing: the lease records a volume or ENI that EC2 does not know (gone, or
+	// an id that is not one).
 	ErrMissing = fmt.Errorf("%w: the slot's recorded resource is gone", ErrPermanent)
 	// ErrIdentity: the recorded resource's tags do not name this cluster and slot.
 	ErrIdentity = fmt.Errorf("%w: the slot's recorded resource is tagged for another slot", ErrPermanent)
+	// ErrUnusable: the recorded resource exists but can never be attached to the
+	// slot's instances (another AZ or subnet, a volume in the error state).
+	ErrUnusable = fmt.Errorf("%w: the slot's recorded resource cannot be attached to the slot's instances", ErrPermanent)
 )
 
-// IdentityError is an ErrMissing or ErrIdentity about one recorded resource.
+// Identity problems (IdentityError.Problem; the IdentityAlerts metric's Problem).
+const (
+	ProblemMissing   = "missing"   // EC2 does not know the recorded id
+	ProblemMalformed = "malformed" // the recorded id is not an id of its kind
+	ProblemTags      = "tags"      // its tags name another cluster or slot
+	ProblemUnusable  = "unusable"  // it exists but can never be attached to the slot's instances
+)
+
+// IdentityError is an identity problem of one recorded resource.
 type IdentityError struct {
-	Kind string // lease.KindVolume or lease.KindENI
-	ID   string
-	Slot int
-	// Missing: the resource is gone (ErrMissing); else its tags disagree (ErrIdentity).
-	Missing bool
+	Kind    string // lease.KindVolume or lease.KindENI
+	ID      string
+	Slot    int
+	Problem string // ProblemMissing, ProblemMalformed, ProblemTags or ProblemUnusable
 	Msg     string
 }
 
 func (e *IdentityError) Error() string { return e.Msg }
 
-// Unwrap returns ErrMissing or ErrIdentity (both wrap ErrPermanent).
+// Unwrap returns ErrMissing, ErrIdentity or ErrUnusable (each wraps ErrPermanent).
 func (e *IdentityError) Unwrap() error {
-	if e.Missing {
+	switch e.Problem {
+	case ProblemMissing, ProblemMalformed:
 		return ErrMissing
+	case ProblemUnusable:
+		return ErrUnusable
 	}
 	return ErrIdentity
+}
+
+// idPattern is the form of EC2's volume and network interface ids: the prefix, then 8
+// or 17 hexadecimal digits.
+var idPattern = map[string]*regexp.Regexp{
+	lease.KindVolume: regexp.MustCompile(`^vol-([0-9a-f]{8}|[0-9a-f]{17})$`),
+	lease.KindENI:    regexp.MustCompile(`^eni-([0-9a-f]{8}|[0-9a-f]{17})$`),
+}
+
+// WellFormed reports whether id has the form of an EC2 id of kind. An id typed by hand
+// into a lease (adoption) may not; EC2 then rejects every call naming it.
+func WellFormed(kind, id string) bool { return idPattern[kind].MatchString(id) }
+
+// malformed is the identity problem of a recorded id that is not an id of its kind.
+func malformed(kind, id string, s int) *IdentityError {
+	return &IdentityError{Kind: kind, ID: id, Slot: s, Problem: ProblemMalformed, Msg: fmt.Sprintf(
+		"slot %d's lease records %s %q, which is not a well-formed %s id: fix the lease (if the slot has a %s, record its id) "+
+			"or forget it with 'slotctl reset %d'", s, kindName(kind), id, kindName(kind), kindName(kind), s)}
+}
+
+// isMalformed reports whether err is EC2 rejecting an id as malformed.
+func isMalformed(err error) bool {
+	switch awsapi.Code(err) {
+	case "InvalidVolumeID.Malformed", "InvalidNetworkInterfaceID.Malformed":
+		return true
+	}
+	return false
 }
 
 // checkTags cross-checks a recorded resource's tags against the slot that records it.
@@ -163,7 +215,7 @@ func (m *Manager) checkTags(kind, id string, tags map[string]string, s int) erro
 	if cluster == m.Cluster && slot == strconv.Itoa(s) {
 		return nil
 	}
-	return &IdentityError{Kind: kind, ID: id, Slot: s, Msg: fmt.Sprintf("slot %d's lease records %s %s, but its tags say %s=%q %s=%q, "+
+	return &IdentityError{Kind: kind, ID: id, Slot: s, Problem: ProblemTags, Msg: fmt.Sprintf("slot %d's lease records %s %s, but its tags say %s=%q %s=%q, "+
 		"not %q and \"%d\": refusing to use it (if it is the slot's, tag it again; if not, find the slot's own)",
 		s, kindName(kind), id, TagCluster, cluster, TagSlot, slot, m.Cluster, s)}
 }
@@ -175,10 +227,14 @@ func kindName(kind string) string {
 	return kind
 }
 
-// VolumeByID describes one volume by id; nil when EC2 does not know it.
+// VolumeByID describes one volume by id; nil when EC2 does not know it (or rejects the
+// id as malformed: no such volume can exist).
 func (m *Manager) VolumeByID(ctx context.Context, id string) (*Volume, error) {
+	if !WellFormed(lease.KindVolume, id) {
+		return nil, nil
+	}
 	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
-	if awsapi.IsNotFound(err) {
+	if awsapi.IsNotFound(err) || isMalformed(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -191,10 +247,14 @@ func (m *Manager) VolumeByID(ctx context.Context, id string) (*Volume, error) {
 	return &v, nil
 }
 
-// ENIByID describes one network interface by id; nil when EC2 does not know it.
+// ENIByID describes one network interface by id; nil when EC2 does not know it (or
+// rejects the id as malformed).
 func (m *Manager) ENIByID(ctx context.Context, id string) (*ENI, error) {
+	if !WellFormed(lease.KindENI, id) {
+		return nil, nil
+	}
 	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
-	if awsapi.IsNotFound(err) {
+	if awsapi.IsNotFound(err) || isMalformed(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -208,18 +268,30 @@ func (m *Manager) ENIByID(ctx context.Context, id string) (*ENI, error) {
 }
 
 // RecordedVolume returns the volume l records, described by its id: nil when l records
-// none; ErrMissing when EC2 no longer knows it; ErrIdentity when its tags name another
-// cluster or slot. Tags are never used to find it.
+// none; an IdentityError when the id is malformed, EC2 does not know it
+// (ProblemMissing) or its tags name another cluster or slot. Tags are never used to
+// find it.
+//
+// EC2 is eventually consistent: a volume created moments ago may not be visible yet
+// (two deliveries of one event milliseconds apart). So while the id was recorded by
+// the current claim (l.VolumeClaim == l.Version), "not found" is waited out (see
+// visible) and, if it lasts, retried by redelivery: never ErrMissing.
 func (m *Manager) RecordedVolume(ctx context.Context, l lease.Lease) (*Volume, error) {
 	if l.VolumeID == "" {
 		return nil, nil
 	}
+	if !WellFormed(lease.KindVolume, l.VolumeID) {
+		return nil, malformed(lease.KindVolume, l.VolumeID, l.Slot)
+	}
 	v, err := m.VolumeByID(ctx, l.VolumeID)
+	if err == nil && v == nil && l.VolumeClaim == l.Version && l.Version > 0 {
+		v, err = visible(ctx, m, "volume "+l.VolumeID, func(ctx context.Context) (*Volume, error) { return m.VolumeByID(ctx, l.VolumeID) })
+	}
 	switch {
 	case err != nil:
 		return nil, err
 	case v == nil:
-		return nil, &IdentityError{Kind: lease.KindVolume, ID: l.VolumeID, Slot: l.Slot, Missing: true, Msg: fmt.Sprintf(
+		return nil, &IdentityError{Kind: lease.KindVolume, ID: l.VolumeID, Slot: l.Slot, Problem: ProblemMissing, Msg: fmt.Sprintf(
 			"slot %d's lease records volume %s, which no longer exists: slotkeeper never gives a slot that had a volume "+
 				"a new blank one by itself (an operator does, with 'slotctl reset %d')", l.Slot, l.VolumeID, l.Slot)}
 	}
@@ -234,12 +306,18 @@ func (m *Manager) RecordedENI(ctx context.Context, l lease.Lease) (*ENI, error) 
 	if l.ENIID == "" {
 		return nil, nil
 	}
+	if !WellFormed(lease.KindENI, l.ENIID) {
+		return nil, malformed(lease.KindENI, l.ENIID, l.Slot)
+	}
 	e, err := m.ENIByID(ctx, l.ENIID)
+	if err == nil && e == nil && l.ENIClaim == l.Version && l.Version > 0 {
+		e, err = visible(ctx, m, "ENI "+l.ENIID, func(ctx context.Context) (*ENI, error) { return m.ENIByID(ctx, l.ENIID) })
+	}
 	switch {
 	case err != nil:
 		return nil, err
 	case e == nil:
-		return nil, &IdentityError{Kind: lease.KindENI, ID: l.ENIID, Slot: l.Slot, Missing: true, Msg: fmt.Sprintf(
+		return nil, &IdentityError{Kind: lease.KindENI, ID: l.ENIID, Slot: l.Slot, Problem: ProblemMissing, Msg: fmt.Sprintf(
 			"slot %d's lease records ENI %s (%s), which no longer exists: slotkeeper never gives a slot a new address "+
 				"by itself (an operator does, with 'slotctl reset %d')", l.Slot, l.ENIID, l.IP, l.Slot)}
 	}
@@ -249,38 +327,109 @@ func (m *Manager) RecordedENI(ctx context.Context, l lease.Lease) (*ENI, error) 
 	return e, nil
 }
 
+// VisibleTimeout bounds, per invocation, the wait for a resource the current claim
+// created and recorded to become visible (EC2's eventual consistency lasts seconds).
+const VisibleTimeout = 15 * time.Second
+
+// visible polls describe until it finds the resource, for at most VisibleTimeout (or
+// Poll.Timeout if shorter). A resource still not found is not taken for gone (this
+// claim created it): the error is one a retry may fix, so the event is delivered again
+// and the hook's timeout bounds the whole; a later claim that finds it still missing
+// reports it (ErrMissing).
+func visible[T any](ctx context.Context, m *Manager, what string, describe func(context.Context) (*T, error)) (*T, error) {
+	var found *T
+	m.Log.InfoContext(ctx, "the slot's resource, recorded by this claim, is not visible yet; waiting for it", "resource", what)
+	short := *m
+	short.Poll.Timeout = min(m.Poll.Timeout, VisibleTimeout)
+	err := short.wait(ctx, what+", recorded by this claim, to be visible (EC2 is eventually consistent)", func(ctx context.Context) (bool, error) {
+		var err error
+		found, err = describe(ctx)
+		return found != nil, err
+	})
+	return found, err
+}
+
 // unrecordedENI finds, by its tags, an ENI created for slot s whose id the lease does
-// not record yet (creation and record are two calls: a crash may fall in between).
-// Should there be several, the lowest id is taken and the others are logged; the
-// reconciler reports them as orphans.
-func (m *Manager) unrecordedENI(ctx context.Context, s int) (*ENI, error) {
-	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: m.slotFilters(s)})
+// not record yet (creation and record are two calls: a crash may fall in between). It
+// takes only an ENI the slot can use: in the slot's subnet, and available (or attached
+// to an instance that is gone or on its way out); any other ENI with the slot's tags
+// (another subnet, attached to a live instance, as during a manual adoption) is left
+// alone, and the reconciler reports it. Should there be several, the lowest id is
+// taken and the others are logged.
+func (m *Manager) unrecordedENI(ctx context.Context, s int, subnet string) (*ENI, error) {
+	filters := append(m.slotFilters(s), types.Filter{Name: aws.String("subnet-id"), Values: []string{subnet}})
+	out, err := m.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: filters})
 	if err != nil {
 		return nil, fmt.Errorf("finding an unrecorded ENI of slot %d: %w", s, err)
 	}
-	enis := make([]ENI, 0, len(out.NetworkInterfaces))
+	var enis []ENI
 	for _, n := range out.NetworkInterfaces {
-		enis = append(enis, toENI(n))
+		e := toENI(n)
+		ok, err := m.free(ctx, e.Status == "available", e.AttachedTo)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			m.Log.WarnContext(ctx, "an ENI with the slot's tags is in use: not taking it", "slot", s, "eni", e.ID, "attached_to", e.AttachedTo)
+			continue
+		}
+		enis = append(enis, e)
 	}
 	return lowest(ctx, m, "ENI", s, enis, func(e ENI) string { return e.ID }), nil
 }
 
-// unrecordedVolume finds a volume slotkeeper created for slot s whose id the lease does
-// not record yet: tagged with the slot and still carrying TagNeverFormatted. A volume
-// that lost that mark has been formatted (it holds a broker's data) and is never taken
-// by its tags alone: a restored snapshot or a copy with the slot's tags must not
-// become the slot's volume.
-func (m *Manager) unrecordedVolume(ctx context.Context, s int) (*Volume, error) {
-	filters := append(m.slotFilters(s), types.Filter{Name: aws.String("tag-key"), Values: []string{TagNeverFormatted}})
+// unrecordedVolume finds a volume slotkeeper created for slot s whose id the lease l
+// does not record yet: tagged with the slot, in az, and still carrying
+// TagNeverFormatted with the version of one of the slot's claims up to l's; created
+// blank (not from a snapshot) and not in use (available, or attached to an instance
+// that is gone). A volume that lost that mark has been formatted (it holds a broker's
+// data) and is never taken by its tags alone: a restored snapshot or a copy with the
+// slot's tags must not become the slot's volume.
+func (m *Manager) unrecordedVolume(ctx context.Context, l lease.Lease, az string) (*Volume, error) {
+	s := l.Slot
+	filters := append(m.slotFilters(s),
+		types.Filter{Name: aws.String("tag-key"), Values: []string{TagNeverFormatted}},
+		types.Filter{Name: aws.String("availability-zone"), Values: []string{az}})
 	out, err := m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filters})
 	if err != nil {
 		return nil, fmt.Errorf("finding an unrecorded volume of slot %d: %w", s, err)
 	}
-	vols := make([]Volume, 0, len(out.Volumes))
-	for _, v := range out.Volumes {
-		vols = append(vols, toVolume(v))
+	var vols []Volume
+	for _, ov := range out.Volumes {
+		v := toVolume(ov)
+		claim, err := strconv.ParseInt(v.Tags[TagNeverFormatted], 10, 64)
+		if err != nil || claim < 1 || claim > l.Version || v.SnapshotID != "" {
+			m.Log.WarnContext(ctx, "a volume with the slot's tags was not made blank by one of the slot's claims: not taking it",
+				"slot", s, "volume", v.ID, "mark", v.Tags[TagNeverFormatted], "snapshot", v.SnapshotID)
+			continue
+		}
+		ok, err := m.free(ctx, v.State == "available" || v.State == "creating", v.AttachedTo)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			m.Log.WarnContext(ctx, "a never-formatted volume with the slot's tags is in use: not taking it", "slot", s, "volume", v.ID, "state", v.State, "attached_to", v.AttachedTo)
+			continue
+		}
+		vols = append(vols, v)
 	}
 	return lowest(ctx, m, "never-formatted volume", s, vols, func(v Volume) string { return v.ID }), nil
+}
+
+// free reports whether a resource found by its tags may be taken: it is available, or
+// attached to an instance that is shutting down, terminated or gone.
+func (m *Manager) free(ctx context.Context, available bool, attachedTo string) (bool, error) {
+	if available {
+		return true, nil
+	}
+	if attachedTo == "" {
+		return false, nil // attaching, detaching, deleting, error: not now
+	}
+	states, err := m.InstanceStates(ctx, []string{attachedTo})
+	if err != nil {
+		return false, err
+	}
+	return slot.Dead(states[attachedTo]), nil
 }
 
 // lowest returns the item with the lowest id, or nil when there is none, and warns
@@ -296,27 +445,61 @@ func lowest[T any](ctx context.Context, m *Manager, kind string, s int, items []
 	return &items[0]
 }
 
-// RecordENI records a slot's ENI in its lease (lease.Store.Record, fenced).
-type RecordENI func(ctx context.Context, id, ip string) error
+// Record records a slot's volume or ENI (ip: the ENI's) in its lease
+// (lease.Store.Record, fenced) and returns the lease as stored; on
+// lease.ErrRecordConflict, the lease as stored too (it records another id).
+type Record func(ctx context.Context, id, ip string) (lease.Lease, error)
 
-// RecordVolume records a slot's volume in its lease (lease.Store.Record, fenced).
-type RecordVolume func(ctx context.Context, id string) error
+// unusableENI returns the identity problem of a recorded ENI outside the slot's subnet
+// (it can never be attached to the slot's instances), or nil.
+func unusableENI(l lease.Lease, e *ENI, subnet string) error {
+	if e.SubnetID == subnet {
+		return nil
+	}
+	return &IdentityError{Kind: lease.KindENI, ID: e.ID, Slot: l.Slot, Problem: ProblemUnusable, Msg: fmt.Sprintf(
+		"slot %d's lease records ENI %s, which is in subnet %s (%s), not the slot's subnet %s: it can never be attached to "+
+			"the slot's instances (if the slot has an ENI in its subnet, record that one; else forget this one with 'slotctl reset %d')",
+		l.Slot, e.ID, e.SubnetID, e.AZ, subnet, l.Slot)}
+}
+
+// unusableVolume returns the identity problem of a recorded volume outside the slot's
+// AZ, or in the error state, or nil.
+func unusableVolume(l lease.Lease, v *Volume, az string) error {
+	var why string
+	switch {
+	case v.AZ != az:
+		why = fmt.Sprintf("is in %s, not the slot's AZ %s", v.AZ, az)
+	case v.State == "error":
+		why = "is in the error state"
+	default:
+		return nil
+	}
+	return &IdentityError{Kind: lease.KindVolume, ID: v.ID, Slot: l.Slot, Problem: ProblemUnusable, Msg: fmt.Sprintf(
+		"slot %d's lease records volume %s, which %s: it can never be attached to the slot's instances "+
+			"(if the slot's data is on another volume in %s, record that one; else forget this one with 'slotctl reset %d')",
+		l.Slot, v.ID, why, az, l.Slot)}
+}
 
 // EnsureENI returns the slot's ENI: the one l records (described by id, its tags
-// cross-checked); else, on the slot's first use, one created for it whose record a
-// crash interrupted (found by its tags); else a new one in subnet. A found or created
-// ENI is recorded (record) before it is returned, so from then on it is the slot's by
-// id. Its private IP is fixed for the ENI's life, which is the slot's life.
-func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, record RecordENI) (ENI, bool, error) {
+// cross-checked, and refused unless it is in subnet, the slot's); else, on the slot's
+// first use, one created for it whose record a crash interrupted (found by its tags,
+// in subnet and free); else a new one in subnet. A found or created ENI is recorded
+// (record) before it is returned, so from then on it is the slot's by id; should
+// another delivery have recorded another one meanwhile, that one is used. Its private
+// IP is fixed for the ENI's life, which is the slot's life.
+func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, record Record) (ENI, bool, error) {
 	s := l.Slot
 	if l.ENIID != "" {
 		e, err := m.RecordedENI(ctx, l)
 		if err != nil {
 			return ENI{}, false, err
 		}
+		if err := unusableENI(l, e, subnet); err != nil {
+			return ENI{}, false, err
+		}
 		return *e, false, nil
 	}
-	e, err := m.unrecordedENI(ctx, s)
+	e, err := m.unrecordedENI(ctx, s, subnet)
 	if err != nil {
 		return ENI{}, false, err
 	}
@@ -338,37 +521,59 @@ func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, r
 		e = &n
 		m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
 	}
-	if err := record(ctx, e.ID, e.IP); err != nil {
+	if cur, err := record(ctx, e.ID, e.IP); errors.Is(err, lease.ErrRecordConflict) && cur.ENIID != "" {
+		m.Log.InfoContext(ctx, "another delivery recorded the slot's ENI first: using it", "slot", s, "recorded", cur.ENIID, "found", e.ID)
+		return m.EnsureENI(ctx, cur, subnet, record)
+	} else if err != nil {
 		return ENI{}, false, err
 	}
 	return *e, created, nil
 }
 
 // EnsureVolume returns the slot's data volume: the one l records (described by id,
-// its tags cross-checked; ErrMissing if it is gone: never a silent new disk); else, on
-// the slot's first use, a never-formatted one created for it whose record a crash
-// interrupted; else a new one in az, tagged TagNeverFormatted. A found or created
-// volume is recorded (record) before the wait until it is available.
-func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, record RecordVolume) (Volume, bool, error) {
+// its tags cross-checked, refused unless it is in az, the slot's; ErrMissing if it is
+// gone: never a silent new disk); else, on the slot's first use, a never-formatted
+// one created for it whose record a crash interrupted (see unrecordedVolume); else a
+// new one in az, tagged TagNeverFormatted with l's version. A found or created volume
+// is recorded (record) before the wait until it is available; should another delivery
+// have recorded another one meanwhile, that one is used.
+//
+// A volume still marked TagNeverFormatted for an earlier claim is settled for this
+// one (settleMark) before it is returned: a tag call, only then.
+func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, record Record) (Volume, bool, error) {
 	s := l.Slot
 	if l.VolumeID != "" {
 		v, err := m.RecordedVolume(ctx, l)
 		if err != nil {
 			return Volume{}, false, err
 		}
-		return *v, false, nil
-	}
-	v, err := m.unrecordedVolume(ctx, s)
-	if err != nil {
-		return Volume{}, false, err
-	}
-	if v != nil {
-		if err := record(ctx, v.ID); err != nil {
+		if err := unusableVolume(l, v, az); err != nil {
+			return Volume{}, false, err
+		}
+		if err := m.settleMark(ctx, l, v); err != nil {
 			return Volume{}, false, err
 		}
 		return *v, false, nil
 	}
-	tags := append(slotTags(m.Cluster, s), types.Tag{Key: aws.String(TagNeverFormatted), Value: aws.String("true")})
+	v, err := m.unrecordedVolume(ctx, l, az)
+	if err != nil {
+		return Volume{}, false, err
+	}
+	if v != nil {
+		cur, err := record(ctx, v.ID, "")
+		if errors.Is(err, lease.ErrRecordConflict) && cur.VolumeID != "" {
+			m.Log.InfoContext(ctx, "another delivery recorded the slot's volume first: using it", "slot", s, "recorded", cur.VolumeID, "found", v.ID)
+			return m.EnsureVolume(ctx, cur, az, record)
+		}
+		if err != nil {
+			return Volume{}, false, err
+		}
+		if err := m.settleMark(ctx, cur, v); err != nil {
+			return Volume{}, false, err
+		}
+		return *v, false, nil
+	}
+	tags := append(slotTags(m.Cluster, s), types.Tag{Key: aws.String(TagNeverFormatted), Value: aws.String(strconv.FormatInt(l.Version, 10))})
 	in := &ec2.CreateVolumeInput{
 		AvailabilityZone: &az,
 		Size:             aws.Int32(m.Volume.SizeGiB),
@@ -394,11 +599,56 @@ func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, re
 	}
 	id := aws.ToString(out.VolumeId)
 	m.Log.InfoContext(ctx, "created slot volume", "slot", s, "volume", id, "az", az, "size_gib", m.Volume.SizeGiB)
-	if err := record(ctx, id); err != nil {
+	if cur, err := record(ctx, id, ""); errors.Is(err, lease.ErrRecordConflict) && cur.VolumeID != "" {
+		m.Log.InfoContext(ctx, "another delivery recorded the slot's volume first: using it; the one created here is an orphan",
+			"slot", s, "recorded", cur.VolumeID, "created", id)
+		return m.EnsureVolume(ctx, cur, az, record)
+	} else if err != nil {
 		return Volume{}, false, err
 	}
 	vol, err := m.waitVolume(ctx, id, "available", func(v Volume) bool { return v.State == "available" })
 	return vol, true, err
+}
+
+// settleMark makes the TagNeverFormatted mark of v, the volume lease l records, safe
+// for l's claim. The broker user data formats a blank device only when the mark is
+// its own claim's version, so a mark left from an earlier claim must not survive a
+// use of the volume: by an instance whose user data never cleared the mark (an older
+// bootstrap, or an operator's own), a broker's data may sit behind a damaged
+// superblock, and formatting it would destroy it.
+//
+// No mark, or the mark of l's claim: nothing to do (no call). A mark of an earlier
+// claim is re-stamped with l's version only if the lease proves the slot was never
+// bound since the claim that recorded the volume (lease.UnboundSince: no broker ever
+// used it); otherwise it is removed, and a blank device of the volume is then refused
+// rather than formatted.
+func (m *Manager) settleMark(ctx context.Context, l lease.Lease, v *Volume) error {
+	mark, ok := v.Tags[TagNeverFormatted]
+	want := strconv.FormatInt(l.Version, 10)
+	if !ok || mark == want {
+		return nil
+	}
+	if l.UnboundSince(l.VolumeClaim) {
+		_, err := m.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{v.ID},
+			Tags: []types.Tag{{Key: aws.String(TagNeverFormatted), Value: aws.String(want)}}})
+		if err != nil {
+			return fmt.Errorf("re-stamping the never-formatted mark of volume %s for claim %s: %w", v.ID, want, err)
+		}
+		v.Tags[TagNeverFormatted] = want
+		m.Log.InfoContext(ctx, "volume never used since it was recorded: its never-formatted mark now names this claim",
+			"slot", l.Slot, "volume", v.ID, "from", mark, "to", want)
+		return nil
+	}
+	_, err := m.EC2.DeleteTags(ctx, &ec2.DeleteTagsInput{Resources: []string{v.ID},
+		Tags: []types.Tag{{Key: aws.String(TagNeverFormatted)}}})
+	if err != nil && !awsapi.IsNotFound(err) {
+		return fmt.Errorf("removing the stale never-formatted mark of volume %s: %w", v.ID, err)
+	}
+	delete(v.Tags, TagNeverFormatted)
+	m.Log.WarnContext(ctx, "removed a never-formatted mark left by an earlier claim: the slot was bound since the volume was recorded, "+
+		"so a broker may have used it; the broker user data will never format it", "slot", l.Slot, "volume", v.ID, "mark", mark,
+		"recorded_by_claim", l.VolumeClaim)
+	return nil
 }
 
 // InstanceStates returns the EC2 state of each of ids that EC2 knows; unknown ids are
@@ -502,8 +752,8 @@ func toENI(n types.NetworkInterface) ENI {
 
 func toVolume(v types.Volume) Volume {
 	vol := Volume{
-		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone),
-		State: string(v.State), SizeGiB: aws.ToInt32(v.Size), Type: string(v.VolumeType), Tags: tagMap(v.Tags),
+		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State), Type: string(v.VolumeType),
+		SizeGiB: aws.ToInt32(v.Size), SnapshotID: aws.ToString(v.SnapshotId), Tags: tagMap(v.Tags),
 	}
 	for _, a := range v.Attachments {
 		if a.State == types.VolumeAttachmentStateDetached {

@@ -38,8 +38,9 @@ type Claimed struct {
 	Writes int
 	// Reason says why this slot was claimable.
 	Reason string
-	// Taken are, when no slot could be claimed, the AZ's leases that were not
-	// claimable, and States the EC2 states of their holders: the slots a launch may
+	// Taken are, when no slot could be claimed (none was claimable, or every write
+	// was lost to a concurrent claimer), the AZ's leases that are not claimable, as
+	// last read, and States the EC2 states of their holders: the slots a launch may
 	// wait for (see Leaving).
 	Taken  []lease.Lease
 	States map[string]string
@@ -74,13 +75,7 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
 		}
 		if len(d.Candidates) == 0 {
-			var taken []lease.Lease
-			for _, s := range azSlots {
-				if l, ok := leases[s]; ok {
-					taken = append(taken, l)
-				}
-			}
-			return Claimed{Writes: writes, Taken: taken, States: states}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
+			return Claimed{Writes: writes, Taken: taken(azSlots, leases, states), States: states}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
 		}
 		// Try the first candidate. When another claimer was faster, the rest of this
 		// read is stale too: read again rather than racing down a stale list.
@@ -100,7 +95,28 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		}
 		return Claimed{Lease: kept, Reused: kept.Slot != l.Slot, Writes: writes, Reason: why}, nil
 	}
-	return Claimed{Writes: writes}, fmt.Errorf("%w %s: lost to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
+	// Every round lost its write to a concurrent claimer. Say which slots are taken
+	// now, as above, so that a launch can still wait for one whose holder is leaving.
+	leases, states, err := c.read(ctx, instance)
+	if err != nil {
+		return Claimed{Writes: writes}, err
+	}
+	return Claimed{Writes: writes, Taken: taken(azSlots, leases, states), States: states},
+		fmt.Errorf("%w %s: lost to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
+}
+
+// taken returns the leases of azSlots that another instance may not claim now (given
+// the EC2 states of their holders), in slot order.
+func taken(azSlots []int, leases map[int]lease.Lease, states map[string]string) []lease.Lease {
+	var out []lease.Lease
+	for _, s := range azSlots {
+		if l, ok := leases[s]; ok {
+			if claimable, _ := Claimable(l, states[l.Holder]); !claimable {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
 }
 
 // read returns the cluster's leases by slot and the EC2 state of their holders.

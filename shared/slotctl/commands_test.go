@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/url"
 	"slices"
@@ -113,6 +114,44 @@ func TestCommandsAgainstMoto(t *testing.T) {
 	t.Run("history", func(t *testing.T) { testHistory(t, newFixture(t, h, "hi")) })
 	t.Run("preflight", func(t *testing.T) { testPreflight(t, newFixture(t, h, "pf")) })
 	t.Run("evict", func(t *testing.T) { testEvict(t, newFixture(t, h, "ev")) })
+	t.Run("roll refusals", func(t *testing.T) { testRollRefusals(t, newFixture(t, h, "rr")) })
+}
+
+// roll refuses, with nothing changed, what it cannot roll.
+func testRollRefusals(t *testing.T, f *fixture) {
+	asg := autoscaling.NewFromConfig(f.h.DirectConfig())
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		setup   func()
+		args    []string
+		wantErr string
+	}{
+		{name: "a free slot", args: []string{"--slots", "3", "--slot-count", "4"}, wantErr: "slot 3 is free: it has no broker to roll"},
+		{name: "holders outside the group", wantErr: "is not an instance of group rr-brokers: the group cannot replace it"},
+		{name: "no terminate hook", wantErr: "group rr-brokers has no terminate lifecycle hook", setup: func() {
+			if _, err := asg.DeleteLifecycleHook(ctx, &autoscaling.DeleteLifecycleHookInput{
+				AutoScalingGroupName: aws.String(f.st.Config.ASGName), LifecycleHookName: aws.String(demo.TerminateHook)}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.setup != nil {
+				tt.setup()
+			}
+			f.h.ResetCounts()
+			r := f.run(nil, append([]string{"roll", "--launched-before", "now", "--poll", "100ms", "--step-timeout", "20s", "--json"}, tt.args...)...)
+			doc := decode[map[string]any](t, r)
+			if r.code != slotctl.ExitRefused || !strings.Contains(fmt.Sprint(doc["error"]), tt.wantErr) || doc["hint"] == "" {
+				t.Errorf("exit %d, document %v; want exit %d and an error with %q", r.code, doc, slotctl.ExitRefused, tt.wantErr)
+			}
+			if m := f.h.MutatingCalls(); len(m) > 0 {
+				t.Errorf("a refused roll made mutating calls %v", m)
+			}
+		})
+	}
 }
 
 func testStatus(t *testing.T, f *fixture) {
@@ -308,7 +347,7 @@ func testPreflight(t *testing.T, f *fixture) {
 				return func() {
 					if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 						AutoScalingGroupName: aws.String(f.st.Config.ASGName), LifecycleHookName: aws.String(demo.TerminateHook),
-						LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(300)}); err != nil {
+						LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(900)}); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -389,7 +428,7 @@ func testEvict(t *testing.T, f *fixture) {
 			setup: func() {
 				if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 					AutoScalingGroupName: aws.String(f.st.Config.ASGName), LifecycleHookName: aws.String(demo.TerminateHook),
-					LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(300)}); err != nil {
+					LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"), HeartbeatTimeout: aws.Int32(900)}); err != nil {
 					t.Fatal(err)
 				}
 				l, err := f.store.Get(ctx, 2)

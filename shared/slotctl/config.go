@@ -88,19 +88,37 @@ func (e *Env) Clients(ctx context.Context) (*Clients, error) {
 
 // Close releases the Kafka client, if one was made.
 func (e *Env) Close() {
-	if e.clients != nil && e.clients.kafka != nil {
-		e.clients.kafka.Close()
+	if e.clients != nil {
+		e.clients.Close()
 	}
 }
 
-// Clients are the AWS clients slotctl uses, through the narrow awsapi interfaces, and
-// the Kafka client, made on first use.
+// EC2 is the part of the EC2 API slotctl uses: what the functions use, and what
+// adopt and roll need besides.
+type EC2 interface {
+	awsapi.EC2
+	ModifyInstanceAttribute(ctx context.Context, in *ec2.ModifyInstanceAttributeInput, opts ...func(*ec2.Options)) (*ec2.ModifyInstanceAttributeOutput, error)
+	ModifyNetworkInterfaceAttribute(ctx context.Context, in *ec2.ModifyNetworkInterfaceAttributeInput, opts ...func(*ec2.Options)) (*ec2.ModifyNetworkInterfaceAttributeOutput, error)
+	DescribeLaunchTemplates(ctx context.Context, in *ec2.DescribeLaunchTemplatesInput, opts ...func(*ec2.Options)) (*ec2.DescribeLaunchTemplatesOutput, error)
+}
+
+// AutoScaling is the part of the Auto Scaling API slotctl uses: what the functions
+// use, and the group's instance refreshes (preflight).
+type AutoScaling interface {
+	awsapi.AutoScaling
+	DescribeInstanceRefreshes(ctx context.Context, in *autoscaling.DescribeInstanceRefreshesInput, opts ...func(*autoscaling.Options)) (*autoscaling.DescribeInstanceRefreshesOutput, error)
+}
+
+// Clients are the AWS clients slotctl uses, through narrow interfaces, and the Kafka
+// client, made on first use.
 type Clients struct {
-	EC2         awsapi.EC2
-	AutoScaling awsapi.AutoScaling
+	EC2         EC2
+	AutoScaling AutoScaling
 	DynamoDB    awsapi.DynamoDB
 	Route53     awsapi.Route53
 	STS         awsapi.STS
+	// CloudWatch holds the slots' disk alarms (adopt points one at its holder).
+	CloudWatch awsapi.CloudWatch
 
 	// KafkaConfig is how Kafka is reached; its Bootstrap empty: no Kafka checks.
 	KafkaConfig config.KafkaConfig
@@ -118,6 +136,15 @@ func NewClients(cfg aws.Config) *Clients {
 		Route53:     route53.NewFromConfig(cfg),
 		Secrets:     secretsmanager.NewFromConfig(cfg),
 		STS:         sts.NewFromConfig(cfg),
+		CloudWatch:  awsapi.NewCloudWatch(cfg),
+	}
+}
+
+// Close releases the Kafka client, if one was made.
+func (c *Clients) Close() {
+	if c.kafka != nil {
+		c.kafka.Close()
+		c.kafka = nil
 	}
 }
 

@@ -27,7 +27,8 @@ evict refuses (exit code 4, nothing changed) unless the slot is bound, its holde
 InService in the group, and the group has a terminate hook; and it only shows what it
 would do unless --yes is given. When SLOTKEEPER_KAFKA_BOOTSTRAP is set it also says
 whether removal is safe right now (the terminate function waits if it is not).`,
-		Needs: []string{"CLUSTER", "ASG_NAME", "TABLE", "SLOT_COUNT"},
+		Examples: []string{"slotctl evict 2          # what would happen; nothing changes", "slotctl evict 2 --yes"},
+		Needs:    []string{"CLUSTER", "ASG_NAME", "TABLE", "SLOT_COUNT"},
 		Flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&yes, "yes", false, "really evict (without it, only show what would happen)")
 		},

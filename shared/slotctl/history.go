@@ -16,8 +16,9 @@ func historyCommand() Command {
 		Help: `Shows the slot's lease: state, version (the fencing token), holder; then its recent
 transitions (who moved it from which state to which, when, and why; the lease item keeps
 the last 50) and its disk growths (the last 20).`,
-		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
-		Run:   runHistory,
+		Examples: []string{"slotctl history 1", "slotctl history 1 --json"},
+		Needs:    []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
+		Run:      runHistory,
 	}
 }
 

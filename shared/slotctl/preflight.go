@@ -3,10 +3,12 @@ package slotctl
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -22,6 +24,7 @@ import (
 )
 
 func preflightCommand() Command {
+	var opt PreflightOptions
 	return Command{
 		Name:    "preflight",
 		Summary: "checks before going live",
@@ -29,16 +32,36 @@ func preflightCommand() Command {
   subnets          every slot subnet exists; AZs and slot count fit (one rack per AZ, even spread)
   lease table      exists, with key cluster (S) + slot (N)
   auto scaling     the group exists; its AZs are the slots' AZs; it cannot outgrow the slots
-  lifecycle hooks  the group has a launch and a terminate hook, with a heartbeat timeout
-                   longer than SLOTKEEPER_HEARTBEAT_INTERVAL
+  lifecycle hooks  the group has a launch and a terminate hook whose heartbeat timeout
+                   outlasts the launch and terminate functions (900 s) and two
+                   SLOTKEEPER_HEARTBEAT_INTERVALs
+  az rebalance     the AZRebalance process is suspended (it launches in one AZ before it
+                   terminates in another: slots cannot follow)
+  capacity rebalance  Capacity Rebalancing is off (it launches a Spot replacement before
+                   the old instance leaves)
+  warm pool        the group has none (a warm instance runs its user data with no slot)
+  instance refresh no active instance refresh, and not the group's instance maintenance
+                   policy, has MaxHealthyPercentage above 100 (launch before terminate)
+  health check grace  the group's grace period covers a broker's start (--broker-start)
   topics           every topic's replication factor is above its min.insync.replicas (else
                    one broker down blocks acks=all producers: NOT_ENOUGH_REPLICAS) and not
                    above the broker count (skipped without SLOTKEEPER_KAFKA_BOOTSTRAP)
   hosted zone      exists and holds SLOTKEEPER_DNS_NAME (skipped when DNS is not managed)
 
+Every failed check says why it matters and the exact fix: an AWS CLI command, or the
+template parameter that sets it.
+
 Exit code 1 when a check fails (warnings do not fail), 3 when a check could not be made.`,
+		Examples: []string{
+			"slotctl preflight",
+			"slotctl preflight --broker-start 15m --json",
+		},
 		Needs: []string{"CLUSTER", "ASG_NAME", "TABLE", "SLOT_COUNT", "SUBNETS"},
-		Run:   runPreflight,
+		Flags: func(fs *flag.FlagSet) {
+			fs.DurationVar(&opt.BrokerStart, "broker-start", DefaultBrokerStart,
+				"how long a new broker takes from InService to serving (install, mount, start, log recovery)")
+		},
+		Run: func(ctx context.Context, r *Run) error { return runPreflight(ctx, r, opt) },
 	}
 }
 
@@ -56,8 +79,22 @@ type Check struct {
 	Name   string `json:"name"`
 	Result string `json:"result"`
 	Detail string `json:"detail"`
-	Hint   string `json:"hint,omitempty"`
+	// Hint says why a result that is not ok matters.
+	Hint string `json:"hint,omitempty"`
+	// Fix is the exact remedy: an AWS CLI command or a template parameter.
+	Fix string `json:"fix,omitempty"`
 }
+
+// PreflightOptions tune the checks.
+type PreflightOptions struct {
+	// BrokerStart is how long a new broker takes from InService until it serves; the
+	// group's health check grace period must cover it. 0: DefaultBrokerStart.
+	BrokerStart time.Duration
+}
+
+// DefaultBrokerStart is the broker start the health check grace period is checked
+// against by default: the grace period of the template's broker fleet.
+const DefaultBrokerStart = 10 * time.Minute
 
 // PreflightReport is the result of every check.
 type PreflightReport struct {
@@ -68,10 +105,14 @@ type PreflightReport struct {
 }
 
 // Preflight runs every check against cfg's cluster.
-func Preflight(ctx context.Context, c *Clients, cfg config.Config) PreflightReport {
-	p := &preflight{c: c, cfg: cfg}
+func Preflight(ctx context.Context, c *Clients, cfg config.Config, opt PreflightOptions) PreflightReport {
+	if opt.BrokerStart <= 0 {
+		opt.BrokerStart = DefaultBrokerStart
+	}
+	p := &preflight{c: c, cfg: cfg, opt: opt}
 	rep := PreflightReport{Cluster: cfg.Cluster}
-	for _, check := range []func(context.Context) Check{p.subnets, p.table, p.group, p.hooks, p.topics, p.zone} {
+	for _, check := range []func(context.Context) Check{p.subnets, p.table, p.group, p.hooks,
+		p.azRebalance, p.capacityRebalance, p.warmPool, p.instanceRefresh, p.healthGrace, p.topics, p.zone} {
 		ch := check(ctx)
 		switch ch.Result {
 		case CheckFail:
@@ -84,14 +125,14 @@ func Preflight(ctx context.Context, c *Clients, cfg config.Config) PreflightRepo
 	return rep
 }
 
-func runPreflight(ctx context.Context, r *Run) error {
+func runPreflight(ctx context.Context, r *Run, opt PreflightOptions) error {
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
 	c, err := r.Env.Clients(ctx)
 	if err != nil {
 		return err
 	}
-	rep := Preflight(ctx, c, r.Env.Config)
+	rep := Preflight(ctx, c, r.Env.Config, opt)
 	out := r.Out
 	var rows [][]Cell
 	for _, ch := range rep.Checks {
@@ -102,6 +143,9 @@ func runPreflight(ctx context.Context, r *Run) error {
 	for _, ch := range rep.Checks {
 		if ch.Hint != "" && ch.Result != CheckOK {
 			out.Printf("  %s %s\n", out.Paint(ch.Name+":", Warn), ch.Hint)
+		}
+		if ch.Fix != "" && ch.Result != CheckOK {
+			out.Printf("    %s %s\n", out.Paint("fix:", Bold), ch.Fix)
 		}
 	}
 	if err := out.Emit(rep); err != nil {
@@ -123,7 +167,10 @@ func runPreflight(ctx context.Context, r *Run) error {
 type preflight struct {
 	c   *Clients
 	cfg config.Config
+	opt PreflightOptions
 	azs map[string]string // subnet -> AZ
+	// g is the group as the group check found it (nil: missing or not readable).
+	g *astypes.AutoScalingGroup
 }
 
 func errCheck(name string, err error) Check {
@@ -229,6 +276,7 @@ func (p *preflight) group(ctx context.Context) Check {
 	if err != nil {
 		return errCheck(name, err)
 	}
+	p.g = g
 	if g == nil {
 		return Check{Name: name, Result: CheckFail, Detail: fmt.Sprintf("group %s does not exist", p.cfg.ASGName),
 			Hint: "check SLOTKEEPER_ASG_NAME and the region"}
@@ -301,7 +349,14 @@ func Hooks(ctx context.Context, c *Clients, asg string) (launchHook, terminateHo
 	return launchHook, terminateHook, nil
 }
 
-// hooks: both lifecycle hooks exist and outlast the heartbeat interval.
+// FunctionTimeout is the Lambda timeout of the launch and terminate functions
+// (template.yaml): the longest an invocation may run, heartbeats or not.
+const FunctionTimeout = 900 * time.Second
+
+// hooks: both lifecycle hooks exist, and each one's heartbeat timeout outlasts its
+// function (an invocation that sends no heartbeat, a stuck or crashed one, must end
+// before the action does) and two heartbeat intervals (one late heartbeat must not
+// expire it).
 func (p *preflight) hooks(ctx context.Context) Check {
 	const name = "lifecycle hooks"
 	launch, term, err := Hooks(ctx, p.c, p.cfg.ASGName)
@@ -316,19 +371,181 @@ func (p *preflight) hooks(ctx context.Context) Check {
 			aws.ToInt32(h.HeartbeatTimeout), aws.ToString(h.DefaultResult))
 	}
 	detail := describe("launch", launch) + "; " + describe("terminate", term)
-	hb := int32(p.cfg.HeartbeatInterval.Seconds())
+	need := max(FunctionTimeout, 2*p.cfg.HeartbeatInterval+time.Second)
+	needS := int32(need / time.Second)
+	fix := func(h *astypes.LifecycleHook, result string) string {
+		return fmt.Sprintf("aws autoscaling put-lifecycle-hook --auto-scaling-group-name %s --lifecycle-hook-name %s --lifecycle-transition %s --heartbeat-timeout %d --default-result %s",
+			p.cfg.ASGName, aws.ToString(h.LifecycleHookName), aws.ToString(h.LifecycleTransition), needS, result)
+	}
+	var short []string
+	var fixes []string
+	for _, h := range []struct {
+		h      *astypes.LifecycleHook
+		result string
+	}{{launch, "ABANDON"}, {term, "CONTINUE"}} {
+		if h.h != nil && aws.ToInt32(h.h.HeartbeatTimeout) < needS {
+			short = append(short, fmt.Sprintf("%s (%ds)", aws.ToString(h.h.LifecycleHookName), aws.ToInt32(h.h.HeartbeatTimeout)))
+			fixes = append(fixes, fix(h.h, h.result))
+		}
+	}
 	switch {
 	case launch == nil || term == nil:
 		return Check{Name: name, Result: CheckFail, Detail: detail,
-			Hint: "without the launch hook new instances go in service with no slot; without the terminate hook a planned termination skips the safety check and the controlled shutdown"}
-	case aws.ToInt32(launch.HeartbeatTimeout) <= hb || aws.ToInt32(term.HeartbeatTimeout) <= hb:
+			Hint: "without the launch hook new instances go in service with no slot; without the terminate hook a planned termination skips the safety check and the controlled shutdown",
+			Fix:  "deploy the stack (template.yaml creates slotkeeper-launch and slotkeeper-terminate on AsgName), or put the missing hook with aws autoscaling put-lifecycle-hook (heartbeat timeout 900, default result ABANDON for launch, CONTINUE for terminate)"}
+	case len(short) > 0:
 		return Check{Name: name, Result: CheckFail, Detail: detail,
-			Hint: fmt.Sprintf("a hook's heartbeat timeout must be longer than SLOTKEEPER_HEARTBEAT_INTERVAL (%s), or long waits time out", p.cfg.HeartbeatInterval)}
+			Hint: fmt.Sprintf("the heartbeat timeout of %s is shorter than %ds: the launch and terminate functions may run %s (their Lambda timeout) and send a heartbeat every SLOTKEEPER_HEARTBEAT_INTERVAL (%s); a hook that expires first ends the action with its default result while the function still works on it",
+				strings.Join(short, ", "), needS, FunctionTimeout, p.cfg.HeartbeatInterval),
+			Fix: strings.Join(fixes, "; ")}
 	case aws.ToString(launch.DefaultResult) != "ABANDON":
 		return Check{Name: name, Result: CheckWarn, Detail: detail,
-			Hint: "the launch hook's default result is CONTINUE: an instance whose launch handling never finished goes in service without its identity; use ABANDON"}
+			Hint: "the launch hook's default result is CONTINUE: an instance whose launch handling never finished goes in service without its identity; use ABANDON",
+			Fix:  fix(launch, "ABANDON")}
 	}
 	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+// groupMissing is the result of a group check when the group could not be read (the
+// group check reports why).
+func groupMissing(name string) Check {
+	return Check{Name: name, Result: CheckSkip, Detail: "the group could not be read (see the auto scaling check)"}
+}
+
+// azRebalance: the AZRebalance process is suspended. Rebalancing launches an instance
+// in one AZ before it terminates one in another, and a slot cannot follow its broker
+// into another AZ: the new instance finds no free slot and the slot it leaves is
+// empty.
+func (p *preflight) azRebalance(context.Context) Check {
+	const name = "az rebalance"
+	if p.g == nil {
+		return groupMissing(name)
+	}
+	for _, sp := range p.g.SuspendedProcesses {
+		if aws.ToString(sp.ProcessName) == "AZRebalance" {
+			return Check{Name: name, Result: CheckOK, Detail: "AZRebalance is suspended"}
+		}
+	}
+	return Check{Name: name, Result: CheckFail, Detail: "AZRebalance is active",
+		Hint: "to even out its AZs the group launches an instance in one AZ before it terminates one in another: slots live in one AZ each, so the new instance finds no free slot (abandoned) while the old one's slot is left without a broker",
+		Fix:  "aws autoscaling suspend-processes --auto-scaling-group-name " + p.cfg.ASGName + " --scaling-processes AZRebalance"}
+}
+
+// capacityRebalance: Capacity Rebalancing is off. It launches a replacement for a
+// Spot instance at an elevated risk of interruption before the old one leaves.
+func (p *preflight) capacityRebalance(context.Context) Check {
+	const name = "capacity rebalance"
+	if p.g == nil {
+		return groupMissing(name)
+	}
+	if !aws.ToBool(p.g.CapacityRebalance) {
+		return Check{Name: name, Result: CheckOK, Detail: "Capacity Rebalancing is off"}
+	}
+	return Check{Name: name, Result: CheckFail, Detail: "Capacity Rebalancing is on",
+		Hint: "the group launches a replacement for a Spot instance at risk of interruption before the old one is terminated: the replacement finds the broker's slot still held and is abandoned, and the old broker then goes without a controlled handover",
+		Fix:  "aws autoscaling update-auto-scaling-group --auto-scaling-group-name " + p.cfg.ASGName + " --no-capacity-rebalance"}
+}
+
+// warmPool: the group has no warm pool. A warm instance runs its user data when it
+// enters the pool, with no slot: the broker bootstrap refuses to serve in a Warmed:*
+// lifecycle state; when the instance later enters the group its user data does not
+// run again.
+func (p *preflight) warmPool(context.Context) Check {
+	const name = "warm pool"
+	if p.g == nil {
+		return groupMissing(name)
+	}
+	wp := p.g.WarmPoolConfiguration
+	if wp == nil {
+		return Check{Name: name, Result: CheckOK, Detail: "no warm pool"}
+	}
+	detail := fmt.Sprintf("a warm pool (state %s, min size %d)", wp.PoolState, aws.ToInt32(wp.MinSize))
+	if wp.Status != "" {
+		detail += ", " + string(wp.Status)
+	}
+	return Check{Name: name, Result: CheckFail, Detail: detail,
+		Hint: "a warm instance runs its user data while it warms, with no slot: the broker bootstrap refuses to serve in a Warmed:* lifecycle state and stops; when the instance later enters the group its user data does not run again, so it never becomes a broker",
+		Fix:  "aws autoscaling delete-warm-pool --auto-scaling-group-name " + p.cfg.ASGName + " --force-delete"}
+}
+
+// activeRefresh reports whether an instance refresh in status st still replaces
+// instances.
+func activeRefresh(st astypes.InstanceRefreshStatus) bool {
+	switch st {
+	case astypes.InstanceRefreshStatusPending, astypes.InstanceRefreshStatusInProgress, astypes.InstanceRefreshStatusBaking,
+		astypes.InstanceRefreshStatusRollbackInProgress:
+		return true
+	}
+	return false
+}
+
+// instanceRefresh: neither an active instance refresh nor the group's instance
+// maintenance policy (the default preferences of every refresh and replacement) has a
+// MaxHealthyPercentage above 100, which launches replacements before it terminates.
+func (p *preflight) instanceRefresh(ctx context.Context) Check {
+	const name = "instance refresh"
+	if p.g == nil {
+		return groupMissing(name)
+	}
+	brokers := max(1, p.cfg.SlotCount)
+	oneAtATime := 100 * (brokers - 1) / brokers // the lowest MinHealthyPercentage that replaces one broker at a time
+	var parts, fixes []string
+	policy := "the group has no instance maintenance policy"
+	if mp := p.g.InstanceMaintenancePolicy; mp != nil && mp.MaxHealthyPercentage != nil && *mp.MaxHealthyPercentage >= 0 { // -1: cleared
+		policy = fmt.Sprintf("instance maintenance policy: MinHealthyPercentage %d, MaxHealthyPercentage %d",
+			aws.ToInt32(mp.MinHealthyPercentage), aws.ToInt32(mp.MaxHealthyPercentage))
+		if aws.ToInt32(mp.MaxHealthyPercentage) > 100 {
+			parts = append(parts, "the group's "+policy)
+			fixes = append(fixes, fmt.Sprintf("aws autoscaling update-auto-scaling-group --auto-scaling-group-name %s --instance-maintenance-policy MinHealthyPercentage=%d,MaxHealthyPercentage=100",
+				p.cfg.ASGName, oneAtATime))
+		}
+	}
+	out, err := p.c.AutoScaling.DescribeInstanceRefreshes(ctx, &autoscaling.DescribeInstanceRefreshesInput{
+		AutoScalingGroupName: aws.String(p.cfg.ASGName), MaxRecords: aws.Int32(10),
+	})
+	if err != nil {
+		return errCheck(name, fmt.Errorf("describing the instance refreshes of %s: %w", p.cfg.ASGName, err))
+	}
+	active := 0
+	for _, r := range out.InstanceRefreshes {
+		if !activeRefresh(r.Status) {
+			continue
+		}
+		active++
+		if pr := r.Preferences; pr != nil && aws.ToInt32(pr.MaxHealthyPercentage) > 100 {
+			parts = append(parts, fmt.Sprintf("instance refresh %s (%s) with MaxHealthyPercentage %d", aws.ToString(r.InstanceRefreshId), r.Status, aws.ToInt32(pr.MaxHealthyPercentage)))
+			fixes = append(fixes, "aws autoscaling cancel-instance-refresh --auto-scaling-group-name "+p.cfg.ASGName+
+				"; then replace the brokers with 'slotctl roll', or start the refresh again with --preferences '"+
+				fmt.Sprintf(`{"MinHealthyPercentage":%d,"MaxHealthyPercentage":100}`, oneAtATime)+"'")
+		}
+	}
+	detail := fmt.Sprintf("%d active instance refresh(es); %s", active, policy)
+	if len(parts) > 0 {
+		return Check{Name: name, Result: CheckFail, Detail: detail,
+			Hint: "MaxHealthyPercentage above 100 launches each replacement before the instance it replaces is terminated: " + strings.Join(parts, "; ") +
+				": the replacement finds the broker's slot still held by a running broker",
+			Fix: strings.Join(fixes, "; ")}
+	}
+	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+// healthGrace: the group's health check grace period covers a broker's start, so a
+// starting broker is not found unhealthy and replaced mid-start (an unplanned
+// termination that skips the safety wait).
+func (p *preflight) healthGrace(context.Context) Check {
+	const name = "health check grace"
+	if p.g == nil {
+		return groupMissing(name)
+	}
+	grace := time.Duration(aws.ToInt32(p.g.HealthCheckGracePeriod)) * time.Second
+	detail := fmt.Sprintf("%s health checks, grace period %s; a broker starts in %s (--broker-start)", aws.ToString(p.g.HealthCheckType), grace, p.opt.BrokerStart)
+	if grace >= p.opt.BrokerStart {
+		return Check{Name: name, Result: CheckOK, Detail: detail}
+	}
+	return Check{Name: name, Result: CheckFail, Detail: detail,
+		Hint: "the group starts checking a new instance's health before its broker has started: an instance found unhealthy mid-start is replaced, an unplanned termination that neither waits for Kafka nor shuts the broker down",
+		Fix: fmt.Sprintf("aws autoscaling update-auto-scaling-group --auto-scaling-group-name %s --health-check-grace-period %d (the template's broker fleet sets 600)",
+			p.cfg.ASGName, int(p.opt.BrokerStart/time.Second))}
 }
 
 // topics: every topic's replication factor is above its min ISR and within the

@@ -6,7 +6,9 @@
 //	slotctl history <slot>   a slot's transitions and disk growths
 //	slotctl preflight        checks before going live
 //	slotctl evict <slot>     replace a slot's broker on purpose, through the ASG
-//	slotctl reset <slot>     give a slot whose recorded volume (or ENI) is gone a new one
+//	slotctl reset <slot>     give a slot whose recorded volume (or ENI) is gone or unusable a new one
+//	slotctl adopt <id>       make a running broker a slot's holder, in place
+//	slotctl roll             replace every broker, one at a time, safely
 //	slotctl demo             the whole lifecycle on this machine (package demo)
 //
 // Every command prints for people by default (colour only on a terminal) and, with
@@ -37,7 +39,8 @@ const (
 	ExitUsage = 2
 	// ExitUnreachable: AWS or Kafka could not be reached or refused a request.
 	ExitUnreachable = 3
-	// ExitRefused: evict or reset declined to act, or made a dry run; nothing was changed.
+	// ExitRefused: evict, reset, adopt or roll declined to act (a check failed), or a
+	// dry run of evict, reset or adopt (without --yes); nothing was changed.
 	ExitRefused = 4
 )
 
@@ -88,6 +91,8 @@ type Command struct {
 	Name, Args string
 	// Summary is one line for the command list; Help is the full description.
 	Summary, Help string
+	// Examples are command lines shown under Help.
+	Examples []string
 	// Needs lists the configuration variables (without SLOTKEEPER_) that must be set.
 	// Nil means the command reads no slotkeeper configuration at all.
 	Needs []string
@@ -112,7 +117,7 @@ type Run struct {
 
 // Commands returns slotctl's own commands; Main adds the extra ones it is given.
 func Commands() []Command {
-	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand(), resetCommand()}
+	return []Command{statusCommand(), historyCommand(), preflightCommand(), evictCommand(), resetCommand(), adoptCommand(), rollCommand()}
 }
 
 // globals are the flags every command accepts.
@@ -289,6 +294,12 @@ func help(out *Output, cmds []Command, topic string) int {
 	}
 	c := cmds[i]
 	fmt.Fprintf(w, "Usage: slotctl %s [flags]\n\n%s\n", strings.TrimSpace(c.Name+" "+c.Args), c.Help)
+	if len(c.Examples) > 0 {
+		fmt.Fprintln(w, "\nExamples:")
+		for _, e := range c.Examples {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
 	if len(c.Needs) > 0 {
 		fmt.Fprintf(w, "\nNeeds: %s (or the flags; see 'slotctl help config').\n", needList(c.Needs))
 	}
@@ -311,8 +322,9 @@ Global flags (before or after the command):
   --endpoint-url URL   AWS endpoint (else AWS_ENDPOINT_URL), e.g. a local emulator
   --<name>             any SLOTKEEPER_<NAME> configuration variable; 'slotctl help config' lists them
 
-Exit codes: 0 ok · 1 problem found · 2 usage or configuration error · 3 AWS or Kafka
-unreachable or refusing · 4 evict or reset refused to act, or a dry run (nothing changed).
+Exit codes: 0 ok · 1 problem found (or a roll interrupted or timed out) · 2 usage or
+configuration error · 3 AWS or Kafka unreachable or refusing · 4 refused to act: a check
+failed, or a dry run of evict, reset or adopt (nothing changed).
 `
 
 func needList(needs []string) string {

@@ -19,16 +19,19 @@ and DNS name; then Kafka's health (registered brokers, under-replicated and offl
 partitions) when SLOTKEEPER_KAFKA_BOOTSTRAP is set, and whether the Route 53 records match
 the slots when SLOTKEEPER_HOSTED_ZONE_ID is set.
 
-The volume shown is the one the slot's lease records, described by its id.
+The volume and ENI shown are the ones the slot's lease records, described by their ids.
 
 Exit code 1 when something is wrong: a bound slot whose holder is not running or whose
 broker is not registered, a holder whose user data refused to start Kafka (its
-slotkeeper:refused tag says why), a recorded volume that is gone or tagged for another
-slot, a claim older than SLOTKEEPER_CLAIM_TTL, a DNS record that does not match,
-under-replicated or offline partitions. Exit code 3 when AWS or Kafka cannot be
+slotkeeper:refused tag says why), a recorded volume or ENI that is gone, not a
+well-formed id, tagged for another slot, or (when SLOTKEEPER_SUBNETS is set) outside
+the slot's AZ or subnet, a recorded volume in the error state, a claim older than
+SLOTKEEPER_CLAIM_TTL, a DNS record that does not match, under-replicated or offline
+partitions. Exit code 3 when AWS or Kafka cannot be
 reached (the table is still printed if AWS answered).`,
-		Needs: []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
-		Run:   runStatus,
+		Examples: []string{"slotctl status", "slotctl status --json | jq '.slots[] | {slot, holder, state}'"},
+		Needs:    []string{"CLUSTER", "TABLE", "SLOT_COUNT"},
+		Run:      runStatus,
 	}
 }
 

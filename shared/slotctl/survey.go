@@ -35,6 +35,7 @@ type SlotRow struct {
 	Volume      string `json:"volume,omitempty"`
 	SizeGiB     int32  `json:"size_gib,omitempty"`
 	VolumeState string `json:"volume_state,omitempty"` // EC2's; "gone" when the recorded volume no longer exists
+	ENIState    string `json:"eni_state,omitempty"`    // EC2's; "gone" when the recorded ENI no longer exists
 	// Refused is why the holder's user data refused to start Kafka (its
 	// slotkeeper:refused tag); empty when it did not.
 	Refused string `json:"refused,omitempty"`
@@ -114,6 +115,10 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 	if err != nil {
 		return sv, err
 	}
+	enis, err := slotENIs(ctx, c, bySlot)
+	if err != nil {
+		return sv, err
+	}
 	holders, refused, err := describeHolders(ctx, c, leases)
 	if err != nil {
 		return sv, err
@@ -126,15 +131,40 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 		}
 		row := SlotRow{Slot: s, NodeID: cfg.NodeID(s), State: string(l.State), Version: l.Version, Holder: l.Holder,
 			LastHolder: l.LastHolder, IP: l.IP, ENI: l.ENIID, Volume: l.VolumeID, UpdatedAt: l.UpdatedAt}
+		slotAZ, subnet := azOfSubnet[cfg.SubnetOf(s)], ""
+		if opt.KnownSubnets {
+			subnet = cfg.SubnetOf(s)
+		}
 		if v, ok := vols[s]; ok {
 			row.SizeGiB, row.VolumeState, row.AZ = aws.ToInt32(v.Size), string(v.State), aws.ToString(v.AvailabilityZone)
 			if c, sl := tagValue(v.Tags, resources.TagCluster), tagValue(v.Tags, resources.TagSlot); c != cfg.Cluster || sl != strconv.Itoa(s) {
 				row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is tagged %s=%q %s=%q: launches of the slot are refused until it is tagged again",
 					l.VolumeID, resources.TagCluster, c, resources.TagSlot, sl))
 			}
+			switch {
+			case slotAZ != "" && aws.ToString(v.AvailabilityZone) != slotAZ:
+				row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is in %s, not the slot's AZ %s: it can never be attached; launches of the slot abandon until 'slotctl reset %d' forgets it",
+					l.VolumeID, aws.ToString(v.AvailabilityZone), slotAZ, s))
+			case v.State == ec2types.VolumeStateError:
+				row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is in the error state: it can never be attached; launches of the slot abandon until 'slotctl reset %d' forgets it", l.VolumeID, s))
+			}
 		} else if l.VolumeID != "" {
 			row.VolumeState = "gone"
-			row.Problems = append(row.Problems, fmt.Sprintf("recorded volume %s is gone: launches of the slot abandon until 'slotctl reset %d' gives it a new one", l.VolumeID, s))
+			row.Problems = append(row.Problems, recordedGone(lease.KindVolume, l.VolumeID, s))
+		}
+		if e, ok := enis[s]; ok {
+			row.ENIState = string(e.Status)
+			if c, sl := tagValue(e.TagSet, resources.TagCluster), tagValue(e.TagSet, resources.TagSlot); c != cfg.Cluster || sl != strconv.Itoa(s) {
+				row.Problems = append(row.Problems, fmt.Sprintf("recorded ENI %s is tagged %s=%q %s=%q: launches of the slot are refused until it is tagged again",
+					l.ENIID, resources.TagCluster, c, resources.TagSlot, sl))
+			}
+			if subnet != "" && aws.ToString(e.SubnetId) != subnet {
+				row.Problems = append(row.Problems, fmt.Sprintf("recorded ENI %s is in subnet %s, not the slot's subnet %s: it can never be attached; launches of the slot abandon until 'slotctl reset %d' forgets it",
+					l.ENIID, aws.ToString(e.SubnetId), subnet, s))
+			}
+		} else if l.ENIID != "" {
+			row.ENIState = "gone"
+			row.Problems = append(row.Problems, recordedGone(lease.KindENI, l.ENIID, s))
 		}
 		if why := refused[l.Holder]; l.State != lease.Free && why != "" {
 			row.Refused = why
@@ -213,18 +243,50 @@ func Inspect(ctx context.Context, c *Clients, cfg config.Config, opt SurveyOptio
 	return sv, nil
 }
 
+// recordedGone is the problem of a slot whose recorded volume or ENI EC2 does not know.
+func recordedGone(kind, id string, s int) string {
+	if !resources.WellFormed(kind, id) {
+		return fmt.Sprintf("recorded %s %q is not a well-formed %s id: launches of the slot abandon until the lease records the right one or 'slotctl reset %d' forgets it",
+			kindLabel(kind), id, kindLabel(kind), s)
+	}
+	return fmt.Sprintf("recorded %s %s is gone: launches of the slot abandon until 'slotctl reset %d' gives it a new one", kindLabel(kind), id, s)
+}
+
+// recordedIDs returns the well-formed ids of kind the leases record, and the slot of
+// each (a malformed id is left out: EC2 knows no such resource).
+func recordedIDs(leases map[int]lease.Lease, kind string) ([]string, map[string]int) {
+	bySlot := map[string]int{}
+	var ids []string
+	for s, l := range leases {
+		if id := l.Recorded(kind); id != "" && resources.WellFormed(kind, id) {
+			bySlot[id] = s
+			ids = append(ids, id)
+		}
+	}
+	return ids, bySlot
+}
+
+// slotENIs returns the ENI each lease records, described by their ids in requests of
+// at most 200 (a network-interface-id filter: an id EC2 does not know is simply absent).
+func slotENIs(ctx context.Context, c *Clients, leases map[int]lease.Lease) (map[int]ec2types.NetworkInterface, error) {
+	out := map[int]ec2types.NetworkInterface{}
+	ids, bySlot := recordedIDs(leases, lease.KindENI)
+	err := resources.EachNetworkInterface(ctx, c.EC2, ids, func(n ec2types.NetworkInterface) {
+		if s, ok := bySlot[aws.ToString(n.NetworkInterfaceId)]; ok {
+			out[s] = n
+		}
+	})
+	if err != nil {
+		return nil, awsError(err, "describing the slots' recorded ENIs")
+	}
+	return out, nil
+}
+
 // slotVolumes returns the data volume each lease records, described by their ids in
 // requests of at most 200 (a volume-id filter: an id EC2 does not know is simply absent).
 func slotVolumes(ctx context.Context, c *Clients, leases map[int]lease.Lease) (map[int]ec2types.Volume, error) {
 	out := map[int]ec2types.Volume{}
-	bySlot := map[string]int{}
-	var ids []string
-	for s, l := range leases {
-		if l.VolumeID != "" {
-			bySlot[l.VolumeID] = s
-			ids = append(ids, l.VolumeID)
-		}
-	}
+	ids, bySlot := recordedIDs(leases, lease.KindVolume)
 	err := resources.EachVolume(ctx, c.EC2, ids, func(v ec2types.Volume) {
 		if s, ok := bySlot[aws.ToString(v.VolumeId)]; ok {
 			out[s] = v

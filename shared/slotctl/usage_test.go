@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
+	"github.com/slotkeeper/slotkeeper/shared/slotctl/demo"
 )
 
 // runEnv runs slotctl with the given environment only (no moto, no Clients override).
@@ -31,7 +32,7 @@ func TestUsageErrors(t *testing.T) {
 		wantErr  []string // in stderr
 		wantHint string
 	}{
-		{"unknown command", nil, []string{"statuss"}, slotctl.ExitUsage, []string{`unknown command "statuss"`}, "the commands are: status, history, preflight, evict"},
+		{"unknown command", nil, []string{"statuss"}, slotctl.ExitUsage, []string{`unknown command "statuss"`}, "the commands are: status, history, preflight, evict, reset, adopt, roll"},
 		{"unknown flag", full, []string{"status", "--colour"}, slotctl.ExitUsage, []string{"flag provided but not defined: -colour"}, "slotctl help status"},
 		{"a flag without its value", full, []string{"status", "--timeout"}, slotctl.ExitUsage, []string{"flag needs an argument: -timeout"}, "slotctl help status"},
 		{"a bad flag value", full, []string{"status", "--timeout", "soon"}, slotctl.ExitUsage, []string{`invalid value "soon" for flag -timeout`}, ""},
@@ -45,6 +46,15 @@ func TestUsageErrors(t *testing.T) {
 		{"a slot that is no slot", full, []string{"history", "-1"}, slotctl.ExitUsage, []string{"flag provided but not defined: -1"}, ""},
 		{"a slot out of range, before any AWS configuration", full, []string{"history", "3"}, slotctl.ExitUsage, []string{`"3" is not a slot of cluster c`}, "slots are numbered 0 to 2"},
 		{"no region", full, []string{"history", "1"}, slotctl.ExitUsage, []string{"no AWS region configured"}, "set AWS_REGION, or pass --region"},
+		{"roll without Kafka", full, []string{"roll", "--asg-name", "g"}, slotctl.ExitUsage, []string{"missing configuration: SLOTKEEPER_KAFKA_BOOTSTRAP (--kafka-bootstrap)"}, "slotctl help config"},
+		{"roll since a time that is no time", full, []string{"roll", "--asg-name", "g", "--kafka-bootstrap", "k:9092", "--launched-before", "yesterday"},
+			slotctl.ExitUsage, []string{`--launched-before "yesterday"`}, "RFC 3339"},
+		{"roll of a slot that is no slot", full, []string{"roll", "--asg-name", "g", "--kafka-bootstrap", "k:9092", "--slots", "0,7"},
+			slotctl.ExitUsage, []string{`"7" is not a slot of cluster c`}, "slots are numbered 0 to 2"},
+		{"adopt without --slot", full, []string{"adopt", "i-0abc12345def67890", "--asg-name", "g", "--subnets", "subnet-1"},
+			slotctl.ExitUsage, []string{"adopt needs --slot"}, "usage: slotctl adopt i-0abc12345def67890 --slot N"},
+		{"adopt with an ENI where slots have none", full, []string{"adopt", "i-0abc12345def67890", "--slot", "1", "--eni-id", "eni-1", "--eni", "false", "--asg-name", "g", "--subnets", "subnet-1"},
+			slotctl.ExitUsage, []string{"--eni-id is given but SLOTKEEPER_ENI is false"}, "primary IP"},
 	}
 	t.Setenv("AWS_REGION", "") // the SDK reads the process environment
 	t.Setenv("AWS_DEFAULT_REGION", "")
@@ -109,7 +119,9 @@ func TestHelp(t *testing.T) {
 		{[]string{"help"}, []string{"Commands:"}},
 		{[]string{"--help"}, []string{"Commands:"}},
 		{[]string{"help", "evict"}, []string{"ShouldDecrementDesiredCapacity=false", "--yes", "Needs: SLOTKEEPER_CLUSTER, SLOTKEEPER_ASG_NAME"}},
-		{[]string{"preflight", "-h"}, []string{"NOT_ENOUGH_REPLICAS"}},
+		{[]string{"preflight", "-h"}, []string{"NOT_ENOUGH_REPLICAS", "AZRebalance", "--broker-start"}},
+		{[]string{"adopt", "--help"}, []string{"--slot", "--volume", "--eni-id", "--yes", "never formatted", "Needs: SLOTKEEPER_CLUSTER, SLOTKEEPER_ASG_NAME"}},
+		{[]string{"help", "roll"}, []string{"--dry-run", "--slots", "--launched-before", "quorum leader very last", "SLOTKEEPER_KAFKA_BOOTSTRAP"}},
 		{[]string{"help", "config"}, []string{"--asg-name", "--kafka-bootstrap", "--hosted-zone-id", "--grow-max-size-gib"}},
 	}
 	for _, tt := range tests {
@@ -125,6 +137,17 @@ func TestHelp(t *testing.T) {
 	}
 	if r := runEnv(nil, false, "help", "nothing"); r.code != slotctl.ExitUsage {
 		t.Errorf("help for an unknown topic: exit %d", r.code)
+	}
+
+	// Every command's help shows examples of it.
+	for _, c := range append(slotctl.Commands(), demo.Command()) {
+		var out, errOut bytes.Buffer
+		code := slotctl.Main(context.Background(), []string{c.Name, "--help"}, slotctl.IO{
+			Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}, demo.Command())
+		_, examples, _ := strings.Cut(out.String(), "\nExamples:\n")
+		if code != slotctl.ExitOK || !strings.HasPrefix(strings.TrimSpace(examples), "slotctl "+c.Name) {
+			t.Errorf("slotctl %s --help: exit %d, no example of the command:\n%s", c.Name, code, out.String())
+		}
 	}
 }
 

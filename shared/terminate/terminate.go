@@ -18,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -83,10 +85,21 @@ type Handler struct {
 	HeartbeatInterval time.Duration
 	// SafetyRecheck and SafetyMaxWait pace and bound the removal gate (the wait for
 	// the removal token, then for removal safety) of a planned termination; after
-	// SafetyMaxWait the termination proceeds, loudly. UnplannedSafetyMaxWait bounds the
-	// gate of an unplanned termination of a running instance (never above
-	// SafetyMaxWait).
+	// SafetyMaxWait, counted from when the removal first asked for the token (recorded
+	// on the lease, so redeliveries do not restart it), the termination proceeds,
+	// loudly. UnplannedSafetyMaxWait bounds the gate of an unplanned termination of a
+	// running instance (never above SafetyMaxWait).
 	SafetyRecheck, SafetyMaxWait, UnplannedSafetyMaxWait time.Duration
+	// GateReserve is the time the rest of a removal needs after its gate (the last
+	// verdict, the stop-and-unmount command, the check that the broker left, the
+	// detaches, the release and the completion): the gate ends, as at its bound, that
+	// long before the invocation's deadline, and at the latest halfway through the time
+	// the invocation had when it started.
+	GateReserve time.Duration
+	// StampTTL is how long this invocation's stamp on the removal token keeps it alive
+	// for other deliveries of its event; it renews the stamp every StampTTL/2 while it
+	// holds the token. Zero: two heartbeat intervals.
+	StampTTL time.Duration
 	// ForceDetachAfter bounds the plain detach from an instance on which Kafka could
 	// not be seen stopped (stopping, shutting down): past it the detach is forced,
 	// loudly.
@@ -108,9 +121,14 @@ func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.Dy
 		SafetyRecheck:          cfg.SafetyRecheck,
 		SafetyMaxWait:          cfg.SafetyMaxWait,
 		UnplannedSafetyMaxWait: cfg.UnplannedSafetyMaxWait,
-		ForceDetachAfter:       cfg.ForceDetachAfter,
-		LeaveTimeout:           cfg.SSMTimeout,
-		SSMPoll:                time.Second,
+		// The stop-and-unmount command and the wait for the broker to leave (one SSM
+		// timeout each), the detach of the volume and the ENI (each forced past the
+		// attach timeout and waited for again), and 3 minutes for the last verdict,
+		// the release, the completion and the calls the SDK retries.
+		GateReserve:      2*cfg.SSMTimeout + 4*cfg.AttachTimeout + 3*time.Minute,
+		ForceDetachAfter: cfg.ForceDetachAfter,
+		LeaveTimeout:     cfg.SSMTimeout,
+		SSMPoll:          time.Second,
 	}
 }
 
@@ -119,16 +137,22 @@ func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.Dy
 type verdict struct {
 	Partitions kafka.Verdict
 	Quorum     kafka.QuorumVerdict
+	// NoQuorum, when set, says why the quorum rule does not apply: the cluster does
+	// not support DescribeQuorum (kafka.ErrQuorumUnsupported).
+	NoQuorum string
 }
 
 // Safe reports whether both rules allow the removal.
-func (v verdict) Safe() bool { return v.Partitions.Safe && v.Quorum.Safe }
+func (v verdict) Safe() bool { return v.Partitions.Safe && (v.NoQuorum != "" || v.Quorum.Safe) }
 
 // describe says why removal was (not) safe: the rule that blocks it first, then the
 // other; or Kafka's error.
 func describe(v verdict, err error) string {
 	if err != nil {
 		return "Kafka could not be asked: " + err.Error()
+	}
+	if v.NoQuorum != "" {
+		return v.Partitions.String() + "; the controller quorum rule does not apply: " + v.NoQuorum
 	}
 	if !v.Quorum.Safe && v.Partitions.Safe {
 		return v.Quorum.String() + "; " + v.Partitions.String()
@@ -170,6 +194,15 @@ type invocation struct {
 	actions      *lifecycle.Actions
 	invocationID string
 	forcedDetach bool
+	// started is when the invocation started; deadline its deadline (zero: none).
+	started, deadline time.Time
+	// tokMu orders this invocation's writes to the removal token (the stamp's
+	// renewals among them); stopStamp stops the renewals.
+	tokMu     sync.Mutex
+	stopStamp func()
+	// quorumWarned is set once the invocation has warned that the cluster has no
+	// controller quorum to ask.
+	quorumWarned bool
 }
 
 func (h *Handler) now() time.Time {
@@ -194,9 +227,15 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
 	}
 	o = o.With(obs.KeyInstance, ev.Action.EC2InstanceID, obs.KeyEvent, ev.ID)
-	inv := &invocation{Handler: h, o: o, invocationID: newInvocationID(ctx)}
+	inv := &invocation{Handler: h, o: o, invocationID: newInvocationID(ctx), started: time.Now()}
+	if d, ok := ctx.Deadline(); ok {
+		inv.deadline = d
+	}
 	inv.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
 	inv.store.Actor = obs.Actor(ctx, "terminate")
+	if h.Now != nil {
+		inv.store.Now = h.Now // the removal's recorded start and the gate share one clock
+	}
 	inv.res = resources.New(h.cfg, h.ec2, h.Poll, o.Log)
 	inv.actions = &lifecycle.Actions{API: h.asg, Action: ev.Action, Log: o.Log}
 
@@ -213,6 +252,9 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 
 	stop := inv.actions.KeepAlive(ctx, h.HeartbeatInterval)
 	res, err = inv.run(ctx)
+	if inv.stopStamp != nil {
+		inv.stopStamp()
+	}
 	stop()
 	if err != nil {
 		inv.endInvocation(ctx)
@@ -272,7 +314,17 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	// 3. A broker that may still run passes the removal gate: the removal token, then
 	// removal safety, within one bound (shorter for an unplanned termination).
 	if running {
-		if err := inv.gate(ctx, *l, broker, &res); err != nil {
+		err := inv.gate(ctx, *l, broker, &res)
+		switch {
+		case errors.Is(err, lifecycle.ErrNotActive):
+			// Another delivery of this event handed the slot back and completed the
+			// action while this one waited for it.
+			why := err.Error() + " (another delivery of this event completed it)"
+			inv.o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why)
+			return Result{Outcome: OutcomeIgnored, Slot: l.Slot, Reason: why}, nil
+		case errors.Is(err, lease.ErrFenced):
+			return inv.movedOn(ctx, res, err)
+		case err != nil:
 			return Result{}, err
 		}
 	}
@@ -289,7 +341,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 5. Stop the broker and unmount its data volume, then confirm it left the cluster.
 	if running {
-		if res.Stopped, err = inv.stopAndUnmount(ctx, id, broker); err != nil {
+		if res.Stopped, err = inv.stopAndUnmount(ctx, *l, broker); err != nil {
 			return Result{}, err
 		}
 		if res.Stopped {
@@ -354,7 +406,11 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 // gate waits, bounded, until l's broker may be removed: it takes the removal token,
 // then, unless the slot is already draining (an earlier delivery passed the gate),
-// waits for removal safety on fresh answers. Past the bound it goes on, loudly (alert,
+// waits for removal safety on fresh answers. The bound counts from when the removal
+// first asked for the token (lease.RemovalStarted: a redelivery goes on with the bound
+// of the first delivery), and the gate ends no later than GateReserve before the
+// invocation's deadline, so that the stop, the detaches, the release and the
+// completion still fit. When the gate ends unsatisfied it goes on, loudly (alert,
 // metric UnsafeTerminationsForced): the instance leaves either way once the lifecycle
 // action times out, and a controlled shutdown is better than none.
 func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, res *Result) error {
@@ -362,19 +418,31 @@ func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, re
 	if !res.Planned {
 		bound = min(inv.UnplannedSafetyMaxWait, inv.SafetyMaxWait)
 	}
-	start := inv.now()
-	deadline := start.Add(bound)
 	draining := l.State == lease.Draining
 	var forcedWhy []string
+	var start, deadline time.Time
+	var cut string
 
 	var tr tokenResult
 	err := inv.o.Step(ctx, "removal-token", func(ctx context.Context) error {
 		var err error
+		if start, err = inv.store.RemovalStarted(ctx, l); err != nil {
+			return err
+		}
+		deadline = start.Add(bound)
+		if capAt, ok := inv.gateCap(); ok && capAt.Before(deadline) {
+			deadline = capAt
+			cut = fmt.Sprintf(" (its gate ended %s before the invocation's deadline, which the rest of the removal needs, before its bound of %s)",
+				inv.deadline.Sub(capAt).Round(time.Second), bound)
+		}
 		tr, err = inv.takeToken(ctx, l, deadline, !draining)
 		return err
 	})
 	if err != nil {
 		return err
+	}
+	if tr.Held {
+		inv.stopStamp = inv.keepStamp(ctx)
 	}
 	res.TokenWaitMS = tr.Waited.Milliseconds()
 	inv.o.Metrics.Duration("RemovalTokenWait", tr.Waited)
@@ -418,13 +486,24 @@ func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, re
 	if len(forcedWhy) > 0 {
 		res.Forced = true
 		inv.o.Metrics.Count("UnsafeTerminationsForced", 1)
-		msg := fmt.Sprintf("broker %d (slot %d, instance %s) is leaving after %s although %s",
-			broker, l.Slot, l.Holder, inv.now().Sub(start).Round(time.Second), strings.Join(forcedWhy, "; and "))
+		msg := fmt.Sprintf("broker %d (slot %d, instance %s) is leaving %s after its removal began%s although %s",
+			broker, l.Slot, l.Holder, inv.now().Sub(start).Round(time.Second), cut, strings.Join(forcedWhy, "; and "))
 		if err := inv.Alerts.Send(ctx, inv.o.Log, "unsafe termination forced", msg); err != nil {
 			inv.o.Log.WarnContext(ctx, "alert not sent", obs.KeyErr, err.Error())
 		}
 	}
 	return nil
+}
+
+// gateCap is the latest the gate may end in this invocation: GateReserve before its
+// deadline, and no later than halfway through the time it had when it started. There
+// is none without a deadline.
+func (inv *invocation) gateCap() (time.Time, bool) {
+	if inv.deadline.IsZero() {
+		return time.Time{}, false
+	}
+	reserve := min(inv.GateReserve, inv.deadline.Sub(inv.started)/2)
+	return inv.deadline.Add(-reserve), true
 }
 
 // removalSafe applies both removal rules to fresh answers read within one deadline
@@ -438,6 +517,17 @@ func (inv *invocation) removalSafe(ctx context.Context, broker int32) (verdict, 
 		return verdict{Partitions: pv}, err
 	}
 	q, err := inv.Kafka.Quorum(ctx)
+	if errors.Is(err, kafka.ErrQuorumUnsupported) {
+		// No KRaft controller quorum to ask (ZooKeeper mode, or brokers before Kafka
+		// 3.3): the quorum rule does not apply; the partition rule decides. Said once
+		// per invocation.
+		if !inv.quorumWarned {
+			inv.quorumWarned = true
+			inv.o.Log.WarnContext(ctx, "the controller quorum rule does not apply: the cluster does not support DescribeQuorum; the partition rule decides",
+				"broker", broker, obs.KeyErr, err.Error())
+		}
+		return verdict{Partitions: pv, NoQuorum: kafka.ErrQuorumUnsupported.Error()}, nil
+	}
 	if err != nil {
 		return verdict{Partitions: pv}, fmt.Errorf("deciding whether broker %d may leave the controller quorum: %w", broker, err)
 	}
@@ -488,19 +578,48 @@ func (inv *invocation) drain(ctx context.Context, l lease.Lease) (lease.Lease, e
 	return drained, nil
 }
 
+// StopCommands is the commands parameter (AWS-RunShellScript) of the stop-and-unmount
+// command sent under cfg to a leaving broker to which the slot's volume is attached
+// with id volume at device (both empty when it is not attached there).
+func StopCommands(cfg config.Config, volume, device string) []string {
+	return hostcmd.SSMCommands(hostcmd.StopAndUnmount(hostcmd.Stop{
+		Unit: cfg.KafkaUnit, Command: cfg.StopCommand, Mount: cfg.Grow.DataMount, Volume: volume, Device: device,
+	}))
+}
+
+// attachedDevice names the device EC2 reports for a volume attachment when the script
+// can look for it (/dev/sd<x>, /dev/xvd<x>); any other name is not passed on.
+var attachedDevice = regexp.MustCompile(`^/dev/(sd|xvd)[a-z]+$`)
+
 // stopAndUnmount runs the stop-and-unmount command (hostcmd.StopAndUnmount) on the
-// instance over SSM and reports whether it confirmed that Kafka stopped and the data
-// volume is unmounted with nothing holding it. A command that ran and failed, or whose
-// result did not come in time, or that cannot reach the instance, is not an error: the
-// instance is leaving either way, and its volume then stays attached (see run). An
-// error of the SSM API itself is returned, and the event is delivered again (the
-// script is safe to run twice).
-func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int32) (bool, error) {
+// instance over SSM and reports whether it confirmed that Kafka stopped and the slot's
+// volume (the one l records, when EC2 has it attached to the instance) is mounted
+// nowhere with nothing holding it. A command that ran and failed, or whose result did
+// not come in time, or that cannot reach the instance, is not an error: the instance
+// is leaving either way, and its volume then stays attached (see run). An error of the
+// SSM or EC2 API itself is returned, and the event is delivered again (the script is
+// safe to run twice).
+func (inv *invocation) stopAndUnmount(ctx context.Context, l lease.Lease, broker int32) (bool, error) {
+	id := l.Holder
 	var ok bool
 	err := inv.o.Step(ctx, "stop-and-unmount", func(ctx context.Context) error {
+		var volume, device string
+		if l.VolumeID != "" {
+			v, err := inv.res.VolumeByID(ctx, l.VolumeID)
+			if err != nil {
+				return err
+			}
+			if v != nil && v.AttachedTo == id {
+				volume = v.ID
+				if attachedDevice.MatchString(v.Device) {
+					device = v.Device
+				}
+			} else {
+				inv.o.Log.InfoContext(ctx, "the slot's volume is not attached to the instance; the command checks the data mount only", "volume", l.VolumeID)
+			}
+		}
 		r := &remote.Runner{SSM: inv.ssm, Timeout: inv.cfg.SSMTimeout, Poll: inv.SSMPoll}
-		script := hostcmd.StopAndUnmount(inv.cfg.KafkaUnit, inv.cfg.Grow.DataMount, inv.cfg.StopCommand)
-		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), hostcmd.SSMCommands(script))
+		out, err := r.Run(ctx, id, fmt.Sprintf("slotkeeper: stop broker %d and unmount its data volume", broker), StopCommands(inv.cfg, volume, device))
 		if err != nil {
 			if !errors.Is(err, remote.ErrFailed) && !errors.Is(err, remote.ErrNoResult) && awsapi.Code(err) != "InvalidInstanceId" {
 				return err
@@ -513,9 +632,11 @@ func (inv *invocation) stopAndUnmount(ctx context.Context, id string, broker int
 		// output reached us, says what it found.
 		rep, _ := hostcmd.ParseStopReport(out.Stdout)
 		inv.o.Log.InfoContext(ctx, "broker stopped and its data volume unmounted", "command", out.CommandID,
-			"unit", inv.cfg.KafkaUnit, "mount", inv.cfg.Grow.DataMount, "device", rep.Device, "unmounted", rep.Unmounted)
+			"unit", inv.cfg.KafkaUnit, "mount", inv.cfg.Grow.DataMount, "volume", volume, "device", rep.Device, "unmounted", rep.Unmounted)
 		ok = true
-		return nil
+		// The removal token (when it is held for this removal) records it: from now on
+		// the removal counts as over once the slot is released.
+		return inv.markStopped(ctx, l)
 	})
 	return ok, err
 }

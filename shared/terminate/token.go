@@ -15,15 +15,22 @@ import (
 
 // One removal at a time: a terminate invocation of a running broker takes the
 // cluster's removal token (lease.Removal) before it judges removal safety, and gives it
-// back after the slot is released. A removal waiting for the token waits (with
-// heartbeats) within the same bound as the safety wait; the token is taken over when
-// the removal holding it is over (its lease released or moved on, its instance
-// terminated or gone), and at the bound, loudly.
+// back after the slot is released, once its broker was seen stopped. A removal waiting
+// for the token waits (with heartbeats) within the same bound as the safety wait; the
+// token is taken over when the removal holding it is over (its broker seen stopped and
+// its lease released or moved on, or its instance stopped, terminated or gone), and at
+// the bound, loudly. A removal whose broker could not be seen stopped keeps the token
+// until its instance no longer runs: its broker may still be in every ISR.
+//
+// The invocation working on a removal stamps the token with a short deadline (about
+// two heartbeat intervals) that it renews while it works, so that a delivery that died
+// silently (a crash, a timeout) is taken over by the next delivery within that time.
 
 // errBusy means another delivery of the same lifecycle event is working on this
-// removal right now. This invocation leaves it to that one and fails, so that the
-// event is delivered again later; by then the other one is done (the action is
-// completed, and the redelivery changes nothing) or has stopped (and is taken over).
+// removal right now, and went on doing so until this invocation's gate deadline. This
+// invocation leaves it to that one and fails, so that the event is delivered again
+// later; by then the other one is done (the action is completed, and the redelivery
+// changes nothing) or has stopped (and is taken over).
 var errBusy = errors.New("another delivery of this event is handing the slot back")
 
 // tokenAction is what to do about the removal token as read.
@@ -54,16 +61,23 @@ func tokenDecision(tok lease.Removal, me lease.Remover, now time.Time) tokenActi
 
 // removalOver reports whether the removal holding tok is over, given the lease of the
 // slot it names (as read now) and the EC2 state of its instance, and says why. It is
-// over once that lease no longer has that holder at that version (released, or moved
-// on), or once the instance is terminated or gone. A leaving instance that still runs
-// or shuts down is not over: its broker may still be leaving the cluster.
+// over once its instance is stopped, terminated or gone (nothing runs there: a broker
+// stopped with its instance, a warm-pool return, included), or once its broker was
+// seen stopped (tok.Stopped) and that lease no longer has that holder at that version
+// (released, or moved on). A released slot whose broker was not seen stopped is not
+// over while its instance still runs or shuts down: its broker may still be in every
+// ISR.
 func removalOver(tok lease.Removal, holderLease lease.Lease, holderState string) (bool, string) {
+	released := !holderLease.HeldBy(tok.Holder) || holderLease.Version != tok.LeaseVersion
 	switch {
-	case !holderLease.HeldBy(tok.Holder) || holderLease.Version != tok.LeaseVersion:
-		return true, fmt.Sprintf("slot %d is no longer held by %s at version %d (it is %s at version %d)",
+	case slot.Halted(holderState):
+		return true, fmt.Sprintf("%s is %s: no broker runs there", tok.Holder, stateName(holderState))
+	case released && tok.Stopped:
+		return true, fmt.Sprintf("the broker of slot %d was seen stopped, and the slot is no longer held by %s at version %d (it is %s at version %d)",
 			tok.HolderSlot, tok.Holder, tok.LeaseVersion, holderLease.State, holderLease.Version)
-	case holderState == slot.Terminated || holderState == slot.Gone:
-		return true, fmt.Sprintf("%s is %s", tok.Holder, stateName(holderState))
+	case released:
+		return false, fmt.Sprintf("slot %d is no longer held by %s at version %d, but its broker was not seen stopped and %s is %s: it may still run Kafka",
+			tok.HolderSlot, tok.Holder, tok.LeaseVersion, tok.Holder, stateName(holderState))
 	}
 	return false, fmt.Sprintf("slot %d (broker leaving from %s, %s) holds it", tok.HolderSlot, tok.Holder, stateName(holderState))
 }
@@ -95,25 +109,46 @@ func newInvocationID(ctx context.Context) string {
 	return obs.Actor(ctx, "terminate") + "#" + hex.EncodeToString(b)
 }
 
-// remover names this invocation's removal of l.
-func (inv *invocation) remover(ctx context.Context, l lease.Lease) lease.Remover {
-	until, ok := ctx.Deadline()
-	if !ok {
-		until = inv.now().Add(15 * time.Minute) // Lambda's longest invocation
+// remover names this invocation's removal of l, stamped alive for StampTTL from now.
+func (inv *invocation) remover(l lease.Lease) lease.Remover {
+	return lease.Remover{Slot: l.Slot, Instance: l.Holder, LeaseVersion: l.Version, Invocation: inv.invocationID, Until: inv.now().Add(inv.stampTTL())}
+}
+
+// stampTTL is how long a stamp on the token keeps an invocation alive: StampTTL, or
+// two heartbeat intervals.
+func (inv *invocation) stampTTL() time.Duration {
+	if inv.StampTTL > 0 {
+		return inv.StampTTL
 	}
-	return lease.Remover{Slot: l.Slot, Instance: l.Holder, LeaseVersion: l.Version, Invocation: inv.invocationID, Until: until}
+	return 2 * max(inv.HeartbeatInterval, time.Second)
 }
 
 // takeToken gets the removal token for l's removal, waiting (paced by SafetyRecheck,
 // backing off to 30 s) while another removal holds it, until deadline; then it takes
 // it over, forced. With wait false (the slot is already draining: this removal passed
-// its gate in an earlier delivery) it never waits: a token held by another removal is
-// left to it. It returns errBusy when another live delivery of this event holds it.
+// its gate in an earlier delivery) it never waits for another removal: a token held
+// by another removal is left to it. While another delivery of this event holds it
+// for this removal, stamped alive, it waits too (the other one renews its stamp while
+// it works), checking that the lifecycle action is still active: once it is not (the
+// other delivery completed it), it returns an error wrapping lifecycle.ErrNotActive;
+// still busy at deadline, errBusy. Before it takes the token it checks that l is still
+// the slot's lease (else lease.ErrFenced: the slot moved on).
 func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline time.Time, wait bool) (tokenResult, error) {
-	me := inv.remover(ctx, l)
+	me := inv.remover(l)
 	start := inv.now()
 	pause := max(inv.SafetyRecheck, 10*time.Millisecond)
 	var logged string
+	pauseUntil := func(why string) error {
+		if why != logged {
+			inv.o.Log.InfoContext(ctx, "waiting for the removal token", obs.KeyReason, why, "until", deadline.UTC().Format(time.RFC3339))
+			logged = why
+		}
+		if err := sleep(ctx, min(pause, max(deadline.Sub(inv.now()), 0))); err != nil {
+			return fmt.Errorf("waiting for the removal token: %w", err)
+		}
+		pause = min(pause*2, 30*time.Second)
+		return nil
+	}
 	for {
 		tok, err := inv.store.GetRemoval(ctx)
 		if err != nil {
@@ -125,7 +160,16 @@ func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline ti
 		case tokenMine:
 			return tokenResult{Held: true, Waited: inv.now().Sub(start)}, nil
 		case tokenBusy:
-			return tokenResult{}, fmt.Errorf("%w (%s, alive until %s)", errBusy, tok.Invocation, tok.InvocationUntil)
+			if err := inv.actions.Active(ctx); err != nil {
+				return tokenResult{}, err // not active: the other delivery completed it
+			}
+			if !inv.now().Before(deadline) {
+				return tokenResult{}, fmt.Errorf("%w (%s, alive until %s)", errBusy, tok.Invocation, tok.InvocationUntil)
+			}
+			if err := pauseUntil(fmt.Sprintf("another delivery of this event (%s, alive until %s) is working on this removal", tok.Invocation, tok.InvocationUntil)); err != nil {
+				return tokenResult{}, err
+			}
+			continue
 		case tokenTake:
 			reason = "free"
 		case tokenRestamp:
@@ -149,19 +193,25 @@ func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline ti
 			case !inv.now().Before(deadline):
 				reason, forced = fmt.Sprintf("forced after %s: %s", inv.now().Sub(start).Round(time.Millisecond), why), true
 			default:
-				if why != logged {
-					inv.o.Log.InfoContext(ctx, "waiting for the removal token", obs.KeyReason, why,
-						"holder_slot", tok.HolderSlot, "holder", tok.Holder, "until", deadline.UTC().Format(time.RFC3339))
-					logged = why
+				if err := pauseUntil(why); err != nil {
+					return tokenResult{}, err
 				}
-				if err := sleep(ctx, min(pause, max(deadline.Sub(inv.now()), 0))); err != nil {
-					return tokenResult{}, fmt.Errorf("waiting for the removal token: %w", err)
-				}
-				pause = min(pause*2, 30*time.Second)
 				continue
 			}
 		}
-		if _, err := inv.store.TakeRemoval(ctx, tok, me, reason); errors.Is(err, lease.ErrFenced) {
+		// Only the slot's current holder takes the token for its removal: a delivery
+		// that waited while another one handed the slot back must not.
+		if cur, err := inv.store.Get(ctx, l.Slot); err != nil {
+			return tokenResult{}, err
+		} else if !cur.HeldBy(l.Holder) || cur.Version != l.Version {
+			return tokenResult{}, fmt.Errorf("slot %d is now %s at version %d, not held by %s at version %d: %w",
+				l.Slot, cur.State, cur.Version, l.Holder, l.Version, lease.ErrFenced)
+		}
+		me.Until = inv.now().Add(inv.stampTTL())
+		inv.tokMu.Lock()
+		_, err = inv.store.TakeRemoval(ctx, tok, me, reason)
+		inv.tokMu.Unlock()
+		if errors.Is(err, lease.ErrFenced) {
 			continue // someone else wrote it first: read it again
 		} else if err != nil {
 			return tokenResult{}, err
@@ -172,10 +222,70 @@ func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline ti
 	}
 }
 
+// keepStamp renews this invocation's stamp on the token every half StampTTL while the
+// token is held by it, until the returned stop function is called. A renewal that
+// finds the token no longer held by this invocation, or its stamp ended, stops
+// renewing.
+func (inv *invocation) keepStamp(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(inv.stampTTL() / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			inv.tokMu.Lock()
+			tok, err := inv.store.GetRemoval(ctx)
+			if err == nil && (!tok.Held() || tok.Invocation != inv.invocationID || !tok.InvocationAlive(inv.now())) {
+				inv.tokMu.Unlock()
+				return
+			}
+			if err == nil {
+				_, err = inv.store.RenewRemoval(ctx, tok, inv.now().Add(inv.stampTTL()))
+			}
+			inv.tokMu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				inv.o.Log.WarnContext(ctx, "could not renew this invocation's stamp on the removal token", obs.KeyErr, err.Error())
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// markStopped records on the token, when it is held for l's removal, that its broker
+// was seen stopped and its volume unmounted.
+func (inv *invocation) markStopped(ctx context.Context, l lease.Lease) error {
+	me := lease.Remover{Slot: l.Slot, Instance: l.Holder, LeaseVersion: l.Version}
+	inv.tokMu.Lock()
+	defer inv.tokMu.Unlock()
+	for range 3 {
+		tok, err := inv.store.GetRemoval(ctx)
+		if err != nil || !tok.HeldFor(me) || tok.Stopped {
+			return err
+		}
+		_, err = inv.store.MarkRemovalStopped(ctx, tok, fmt.Sprintf("broker %d stopped and its data volume unmounted", inv.cfg.NodeID(l.Slot)))
+		if !errors.Is(err, lease.ErrFenced) {
+			return err
+		}
+	}
+	return fmt.Errorf("marking the removal of slot %d stopped on the removal token: it kept changing", l.Slot)
+}
+
 // giveBackToken gives the removal token back if it is held for a removal of this
 // instance (whichever slot, version or invocation: the slot is released or not this
-// instance's any more). A token held by another removal is left alone.
+// instance's any more) whose broker was seen stopped, or whose instance no longer
+// runs (stopped, terminated or gone). A removal whose broker was not seen stopped
+// keeps the token while its instance runs or shuts down (it is taken over once the
+// instance is halted); this invocation's stamp on it is then ended. A token held by
+// another removal is left alone.
 func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error {
+	inv.tokMu.Lock()
+	defer inv.tokMu.Unlock()
 	for range 3 {
 		tok, err := inv.store.GetRemoval(ctx)
 		if err != nil {
@@ -183,6 +293,24 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 		}
 		if !tok.Held() || tok.Holder != id {
 			return nil
+		}
+		if !tok.Stopped {
+			states, err := inv.res.InstanceStates(ctx, []string{id})
+			if err != nil {
+				return err
+			}
+			if st := states[id]; !slot.Halted(st) {
+				kept := fmt.Sprintf("%s; the broker on %s was not seen stopped and the instance is %s: the token stays held until it is stopped, terminated or gone", why, id, stateName(st))
+				inv.o.Log.WarnContext(ctx, "removal token kept", obs.KeyReason, kept, "holder_slot", tok.HolderSlot)
+				if tok.Invocation == inv.invocationID && tok.InvocationAlive(inv.now()) {
+					if _, err := inv.store.EndRemovalInvocation(ctx, tok, kept); errors.Is(err, lease.ErrFenced) {
+						continue
+					} else if err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 		}
 		_, err = inv.store.GiveBackRemoval(ctx, tok, why)
 		if errors.Is(err, lease.ErrFenced) {
@@ -201,12 +329,14 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 func (inv *invocation) endInvocation(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	inv.tokMu.Lock()
+	defer inv.tokMu.Unlock()
 	tok, err := inv.store.GetRemoval(ctx)
-	if err != nil || !tok.Held() || tok.Invocation != inv.invocationID {
+	if err != nil || !tok.Held() || tok.Invocation != inv.invocationID || !tok.InvocationAlive(inv.now()) {
 		return
 	}
 	if _, err := inv.store.EndRemovalInvocation(ctx, tok, "the invocation failed; the event will be delivered again"); err != nil {
-		inv.o.Log.WarnContext(ctx, "could not mark the removal token's invocation as ended; a redelivery waits for its deadline", obs.KeyErr, err.Error())
+		inv.o.Log.WarnContext(ctx, "could not mark the removal token's invocation as ended; a redelivery waits for its stamp to expire", obs.KeyErr, err.Error())
 	}
 }
 

@@ -41,27 +41,41 @@ func TestTokenDecision(t *testing.T) {
 	}
 }
 
+// A removal is over once its instance no longer runs, or once its broker was seen
+// stopped and its slot released; a released slot whose broker was not seen stopped
+// (a failed stop-and-unmount) is not over while the instance runs or shuts down.
 func TestRemovalOver(t *testing.T) {
 	tok := lease.Removal{State: lease.RemovalHeld, HolderSlot: 0, Holder: "i-0", LeaseVersion: 3}
+	stopped := tok
+	stopped.Stopped = true
 	draining := lease.Lease{Slot: 0, State: lease.Draining, Holder: "i-0", Version: 3}
+	released := lease.Lease{Slot: 0, State: lease.Free, LastHolder: "i-0", Version: 4}
+	replaced := lease.Lease{Slot: 0, State: lease.Claimed, Holder: "i-9", Version: 5}
 	tests := []struct {
 		name  string
+		tok   lease.Removal
 		l     lease.Lease
 		state string
 		want  bool
 		why   string
 	}{
-		{"still draining, running", draining, slot.Running, false, "holds it"},
-		{"still draining, shutting down", draining, slot.ShuttingDown, false, "shutting-down"},
-		{"still bound (before its drain), running", lease.Lease{Slot: 0, State: lease.Bound, Holder: "i-0", Version: 3}, slot.Running, false, "holds it"},
-		{"released", lease.Lease{Slot: 0, State: lease.Free, LastHolder: "i-0", Version: 4}, slot.Running, true, "no longer held"},
-		{"claimed by the replacement", lease.Lease{Slot: 0, State: lease.Claimed, Holder: "i-9", Version: 5}, slot.Running, true, "no longer held"},
-		{"draining, instance terminated", draining, slot.Terminated, true, "terminated"},
-		{"draining, instance gone", draining, slot.Gone, true, "gone"},
+		{"still draining, running", tok, draining, slot.Running, false, "holds it"},
+		{"still draining, shutting down", tok, draining, slot.ShuttingDown, false, "shutting-down"},
+		{"still draining, stopped and unmounted, running", stopped, draining, slot.Running, false, "holds it"},
+		{"still bound (before its drain), running", tok, lease.Lease{Slot: 0, State: lease.Bound, Holder: "i-0", Version: 3}, slot.Running, false, "holds it"},
+		{"released after a confirmed stop", stopped, released, slot.Running, true, "seen stopped"},
+		{"claimed by the replacement after a confirmed stop", stopped, replaced, slot.ShuttingDown, true, "seen stopped"},
+		{"released, the stop not confirmed, running", tok, released, slot.Running, false, "not seen stopped"},
+		{"released, the stop not confirmed, shutting down", tok, released, slot.ShuttingDown, false, "may still run Kafka"},
+		{"claimed by the replacement, the stop not confirmed, stopping", tok, replaced, slot.Stopping, false, "not seen stopped"},
+		{"released, the stop not confirmed, terminated", tok, released, slot.Terminated, true, "terminated"},
+		{"draining, instance terminated", tok, draining, slot.Terminated, true, "terminated"},
+		{"draining, instance gone", tok, draining, slot.Gone, true, "gone"},
+		{"bound, instance stopped (returned to a warm pool)", tok, lease.Lease{Slot: 0, State: lease.Bound, Holder: "i-0", Version: 3}, slot.Stopped, true, "stopped"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, why := removalOver(tok, tt.l, tt.state)
+			got, why := removalOver(tt.tok, tt.l, tt.state)
 			if got != tt.want || !strings.Contains(why, tt.why) {
 				t.Errorf("removalOver = %v (%q), want %v mentioning %q", got, why, tt.want, tt.why)
 			}
@@ -86,10 +100,12 @@ func TestVerdict(t *testing.T) {
 		safe  bool
 		first string
 	}{
-		{"both allow", verdict{safeParts, q(false)}, true, "broker 1 may leave"},
-		{"quorum blocks", verdict{safeParts, q(true)}, false, "controller 1 may not leave"},
-		{"partitions block", verdict{blocked, q(false)}, false, "broker 1 may not leave"},
-		{"both block", verdict{blocked, q(true)}, false, "broker 1 may not leave"},
+		{"both allow", verdict{safeParts, q(false), ""}, true, "broker 1 may leave"},
+		{"quorum blocks", verdict{safeParts, q(true), ""}, false, "controller 1 may not leave"},
+		{"partitions block", verdict{blocked, q(false), ""}, false, "broker 1 may not leave"},
+		{"both block", verdict{blocked, q(true), ""}, false, "broker 1 may not leave"},
+		{"no quorum to ask, partitions allow", verdict{Partitions: safeParts, NoQuorum: "unsupported"}, true, "broker 1 may leave"},
+		{"no quorum to ask, partitions block", verdict{Partitions: blocked, NoQuorum: "unsupported"}, false, "broker 1 may not leave"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

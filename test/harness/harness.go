@@ -84,7 +84,7 @@ type Harness struct {
 	Region string
 
 	moto      *motoProcess
-	forward   http.Handler // reverse proxy to moto
+	forward   http.Handler // reverse proxy to moto, behind the answers to what moto lacks (refresh.go)
 	requestID atomic.Uint64
 
 	mu        sync.Mutex
@@ -141,17 +141,17 @@ func Start(t testing.TB) *Harness {
 	}
 	transport := &http.Transport{} // no Proxy field: never route loopback traffic via $HTTP_PROXY
 	h := &Harness{
-		MotoURL: moto.url,
-		Region:  region,
-		moto:    moto,
-		forward: &httputil.ReverseProxy{
-			Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(motoURL) },
-			Transport: transport,
-		},
+		MotoURL:   moto.url,
+		Region:    region,
+		moto:      moto,
 		counts:    map[string]int{},
 		lifecycle: map[lifecycleKey]bool{},
 		win:       windows{states: map[string]string{}, held: map[string]bool{}, group: map[string]GroupInstance{}},
 	}
+	h.forward = unimplemented{h: h, next: &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(motoURL) },
+		Transport: transport,
+	}}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -62,6 +62,8 @@ type Cluster struct {
 	gone    map[int32]bool            // brokers left out of the broker list
 	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
 	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
+	// noQuorumAPI: leave DescribeQuorum out of the ApiVersions answer (HideQuorumAPI).
+	noQuorumAPI bool
 }
 
 type partition struct {

@@ -118,7 +118,8 @@ func (c *Cluster) advertiseQuorum(t testing.TB) {
 	c.Fake.ControlKey(int16(kmsg.ApiVersions), c.controlApiVersions)
 }
 
-// controlApiVersions answers ApiVersions with the answer advertiseQuorum built.
+// controlApiVersions answers ApiVersions with the answer advertiseQuorum built
+// (without DescribeQuorum after HideQuorumAPI).
 func (c *Cluster) controlApiVersions(kreq kmsg.Request) (kmsg.Response, error, bool) {
 	c.Fake.KeepControl()
 	req := kreq.(*kmsg.ApiVersionsRequest)
@@ -127,8 +128,21 @@ func (c *Cluster) controlApiVersions(kreq kmsg.Request) (kmsg.Response, error, b
 	}
 	c.mu.Lock()
 	resp := *c.apis
+	hide := c.noQuorumAPI
 	c.mu.Unlock()
 	resp.Version = req.Version
 	resp.ApiKeys = slices.Clone(resp.ApiKeys)
+	if hide {
+		resp.ApiKeys = slices.DeleteFunc(resp.ApiKeys, func(k kmsg.ApiVersionsResponseApiKey) bool { return k.ApiKey == int16(kmsg.DescribeQuorum) })
+	}
 	return &resp, nil, true
+}
+
+// HideQuorumAPI makes the brokers stop advertising DescribeQuorum, as a ZooKeeper-mode
+// cluster (or one before Kafka 3.3) does: a client connecting from now on does not
+// send the request. Clients already connected keep what they learnt.
+func (c *Cluster) HideQuorumAPI() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.noQuorumAPI = true
 }

@@ -11,7 +11,10 @@
 //     ahead once it is safe (controlled shutdown, slot handed back);
 //  5. the group scales back out: the new instance becomes broker 0 again;
 //  6. broker 2's disk passes 85 %: its volume grows;
-//  7. the scheduled reconcile finds nothing to repair; DNS follows the slots.
+//  7. slotctl roll replaces every broker, one at a time, controllers last and the
+//     quorum leader very last, waiting for Kafka in between (the group around moto is
+//     played by Group);
+//  8. the scheduled reconcile finds nothing to repair; DNS follows the slots.
 //
 // The events are the ones AWS would deliver (lifecycle actions, instance state
 // changes, the schedule, the alarm action), built by the demo in their real shapes,
@@ -23,6 +26,7 @@ package demo
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,9 +36,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
+	"github.com/slotkeeper/slotkeeper/shared/kafka/kafkatest"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
 	"github.com/slotkeeper/slotkeeper/test/harness"
@@ -90,7 +96,9 @@ type Report struct {
 	LogDir     string         `json:"log_dir"`
 	Timeline   []Event        `json:"timeline"`
 	Final      slotctl.Survey `json:"final"`
-	Checks     []Check        `json:"checks"`
+	// Roll is what slotctl roll did in step 7.
+	Roll   *slotctl.RollReport `json:"roll,omitempty"`
+	Checks []Check             `json:"checks"`
 	// Passed is true when every check holds.
 	Passed bool `json:"passed"`
 }
@@ -122,6 +130,16 @@ type demo struct {
 	holdReasons  []string
 	returner     string // the scale-out's instance
 	grown        map[string]any
+	beforeRoll   slotctl.Survey // the slots after step 6, for the claims of steps 1-6
+	group        *Group
+	roll         slotctl.RollReport
+	rollBegan    time.Time
+	rollHolders  []string // the holders the roll replaced, by slot
+
+	// During the roll, the KRaft quorum is scripted (quorum); a stopped broker is
+	// behind until it has caught up again.
+	rolling bool
+	quorum  kafkatest.Quorum
 }
 
 // Run tells the story (see the package documentation) and reports it. The error is
@@ -193,7 +211,8 @@ func (d *demo) story(ctx context.Context, rep *Report) error {
 		{"4. A planned scale-in waits until Kafka can lose the broker", d.scaleIn},
 		{"5. The group scales back out: the new instance becomes broker 0", d.scaleOut},
 		{"6. Broker 2's disk passes 85 %", d.grow},
-		{"7. The scheduled reconcile, and DNS", d.reconcile},
+		{"7. slotctl roll: every broker replaced, one at a time", d.rollAll},
+		{"8. The scheduled reconcile, and DNS", d.reconcile},
 	}
 	for _, s := range steps {
 		d.p.Step(s.title)
@@ -210,6 +229,7 @@ func (d *demo) story(ctx context.Context, rep *Report) error {
 	} else if dnsSt != nil {
 		d.p.Note("DNS: %d record(s) differ from the slots: %v", len(dnsSt.Drift), dnsSt.Drift)
 	}
+	rep.Roll = &d.roll
 	rep.Checks = d.checks(rep.Final)
 	rep.Passed = !slices.ContainsFunc(rep.Checks, func(c Check) bool { return !c.OK })
 	return nil
@@ -273,7 +293,12 @@ func (d *demo) setUp(ctx context.Context) error {
 	env := append(d.st.Env(),
 		"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_XRAY_SDK_DISABLED=true",
 		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true")
-	f, err := newFleet(binDir, d.opt.LogDir, h.URL, env, d.watch)
+	// The functions reach AWS through the group's endpoint, which shows the lifecycle
+	// states of the instances the group terminates and launches (Group).
+	if err := d.newGroup(); err != nil {
+		return err
+	}
+	f, err := newFleet(binDir, d.opt.LogDir, d.group.URL, env, d.watch)
 	if err != nil {
 		return err
 	}
@@ -284,7 +309,11 @@ func (d *demo) setUp(ctx context.Context) error {
 		}
 	})
 
-	pre := slotctl.Preflight(ctx, d.st.Clients(), d.st.Config)
+	// Through the proxy, which answers DescribeInstanceRefreshes for moto.
+	pc := slotctl.NewClients(d.st.H.AWSConfig())
+	pc.KafkaConfig = d.st.Config.Kafka
+	pre := slotctl.Preflight(ctx, pc, d.st.Config, slotctl.PreflightOptions{})
+	pc.Close()
 	var notOK []string
 	for _, c := range pre.Checks {
 		if c.Result != slotctl.CheckOK {
@@ -294,7 +323,11 @@ func (d *demo) setUp(ctx context.Context) error {
 	if len(notOK) > 0 {
 		return fmt.Errorf("preflight of the demo's deployment: %s", strings.Join(notOK, "; "))
 	}
-	d.p.Note("slotctl preflight: all %d checks pass (subnets, lease table, group, hooks, topics, hosted zone)", len(pre.Checks))
+	var names []string
+	for _, c := range pre.Checks {
+		names = append(names, c.Name)
+	}
+	d.p.Note("slotctl preflight: all %d checks pass (%s)", len(pre.Checks), strings.Join(names, ", "))
 	// No instance runs yet, so no broker is registered.
 	return d.k.offline(ctx)
 }
@@ -610,6 +643,138 @@ func (d *demo) grow(ctx context.Context) error {
 	})
 }
 
+// newGroup sets up the part of the Auto Scaling group moto does not play (Group) for
+// the roll: the terminate and launch functions on the lifecycle actions, the state
+// changes of a terminated instance to dns and reconcile, and the brokers' Kafka.
+func (d *demo) newGroup() error {
+	g, err := NewGroup(d.r, d.st)
+	if err != nil {
+		return err
+	}
+	asg := d.st.Config.ASGName
+	g.Evicted = func(id string) {
+		d.world("slotctl roll evicts "+id, "TerminateInstanceInAutoScalingGroup, capacity kept; Terminating:Wait")
+	}
+	g.Terminate = func(ctx context.Context, id string) error {
+		res, err := d.invoke(ctx, "terminate", "terminate lifecycle action of "+id, LifecycleEvent(asg, id, false))
+		if err != nil {
+			return err
+		}
+		if res["outcome"] != "released" || res["planned"] != true || res["forced"] == true {
+			return fmt.Errorf("the termination of %s ended %v (planned %v, forced %v): %v", id, res["outcome"], res["planned"], res["forced"], res["reason"])
+		}
+		return nil
+	}
+	g.Terminated = func(ctx context.Context, id string) {
+		d.world("the group terminates "+id, "Terminating:Proceed")
+		for _, fn := range []string{"dns", "reconcile"} {
+			if _, err := d.invoke(ctx, fn, "EC2: "+id+" is terminated", StateChangeEvent(id, "terminated")); err != nil {
+				d.r.Errorf("%s on the termination of %s: %v", fn, id, err)
+			}
+		}
+	}
+	g.Launched = func(_ context.Context, id string) {
+		d.world("the group launches "+id, "in the AZ that lost a broker; Pending:Wait")
+	}
+	g.Launch = func(ctx context.Context, id string) (string, int, error) {
+		s, err := d.brokerUp(ctx, id)
+		if err != nil {
+			return "", -1, err
+		}
+		node := int32(d.st.Config.NodeID(s))
+		d.world(fmt.Sprintf("broker %d starts on %s", node, id), "registered; catching up")
+		time.AfterFunc(time.Second, func() { d.caughtUp(node) })
+		return "continue", s, nil
+	}
+	d.group = g
+	return nil
+}
+
+// behind: during the roll, a stopped controller falls behind the quorum, and a leader
+// that stops hands its leadership to a caught-up voter.
+func (d *demo) behind(node int32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.rolling || !slices.Contains(d.quorum.Voters, node) {
+		return
+	}
+	d.quorum.Behind[node] = kafkatest.Unknown
+	if d.quorum.Leader == node {
+		for _, v := range d.quorum.Voters {
+			if _, b := d.quorum.Behind[v]; !b {
+				d.quorum.Leader = v
+				break
+			}
+		}
+	}
+	d.st.Kafka.SetQuorum(d.quorum)
+}
+
+// caughtUp: a restarted broker has caught up: every partition in sync, and the quorum.
+func (d *demo) caughtUp(node int32) {
+	if d.st.Real != nil {
+		// Apache Kafka brings the broker back in sync by itself; roll waits for it.
+		d.world(fmt.Sprintf("broker %d is catching up", node), "Kafka replicates the minutes it missed")
+		return
+	}
+	d.inSync()
+	d.mu.Lock()
+	if d.rolling {
+		delete(d.quorum.Behind, node)
+		d.st.Kafka.SetQuorum(d.quorum)
+	}
+	d.mu.Unlock()
+	d.world(fmt.Sprintf("broker %d has caught up", node), "every partition in sync; the quorum caught up")
+}
+
+// nextSecond waits for the next second and returns it (EC2 launch times have a
+// second's resolution).
+func nextSecond() time.Time {
+	next := time.Now().Truncate(time.Second).Add(time.Second)
+	time.Sleep(time.Until(next))
+	return next.UTC()
+}
+
+// rollAll: slotctl roll replaces every broker, one at a time.
+func (d *demo) rollAll(ctx context.Context) error {
+	var err error
+	if d.beforeRoll, err = slotctl.Inspect(ctx, d.st.Clients(), d.st.Config, slotctl.SurveyOptions{KnownSubnets: true}); err != nil {
+		return fmt.Errorf("reading the slots: %w", err)
+	}
+	for _, r := range d.beforeRoll.Slots {
+		d.rollHolders = append(d.rollHolders, r.Holder)
+	}
+	d.st.Join(d.r, d.rollHolders...) // in the group, InService
+	d.mu.Lock()
+	d.rolling = true
+	d.quorum = kafkatest.Quorum{Leader: 0, Voters: []int32{0, 1, 2}, Behind: map[int32]time.Duration{}}
+	if d.st.Real == nil { // Apache Kafka's quorum is its own
+		d.st.Kafka.SetQuorum(d.quorum)
+	}
+	d.mu.Unlock()
+	d.world("a new image: every broker is to be replaced", "brokers 0, 1, 2 are also the KRaft controllers; 0 leads the quorum")
+	since := nextSecond()
+	cfg := d.st.H.AWSConfig()
+	cfg.BaseEndpoint = aws.String(d.group.URL)
+	c := slotctl.NewClients(cfg)
+	c.KafkaConfig = d.st.Config.Kafka
+	defer c.Close()
+	d.rollBegan = time.Now()
+	d.p.Note("slotctl roll --launched-before %s", since.Format(time.RFC3339))
+	d.roll, err = slotctl.Roll(ctx, c, d.st.Config, slotctl.RollOptions{
+		LaunchedBefore: since, Poll: 200 * time.Millisecond, StepTimeout: 2 * time.Minute,
+		Progress: func(line string) { d.p.Note("roll %s", strings.TrimSpace(line)) },
+	}, d.opt.Out)
+	d.group.Wait()
+	if err != nil {
+		return fmt.Errorf("slotctl roll: %w", err)
+	}
+	if errs := d.group.Errs(); len(errs) > 0 {
+		return fmt.Errorf("the group during the roll: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
 // reconcile: the scheduled run, which repairs drift and reads Kafka's health.
 func (d *demo) reconcile(ctx context.Context) error {
 	return d.p.Wait("the scheduled reconcile checks everything", func() error {
@@ -618,11 +783,12 @@ func (d *demo) reconcile(ctx context.Context) error {
 	})
 }
 
-// checks tests the story's claims against the final state.
+// checks tests the story's claims against the final state, and those of steps 1-6
+// against the slots as the roll found them.
 func (d *demo) checks(sv slotctl.Survey) []Check {
 	row := func(s int) slotctl.SlotRow {
-		if s < len(sv.Slots) {
-			return sv.Slots[s]
+		if s < len(d.beforeRoll.Slots) {
+			return d.beforeRoll.Slots[s]
 		}
 		return slotctl.SlotRow{}
 	}
@@ -650,6 +816,31 @@ func (d *demo) checks(sv slotctl.Survey) []Check {
 	r2 := row(2)
 	add(d.grown != nil && r2.SizeGiB == int32(num(d.grown["to_gib"])) && r2.SizeGiB > VolumeGiB,
 		"broker 2's volume grew", "%d GiB -> %d GiB (volume %s)", VolumeGiB, r2.SizeGiB, r2.Volume)
+	var order []string
+	rollOK := d.roll.Done && len(d.roll.Steps) == Slots
+	for i, st := range d.roll.Steps {
+		order = append(order, fmt.Sprint(st.Slot))
+		final := slotctl.SlotRow{}
+		if st.Slot < len(sv.Slots) {
+			final = sv.Slots[st.Slot]
+		}
+		rollOK = rollOK && st.Old == d.rollHolders[st.Slot] && st.New == final.Holder && st.New != st.Old &&
+			st.VolumeAfter == st.Volume && st.ENIAfter == st.ENI && final.Volume == st.Volume && st.InSyncAtMS > st.BoundAtMS
+		if i > 0 {
+			rollOK = rollOK && st.EvictedAtMS > d.roll.Steps[i-1].InSyncAtMS
+		}
+	}
+	// The leader goes last: no step before the last took the quorum leader. On kfake
+	// the script fixes the leader (node 0), and so the order; Apache Kafka elects its own.
+	for i, st := range d.roll.Steps {
+		rollOK = rollOK && (i == len(d.roll.Steps)-1 || st.Role != slotctl.RoleLeader)
+	}
+	if d.st.Real == nil {
+		rollOK = rollOK && strings.Join(order, ",") == "1,2,0"
+	}
+	add(rollOK, "slotctl roll replaced every broker one at a time, the quorum leader last, each on its own volume and IP",
+		"order: slots %s; each eviction after the previous broker was back in sync; %s in all", strings.Join(order, ", "),
+		round(time.Duration(d.roll.ElapsedMS)*time.Millisecond))
 	bound := 0
 	for _, r := range sv.Slots {
 		if r.State == string(lease.Bound) && r.HolderState == "running" {
@@ -680,9 +871,9 @@ func (d *demo) checks(sv slotctl.Survey) []Check {
 		}
 	}
 	forbidden := d.st.H.Forbidden()
-	add(cont == len(comps) && len(comps) == 6 && len(forbidden) == 0,
+	add(cont == len(comps) && len(comps) == 12 && len(forbidden) == 0,
 		"every lifecycle action was completed with CONTINUE; no volume or ENI was ever deleted",
-		"%d of %d completions CONTINUE (5 launches, 1 termination); forbidden calls %v", cont, len(comps), forbidden)
+		"%d of %d completions CONTINUE (8 launches, 4 terminations); forbidden calls %v", cont, len(comps), forbidden)
 	return out
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -38,7 +39,13 @@ func TestDemoEndToEndRealKafka(t *testing.T) {
 	endToEnd(t, "--kafka", "real")
 }
 
+// endToEnd runs the demo with args. Against kfake the story is scripted to the end:
+// the quorum leader is node 0, so the roll's order is slots 1, 2, 0, and every roll
+// step finds Kafka under-replicated once the slot is bound again. Apache Kafka elects
+// its own leader and catches up at its own pace: there the test only requires what
+// roll promises (the leader last, one slot at a time, each back in sync).
 func endToEnd(t *testing.T, args ...string) {
+	real := slices.Contains(args, "real")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	logs := t.TempDir()
@@ -104,10 +111,20 @@ func endToEnd(t *testing.T, args ...string) {
 			}
 		}
 	}
+	rollOrder := []int{1, 2, 0}
+	if real && doc.Roll != nil && len(doc.Roll.Steps) == 3 {
+		rollOrder = nil
+		for _, st := range doc.Roll.Steps {
+			rollOrder = append(rollOrder, st.Slot)
+		}
+	}
 	wantPrefix := map[string][]string{
-		"launch":    {"continue · slot", "continue · slot", "continue · slot", "continue · slot 1", "continue · slot 0"},
-		"terminate": {"released · slot 0 · planned · "},
-		"reconcile": {"reconciled · released slot 1", "reconciled", "reconciled"},
+		"launch": {"continue · slot", "continue · slot", "continue · slot", "continue · slot 1", "continue · slot 0",
+			fmt.Sprintf("continue · slot %d", rollOrder[0]), fmt.Sprintf("continue · slot %d", rollOrder[1]),
+			fmt.Sprintf("continue · slot %d", rollOrder[2])}, // the last three: the roll's replacements
+		"terminate": {"released · slot 0 · planned · ", fmt.Sprintf("released · slot %d · planned · ", rollOrder[0]),
+			fmt.Sprintf("released · slot %d · planned · ", rollOrder[1]), fmt.Sprintf("released · slot %d · planned · ", rollOrder[2])},
+		"reconcile": {"reconciled · released slot 1", "reconciled", "reconciled", "reconciled", "reconciled", "reconciled"},
 		"grow":      {"grown · slot 2 · 100 → 144 GiB"},
 	}
 	for fn, want := range wantPrefix {
@@ -128,6 +145,52 @@ func endToEnd(t *testing.T, args ...string) {
 	if len(outcomes["dns"]) < 5 {
 		t.Errorf("dns outcomes %q: want one per instance state change", outcomes["dns"])
 	}
+
+	// The roll (step 7): slots 1, 2, 0 (controllers, then the quorum leader), one at a
+	// time, each back on its own volume and ENI with a new holder, which is the final
+	// table's; its progress lines were printed.
+	roll := doc.Roll
+	if roll == nil || !roll.Done || len(roll.Steps) != 3 {
+		t.Fatalf("roll report %+v", roll)
+	}
+	var order []int
+	for i, st := range roll.Steps {
+		order = append(order, st.Slot)
+		fin := doc.Final.Slots[st.Slot]
+		if st.New == st.Old || st.New != fin.Holder || st.VolumeAfter != st.Volume || fin.Volume != st.Volume || st.ENIAfter != st.ENI || fin.ENI != st.ENI {
+			t.Errorf("roll step %d: %+v; final slot %+v", i, st, fin)
+		}
+		if i > 0 && st.EvictedAtMS <= roll.Steps[i-1].InSyncAtMS {
+			t.Errorf("roll step %d evicted at %d ms, before step %d was in sync (%d ms)", i, st.EvictedAtMS, i-1, roll.Steps[i-1].InSyncAtMS)
+		}
+		if i < len(roll.Steps)-1 && st.Role == slotctl.RoleLeader {
+			t.Errorf("roll step %d took the quorum leader (slot %d) before the last step", i, st.Slot)
+		}
+		if st.InSyncAtMS <= st.BoundAtMS {
+			t.Errorf("roll step %d: in sync at %d ms, not after the bind at %d ms", i, st.InSyncAtMS, st.BoundAtMS)
+		}
+		if !real && !slices.ContainsFunc(st.SyncWaits, func(w string) bool { return strings.Contains(w, "under-replicated") }) {
+			t.Errorf("roll step %d did not wait while under-replicated: %q", i, st.SyncWaits)
+		}
+	}
+	if !real {
+		if !slices.Equal(order, []int{1, 2, 0}) {
+			t.Errorf("roll order %v, want [1 2 0]", order)
+		}
+		if n := strings.Count(strings.Join(roll.Log, "\n"), "· waiting: Kafka: 3 under-replicated partition(s)"); n != 3 {
+			t.Errorf("%d progress lines of a step waiting while under-replicated, want one per step", n)
+		}
+	}
+	var evicting []string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if i := strings.Index(line, "roll "); i >= 0 && strings.Contains(line, "· evicting ") {
+			evicting = append(evicting, strings.TrimSpace(line[i:]))
+		}
+	}
+	if len(evicting) != 3 {
+		t.Errorf("progress lines of the roll's evictions: %q", evicting)
+	}
+	t.Logf("roll progress:\n  %s", strings.Join(roll.Log, "\n  "))
 }
 
 func dumpLogs(t *testing.T, dir string) {

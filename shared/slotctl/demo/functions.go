@@ -26,6 +26,13 @@ import (
 // FunctionNames are the functions the demo runs: every directory of functions/.
 var FunctionNames = []string{"launch", "terminate", "reconcile", "grow", "dns"}
 
+// functionTimeouts are the functions' Lambda timeouts, as template.yaml sets them: the
+// launch path's handover wait, for one, is bounded by what is left of its invocation.
+var functionTimeouts = map[string]time.Duration{
+	"launch": 900 * time.Second, "terminate": 900 * time.Second, "grow": 400 * time.Second,
+	"reconcile": 600 * time.Second, "dns": 120 * time.Second,
+}
+
 // findRoot returns the repository root: the nearest directory at or above dir whose
 // go.mod declares the slotkeeper module.
 func findRoot(dir string) (string, error) {
@@ -175,7 +182,7 @@ func newFleet(dir, logDir, proxyURL string, env []string, watch func(fn string, 
 		f.counters[name] = map[int]*counter{}
 		fn := &lambdart.Function{
 			Name: "slotkeeper-demo-" + name, Path: filepath.Join(dir, name, "bootstrap"), Env: env,
-			Timeout: 2 * time.Minute, MemoryMB: 256, MaxEnvironments: 5,
+			Timeout: functionTimeouts[name], MemoryMB: 256, MaxEnvironments: 5,
 			Log: &lineTap{w: logFile, tap: func(line []byte) { watch(name, line) }, closer: logFile},
 		}
 		fn.EnvironmentEnv = func(id int) ([]string, error) {

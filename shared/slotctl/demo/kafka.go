@@ -64,7 +64,10 @@ func (k fakeKafka) crashed(node int32) error {
 	return nil
 }
 
-func (k fakeKafka) stopped(node int32) error { return k.crashed(node) }
+func (k fakeKafka) stopped(node int32) error {
+	k.d.behind(node) // a stopped controller stops voting
+	return k.crashed(node)
+}
 
 func (k fakeKafka) caughtUp(context.Context) error {
 	k.d.inSync()

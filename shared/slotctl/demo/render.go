@@ -25,9 +25,11 @@ Lambda Runtime API, configuration by environment variables only), against moto (
 emulator of the tests, from .venv) and an in-process Kafka of three brokers, and tells one
 story: three brokers launch together; broker 1 dies and the reconciler frees its slot;
 the replacement becomes broker 1 with the same IP and volume; a planned scale-in waits
-until Kafka can lose the broker; the group scales back out; broker 2's disk grows; DNS
-follows. It prints a line per wait, then the timeline (every event and invocation, with
-its AWS calls) and the final slot table, and checks the story's claims.
+until Kafka can lose the broker; the group scales back out; broker 2's disk grows;
+'slotctl roll' replaces every broker, one at a time, the quorum leader last, with its
+progress lines; DNS follows. It prints a line per wait, then the timeline (every event
+and invocation, with its AWS calls) and the final slot table, and checks the story's
+claims.
 
 With --kafka real the brokers are Apache Kafka itself (three KRaft nodes on loopback,
 fetched by 'make kafka-runtime'; needs Java 17+): a crash is SIGKILL to the broker's
@@ -37,6 +39,11 @@ the scale-in has been held.
 
 Needs Go (the functions are built) and moto (run 'make venv' once). No AWS account.
 Exit code 0 when every claim holds, 1 when one does not, 3 when the demo cannot run.`,
+		Examples: []string{
+			"slotctl demo",
+			"slotctl demo --json > demo.json          # one JSON document; progress on stderr",
+			"slotctl demo --logs /tmp/demo-logs",
+		},
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&opt.LogDir, "logs", "", "directory for the functions' logs (default: a new temporary directory, kept)")
 			fs.StringVar(&opt.Root, "repo", "", "slotkeeper checkout to build the functions from (default: found from the working directory)")

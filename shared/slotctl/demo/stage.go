@@ -37,9 +37,10 @@ const (
 
 // Stage is a slotkeeper deployment on this machine: in moto (behind the harness
 // proxy) a VPC with three AZs, the lease table, a private hosted zone and the brokers'
-// Auto Scaling group with both lifecycle hooks; and a Kafka of three brokers with a
-// topic: in-process (kfake), or Apache Kafka itself (StageOptions.RealKafka).
-// Everything was created directly at moto, so the proxy has counted nothing yet.
+// Auto Scaling group with both lifecycle hooks (900 s, as the template makes them) and
+// its AZRebalance process suspended; and a Kafka of three brokers with a topic:
+// in-process (kfake), or Apache Kafka itself (StageOptions.RealKafka). Everything was
+// created directly at moto, so the proxy has counted nothing yet.
 type Stage struct {
 	H     *harness.Harness
 	World *harness.World
@@ -98,8 +99,15 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 		LaunchTemplate:       &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(cluster + "-broker"), Version: aws.String("$Latest")},
 		MinSize:              aws.Int32(0), MaxSize: aws.Int32(Slots), DesiredCapacity: aws.Int32(0),
 		VPCZoneIdentifier: aws.String(strings.Join(subnets, ",")),
+		HealthCheckType:   aws.String("EC2"), HealthCheckGracePeriod: aws.Int32(600),
 	}); err != nil {
 		t.Fatalf("creating group %s: %v", asgName, err)
+	}
+	// Rebalancing between AZs launches before it terminates: slots cannot follow.
+	if _, err := asg.SuspendProcesses(ctx, &autoscaling.SuspendProcessesInput{
+		AutoScalingGroupName: aws.String(asgName), ScalingProcesses: []string{"AZRebalance"},
+	}); err != nil {
+		t.Fatalf("suspending AZRebalance of %s: %v", asgName, err)
 	}
 	for _, hk := range []struct{ name, transition, result string }{
 		{LaunchHook, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"},
@@ -107,7 +115,7 @@ func NewStageWith(t testing.TB, h *harness.Harness, cluster string, opt StageOpt
 	} {
 		if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
 			AutoScalingGroupName: aws.String(asgName), LifecycleHookName: aws.String(hk.name),
-			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(300),
+			LifecycleTransition: aws.String(hk.transition), DefaultResult: aws.String(hk.result), HeartbeatTimeout: aws.Int32(900),
 		}); err != nil {
 			t.Fatalf("creating lifecycle hook %s: %v", hk.name, err)
 		}
@@ -180,9 +188,35 @@ func (s *Stage) Clients() *slotctl.Clients {
 	return c
 }
 
-// Launch runs an instance of the group in subnet i (AZ a, b, c), tagged as the group
-// tags its instances, and returns its id.
+// Launch runs an instance of the group in subnet i (AZ a, b, c) from the group's
+// launch template, tagged as the group tags its instances, and returns its id. It is
+// not in moto's group: see Join.
 func (s *Stage) Launch(t testing.TB, i int) string {
 	t.Helper()
-	return s.H.RunInstanceTagged(t, s.World, s.World.Subnets[i].ID, map[string]string{"aws:autoscaling:groupName": s.Config.ASGName})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := ec2.NewFromConfig(s.H.DirectConfig()).RunInstances(ctx, &ec2.RunInstancesInput{
+		LaunchTemplate:   &ec2types.LaunchTemplateSpecification{LaunchTemplateName: aws.String(s.Config.Cluster + "-broker"), Version: aws.String("$Latest")},
+		SubnetId:         aws.String(s.World.Subnets[i].ID),
+		SecurityGroupIds: []string{s.World.SecurityGroupID},
+		MinCount:         aws.Int32(1), MaxCount: aws.Int32(1),
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance,
+			Tags: []ec2types.Tag{{Key: aws.String("aws:autoscaling:groupName"), Value: aws.String(s.Config.ASGName)}}}},
+	})
+	if err != nil {
+		t.Fatalf("running an instance in %s: %v", s.World.Subnets[i].ID, err)
+	}
+	return aws.ToString(out.Instances[0].InstanceId)
+}
+
+// Join attaches instances to moto's group, InService (moto raises the desired
+// capacity to the group's size).
+func (s *Stage) Join(t testing.TB, ids ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := autoscaling.NewFromConfig(s.H.DirectConfig()).AttachInstances(ctx, &autoscaling.AttachInstancesInput{
+		AutoScalingGroupName: aws.String(s.Config.ASGName), InstanceIds: ids}); err != nil {
+		t.Fatalf("attaching %v to group %s: %v", ids, s.Config.ASGName, err)
+	}
 }
