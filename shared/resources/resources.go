@@ -106,6 +106,7 @@ type ENI struct {
 // Volume is the part of a volume slotkeeper looks at.
 type Volume struct {
 	ID, AZ, State   string
+	Type            string // EBS volume type (gp3, ...)
 	SizeGiB         int32
 	AttachedTo      string
 	AttachmentState string
@@ -652,27 +653,17 @@ func (m *Manager) settleMark(ctx context.Context, l lease.Lease, v *Volume) erro
 
 // InstanceStates returns the EC2 state of each of ids that EC2 knows; unknown ids are
 // absent (slot.Gone). It filters by id rather than asking for the ids, so one unknown
-// id does not fail the whole call.
+// id does not fail the whole call, in requests of at most MaxFilterValues ids
+// (EachInstance).
 func (m *Manager) InstanceStates(ctx context.Context, ids []string) (map[string]string, error) {
 	states := make(map[string]string, len(ids))
-	if len(ids) == 0 {
-		return states, nil
-	}
-	p := ec2.NewDescribeInstancesPaginator(m.EC2, &ec2.DescribeInstancesInput{
-		Filters: []types.Filter{{Name: aws.String("instance-id"), Values: ids}},
+	err := EachInstance(ctx, m.EC2, ids, func(i types.Instance) {
+		if i.State != nil {
+			states[aws.ToString(i.InstanceId)] = string(i.State.Name)
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("describing instances %v: %w", ids, err)
-		}
-		for _, r := range page.Reservations {
-			for _, i := range r.Instances {
-				if i.State != nil {
-					states[aws.ToString(i.InstanceId)] = string(i.State.Name)
-				}
-			}
-		}
+	if err != nil {
+		return nil, err
 	}
 	return states, nil
 }
@@ -761,7 +752,7 @@ func toENI(n types.NetworkInterface) ENI {
 
 func toVolume(v types.Volume) Volume {
 	vol := Volume{
-		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State),
+		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State), Type: string(v.VolumeType),
 		SizeGiB: aws.ToInt32(v.Size), SnapshotID: aws.ToString(v.SnapshotId), Tags: tagMap(v.Tags),
 	}
 	for _, a := range v.Attachments {
