@@ -364,3 +364,56 @@ func TestGrowthCappedAtTheTypesMaximum(t *testing.T) {
 		})
 	}
 }
+
+// A modification that ends in EBS's "failed" state (a transient fault: the volume keeps
+// its size, and AWS says to retry) does not block the disk's growth: the next pass
+// that may modify the volume (the rate rules still apply; a failed start counts) modifies
+// it again, alerts the operators once, and finishes the pending growth.
+func TestFailedModificationIsRetried(t *testing.T) {
+	h := harness.Start(t)
+	topic, err := sns.NewFromConfig(h.DirectConfig()).CreateTopic(context.Background(), &sns.CreateTopicInput{Name: aws.String("slotkeeper-failed-mod")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	arn := aws.ToString(topic.TopicArn)
+	// The first ModifyVolume fails at EBS: its modification reads "failed" and the
+	// volume stays at 100 GiB (moto applies every modification at once).
+	var modifies atomic.Int32
+	h.Override(harness.Override{Action: "ModifyVolume", Rewrite: func(_, b []byte) []byte { modifies.Add(1); return b }})
+	h.Override(harness.Override{Action: "DescribeVolumesModifications", Rewrite: func(_, b []byte) []byte {
+		if modifies.Load() != 1 {
+			return b
+		}
+		return bytes.ReplaceAll(b, []byte("<modificationState>completed<"), []byte("<modificationState>failed<"))
+	}})
+	h.Override(harness.Override{Action: "DescribeVolumes", Rewrite: func(_, b []byte) []byte {
+		if modifies.Load() != 1 {
+			return b
+		}
+		return bytes.ReplaceAll(b, []byte("<size>142<"), []byte("<size>100<"))
+	}})
+	r := newGrowRig(t, h, 3, map[string]string{"ALERT_TOPIC_ARN": arn})
+	clk := &clock{}
+	r.useClock(clk)
+	r.launchAll(r.run(0))
+
+	res := r.mustDeliver(r.alarmAction(0, 85, time.Now().Add(-time.Minute)))
+	if res.Outcome != grow.OutcomePending || r.growth(0).Pending == nil || modifies.Load() != 1 {
+		t.Fatalf("alarm: %+v, pending %+v, %d ModifyVolume; want the growth pending after the failed modification", res, r.growth(0).Pending, modifies.Load())
+	}
+	before := len(snsPublished(t, h, arn))
+	for i := 0; i < 8 && r.growth(0).Pending != nil; i++ {
+		clk.advance(3 * time.Hour)
+		if _, err := r.reconcileGrowth(); err != nil {
+			t.Logf("reconcile %d: %v", i, err)
+		}
+	}
+	if p := r.growth(0).Pending; p != nil || modifies.Load() != 2 || r.volumeSize(0) != 142 {
+		t.Fatalf("after the reconciles: pending %+v, %d ModifyVolume, volume %d GiB; want the failed growth retried once, to 142 GiB", p, modifies.Load(), r.volumeSize(0))
+	}
+	sent := snsPublished(t, h, arn)[before:]
+	if len(sent) != 1 || !strings.Contains(sent[0][0], "disk modification failed") {
+		t.Fatalf("alerts %q, want one about the failed modification", sent)
+	}
+	t.Logf("failed modification retried: 2 ModifyVolume in all, volume 142 GiB, 1 alert %q", sent[0][0])
+}

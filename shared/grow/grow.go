@@ -603,9 +603,11 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 	}
 
 	// 6. EBS's rules for a new modification: the previous one completed (optimizing is
-	// still in flight), at most MaxPerDay started in a rolling 24 hours, MinInterval
-	// apart.
-	if mod != nil && mod.state != ec2types.VolumeModificationStateCompleted {
+	// still in flight) or failed (EBS documents a failed modification as one to retry:
+	// the volume kept its size), at most MaxPerDay started in a rolling 24 hours (a
+	// failed one counts, to be safe), MinInterval apart.
+	failed := mod != nil && mod.state == ec2types.VolumeModificationStateFailed
+	if mod != nil && !failed && mod.state != ec2types.VolumeModificationStateCompleted {
 		return j.done(ctx, res, OutcomeInFlight, fmt.Sprintf("the modification of %s to %d GiB is %s: the next one waits until it is completed",
 			v.ID, mod.to, mod.state))
 	}
@@ -615,6 +617,13 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 	}
 	if notBefore, why := j.rateRule(g, v.ID, mod, now); !notBefore.IsZero() {
 		return j.wait(ctx, res, p, notBefore, why)
+	}
+	if failed {
+		j.alert(ctx, j.o.Log.With("volume", v.ID, "size_gib", size, "to_gib", mod.to),
+			fmt.Sprintf("slot %d disk modification failed", rq.slot),
+			fmt.Sprintf("The modification of the data volume %s of Kafka cluster %s slot %d (broker node id %d) to %d GiB, started %s, failed: %s.\n"+
+				"slotkeeper modifies it again now, within the EBS rate rules; if this repeats, look at the volume in the EC2 console.",
+				v.ID, j.cfg.Cluster, rq.slot, j.cfg.NodeID(rq.slot), mod.to, mod.start.Format(time.RFC3339), mod.message))
 	}
 
 	// 7. Write ahead, conditionally: of two invocations deciding this growth at once,
