@@ -114,15 +114,18 @@ type VolumeLimits struct{ MinGiB, MaxGiB int32 }
 
 // volumeLimits are EBS's size limits per volume type: gp2, io1, st1 and sc1 up to
 // 16 TiB, gp3 and io2 up to 64 TiB; io1 and io2 at least 4 GiB, st1 and sc1 at least
-// 125 GiB.
+// 125 GiB; standard (magnetic, previous generation) 1 GiB to 1 TiB. slotkeeper creates
+// only the types VOLUME_TYPE accepts, but an adopted broker's volume may be a standard
+// one, and its growths stop at its limit.
 var volumeLimits = map[string]VolumeLimits{
 	"gp2": {1, 16384}, "gp3": {1, 65536},
 	"io1": {4, 16384}, "io2": {4, 65536},
 	"st1": {125, 16384}, "sc1": {125, 16384},
+	"standard": {1, 1024},
 }
 
 // LimitsOf returns EBS's size limits for volume type t; ok is false for a type
-// slotkeeper does not know (standard, say), whose limits it does not enforce.
+// slotkeeper does not know, whose limits it does not enforce.
 func LimitsOf(t string) (VolumeLimits, bool) {
 	l, ok := volumeLimits[t]
 	return l, ok

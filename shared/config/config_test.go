@@ -198,8 +198,17 @@ func TestVolumeTypeLimits(t *testing.T) {
 			}
 		})
 	}
-	if _, ok := LimitsOf("standard"); ok {
-		t.Errorf("LimitsOf(standard): a type slotkeeper does not create has limits")
+	// An adopted broker's volume may be a magnetic (standard) one: 1 GiB to 1 TiB.
+	if l, ok := LimitsOf("standard"); !ok || l != (VolumeLimits{1, 1024}) {
+		t.Errorf("LimitsOf(standard) = %v, %v; want 1..1024 GiB", l, ok)
+	}
+	if _, ok := LimitsOf("gp1"); ok {
+		t.Errorf("LimitsOf(gp1): a type EBS does not have has limits")
+	}
+	m := valid()
+	m["VOLUME_TYPE"] = "standard"
+	if _, err := Load(env(m)); err == nil || !strings.Contains(err.Error(), "VOLUME_TYPE") {
+		t.Errorf("VOLUME_TYPE=standard: %v, want refused (slotkeeper creates no magnetic volumes)", err)
 	}
 }
 

@@ -88,14 +88,19 @@ func fqdn(name string) string { return strings.ToLower(strings.TrimSuffix(name, 
 //     slot has already left the bootstrap record.
 //   - A slot that has never been bound has no address and no record.
 //
-// bootstrap: the addresses of the bound slots whose holder is running. A slot leaves
-// it as soon as it is draining, free or claimed, or its holder is stopping, stopped,
-// shutting down, terminated or gone, even while its lease is still bound. With no
-// such slot there is no bootstrap record (Route 53 has no empty A record).
+// bootstrap: the addresses of the bound slots whose holder is running, at most
+// MaxBootstrapValues of them (those of the lowest slots). A slot leaves it as soon as
+// it is draining, free or claimed, or its holder is stopping, stopped, shutting down,
+// terminated or gone, even while its lease is still bound. With no such slot there is
+// no bootstrap record (Route 53 has no empty A record).
 func Desired(cfg config.Config, leases []lease.Lease, holders map[string]Holder) Records {
 	names := NewNames(cfg)
 	want := Records{}
-	var bootstrap []string
+	type member struct {
+		slot int
+		ip   string
+	}
+	var members []member
 	for _, l := range leases {
 		if l.Slot < 0 || l.Slot >= cfg.SlotCount {
 			continue // not a slot of this configuration
@@ -110,8 +115,13 @@ func Desired(cfg config.Config, leases []lease.Lease, holders map[string]Holder)
 		}
 		want[names.Broker(l.Slot)] = newRecord(names.Broker(l.Slot), cfg.DNS.TTL, ip)
 		if l.State == lease.Bound && known && h.State == slot.Running {
-			bootstrap = append(bootstrap, ip)
+			members = append(members, member{l.Slot, ip})
 		}
+	}
+	slices.SortFunc(members, func(a, b member) int { return a.slot - b.slot })
+	var bootstrap []string
+	for _, m := range members[:min(len(members), MaxBootstrapValues)] {
+		bootstrap = append(bootstrap, m.ip)
 	}
 	if len(bootstrap) > 0 {
 		want[names.Bootstrap()] = newRecord(names.Bootstrap(), cfg.DNS.TTL, bootstrap...)
@@ -186,6 +196,11 @@ func values(h types.ResourceRecordSet) []string {
 	slices.Sort(v)
 	return slices.Compact(v)
 }
+
+// MaxBootstrapValues bounds the bootstrap record. Route 53 takes at most 1,000 record
+// values in one change request, an UPSERT's counting twice, so one record of more than
+// 500 values could never be written; clients need only a few addresses to bootstrap.
+const MaxBootstrapValues = 400
 
 // maxBatchValues is Route 53's limit on the record values in one change request,
 // where an UPSERT's values count twice.

@@ -269,3 +269,45 @@ func TestSortKey(t *testing.T) {
 		}
 	}
 }
+
+// At 1,000 bound slots the bootstrap record holds the addresses of the lowest
+// MaxBootstrapValues slots, and every change request the full sync needs stays within
+// Route 53's 1,000 values (an UPSERT's counting twice): one record of more than 500
+// values could never be written.
+func TestBootstrapAtAThousandSlots(t *testing.T) {
+	cfg := testConfig(true)
+	cfg.SlotCount = 1000
+	var leases []lease.Lease
+	holders := map[string]Holder{}
+	for s := 999; s >= 0; s-- { // any order: the lowest slots are kept
+		ip := fmt.Sprintf("10.%d.%d.%d", s%3, s/250, s%250+1)
+		id := fmt.Sprintf("i-%04d", s)
+		leases = append(leases, bound(s, id, ip))
+		holders[id] = Holder{State: slot.Running, IP: ip}
+	}
+	want := Desired(cfg, leases, holders)
+	boot := want["bootstrap.kafka.example."]
+	if len(boot.IPs) != MaxBootstrapValues {
+		t.Fatalf("bootstrap has %d values, want %d", len(boot.IPs), MaxBootstrapValues)
+	}
+	for s := range MaxBootstrapValues {
+		if ip := fmt.Sprintf("10.%d.%d.%d", s%3, s/250, s%250+1); !slices.Contains(boot.IPs, ip) {
+			t.Fatalf("bootstrap lacks slot %d's %s", s, ip)
+		}
+	}
+	changes := Diff(want, nil)
+	for i, b := range Batches(changes) {
+		n := 0
+		for _, c := range b {
+			k := len(c.ResourceRecordSet.ResourceRecords)
+			if c.Action == types.ChangeActionUpsert {
+				k *= 2
+			}
+			n += k
+		}
+		if n > maxBatchValues {
+			t.Errorf("request %d carries %d values, Route 53 takes %d", i, n, maxBatchValues)
+		}
+	}
+	t.Logf("1000 bound slots: bootstrap %d values, %d changes in %d requests", len(boot.IPs), len(changes), len(Batches(changes)))
+}

@@ -20,9 +20,9 @@ type Holding struct {
 }
 
 // Holdings returns the holder and last holder of every lease item of the cluster, read
-// consistently. It reads only those attributes, so for any slot count the whole
-// cluster fits one Query page (a full lease item carries its history): a foreign
-// instance's event costs one call.
+// consistently, to its last page. It returns only those attributes, but DynamoDB
+// counts whole items (with their histories) against its 1 MB page before the
+// projection: a small cluster fits one page, a large one takes several.
 func (s *Store) Holdings(ctx context.Context) ([]Holding, error) {
 	in := &dynamodb.QueryInput{
 		TableName:                 &s.table,
