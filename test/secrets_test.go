@@ -5,11 +5,14 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/slotkeeper/slotkeeper/shared/config"
+	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/secrets"
 	"github.com/slotkeeper/slotkeeper/test/harness"
 )
@@ -75,5 +78,70 @@ func TestKafkaPasswordFromSecretsManager(t *testing.T) {
 		return err
 	}(), secrets.ErrEmpty) {
 		t.Errorf("an empty secret is not ErrEmpty")
+	}
+}
+
+// The functions read the password when a Kafka connection needs it, not at cold start:
+// a secret that cannot be read makes Kafka unreachable (the checks say "not safe",
+// with the reason) instead of keeping the function from starting, and once the secret
+// can be read the next connection authenticates. A password read is kept for the
+// TTL, then read again, so a rotation is followed.
+func TestKafkaPasswordReadWhenNeeded(t *testing.T) {
+	h := harness.Start(t)
+	direct := secretsmanager.NewFromConfig(h.DirectConfig())
+	api := secretsmanager.NewFromConfig(h.AWSConfig())
+	fake, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "slotkeeper", "p1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	const name = "kafka-later"
+	k := config.KafkaConfig{Bootstrap: fake.ListenAddrs(), SASLMechanism: "SCRAM-SHA-256", Username: "slotkeeper",
+		PasswordSecretARN: "arn:aws:secretsmanager:us-east-1:123456789012:secret:" + name}
+
+	h.ResetCounts()
+	cl, err := kafka.NewClientWithPassword(k, secrets.Password(api, k, 0))
+	if err != nil {
+		t.Fatalf("a client whose secret does not exist yet: %v, want one that fails only its connections", err)
+	}
+	defer cl.Close()
+	if n := h.Calls("GetSecretValue"); n != 0 {
+		t.Errorf("%d GetSecretValue calls before any connection, want 0", n)
+	}
+	ctx := context.Background()
+	if _, err := cl.Partitions(ctx); err == nil || !strings.Contains(err.Error(), "ResourceNotFoundException") {
+		t.Fatalf("Partitions without the secret: %v, want an error naming the missing secret", err)
+	}
+	created, err := direct.CreateSecret(ctx, &secretsmanager.CreateSecretInput{Name: aws.String(name), SecretString: aws.String("p1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.PasswordSecretARN = aws.ToString(created.ARN)
+	cl2, err := kafka.NewClientWithPassword(k, secrets.Password(api, k, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl2.Close()
+	if _, err := cl2.Partitions(ctx); err != nil {
+		t.Fatalf("Partitions once the secret exists: %v", err)
+	}
+
+	// Kept for the TTL, read again after it: a rotation is followed.
+	pw := secrets.Password(api, k, 200*time.Millisecond)
+	h.ResetCounts()
+	for range 3 {
+		if p, err := pw(ctx); err != nil || p != "p1" {
+			t.Fatalf("password %q, %v; want p1", p, err)
+		}
+	}
+	if n := h.Calls("GetSecretValue"); n != 1 {
+		t.Errorf("%d GetSecretValue calls for 3 reads within the TTL, want 1", n)
+	}
+	if _, err := direct.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{SecretId: created.ARN, SecretString: aws.String("p2")}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(250 * time.Millisecond)
+	if p, err := pw(ctx); err != nil || p != "p2" {
+		t.Fatalf("after the rotation and the TTL: %q, %v; want p2", p, err)
 	}
 }

@@ -4,7 +4,6 @@
 package main
 
 import (
-	"context"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -31,11 +30,9 @@ func main() {
 	h.Drainers = []terminate.Drainer{dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log)}
 	h.Alerts = &alert.Notifier{SNS: sns.NewFromConfig(awsCfg), TopicARN: cfg.AlertTopicARN, Cluster: cfg.Cluster}
 	if len(cfg.Kafka.Bootstrap) > 0 {
-		kcfg, err := secrets.Kafka(context.Background(), secretsmanager.NewFromConfig(awsCfg), cfg.Kafka) // once per cold start
-		if err != nil {
-			app.Fail("terminate", err)
-		}
-		k, err := kafka.NewClient(kcfg)
+		// The password is read when a connection needs it (and again after a rotation):
+		// a secret that cannot be read makes Kafka unreachable, not the function.
+		k, err := kafka.NewClientWithPassword(cfg.Kafka, secrets.Password(secretsmanager.NewFromConfig(awsCfg), cfg.Kafka, secrets.PasswordTTL))
 		if err != nil {
 			app.Fail("terminate", err)
 		}

@@ -200,7 +200,7 @@ var Vars = []Var{
 	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: empty (none), PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."},
 	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
 	{"KAFKA_PASSWORD", "", "SASL password, for local and development use; in AWS use KAFKA_PASSWORD_SECRET_ARN. Set one of the two with a SASL mechanism."},
-	{"KAFKA_PASSWORD_SECRET_ARN", "", "ARN of a Secrets Manager secret whose value is the SASL password, read once per cold start by the functions that talk to Kafka."},
+	{"KAFKA_PASSWORD_SECRET_ARN", "", "ARN of a Secrets Manager secret whose value is the SASL password, read by the functions that talk to Kafka when a connection needs it and kept for a minute."},
 	{"SAFETY_MAX_WAIT", "5m", "Longest a planned termination waits for the removal token and removal safety before it proceeds anyway, loudly; counted from the removal's first delivery, and never into the part of the invocation the rest of the removal needs."},
 	{"SAFETY_RECHECK", "2s", "First interval between removal-safety checks; it doubles up to 4s (or this value, if larger), so a held termination proceeds within seconds of the ISRs being full."},
 	{"UNPLANNED_SAFETY_MAX_WAIT", "2m", "Longest an unplanned termination of a still-running instance waits for the removal token and removal safety before it proceeds anyway, loudly; never longer than SAFETY_MAX_WAIT."},

@@ -82,6 +82,18 @@ type Client struct {
 // first call. opts are appended after slotkeeper's own kgo options, so they win
 // (tests use this for shorter timeouts).
 func NewClient(cfg config.KafkaConfig, opts ...kgo.Opt) (*Client, error) {
+	return NewClientWithPassword(cfg, func(context.Context) (string, error) { return cfg.Password, nil }, opts...)
+}
+
+// PasswordFunc returns the SASL password. It is asked on every new connection, so a
+// password read from a secret can follow a rotation, and a secret that cannot be read
+// fails the connections that need it (Kafka then counts as unreachable: "not safe")
+// instead of the whole function.
+type PasswordFunc func(context.Context) (string, error)
+
+// NewClientWithPassword is NewClient with the SASL password from password instead of
+// cfg.Password.
+func NewClientWithPassword(cfg config.KafkaConfig, password PasswordFunc, opts ...kgo.Opt) (*Client, error) {
 	if len(cfg.Bootstrap) == 0 {
 		return nil, ErrNoBootstrap
 	}
@@ -97,11 +109,20 @@ func NewClient(cfg config.KafkaConfig, opts ...kgo.Opt) (*Client, error) {
 	switch cfg.SASLMechanism {
 	case "":
 	case "PLAIN":
-		base = append(base, kgo.SASL(plain.Auth{User: cfg.Username, Pass: cfg.Password}.AsMechanism()))
-	case "SCRAM-SHA-256":
-		base = append(base, kgo.SASL(scram.Auth{User: cfg.Username, Pass: cfg.Password}.AsSha256Mechanism()))
-	case "SCRAM-SHA-512":
-		base = append(base, kgo.SASL(scram.Auth{User: cfg.Username, Pass: cfg.Password}.AsSha512Mechanism()))
+		base = append(base, kgo.SASL(plain.Plain(func(ctx context.Context) (plain.Auth, error) {
+			p, err := password(ctx)
+			return plain.Auth{User: cfg.Username, Pass: p}, err
+		})))
+	case "SCRAM-SHA-256", "SCRAM-SHA-512":
+		auth := func(ctx context.Context) (scram.Auth, error) {
+			p, err := password(ctx)
+			return scram.Auth{User: cfg.Username, Pass: p}, err
+		}
+		if cfg.SASLMechanism == "SCRAM-SHA-256" {
+			base = append(base, kgo.SASL(scram.Sha256(auth)))
+		} else {
+			base = append(base, kgo.SASL(scram.Sha512(auth)))
+		}
 	default:
 		return nil, fmt.Errorf("kafka SASL mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", cfg.SASLMechanism)
 	}

@@ -1,5 +1,5 @@
-// Package secrets reads the secrets slotkeeper needs from AWS Secrets Manager, once per
-// cold start, so that no function carries a password in its environment.
+// Package secrets reads the secrets slotkeeper needs from AWS Secrets Manager, when they
+// are needed, so that no function carries a password in its environment.
 package secrets
 
 import (
@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
@@ -57,4 +59,36 @@ func passwordOf(s string) (string, error) {
 		return "", ErrEmpty
 	}
 	return s, nil
+}
+
+// PasswordTTL is how long the functions keep a password they read before reading it
+// again, so a rotated secret is followed within that time.
+const PasswordTTL = time.Minute
+
+// Password returns a function that reads the Kafka SASL password from the secret k
+// names, keeps it for ttl, and reads it again after that (or after a failed read). It makes no call until asked: a function that starts while Secrets Manager
+// cannot be read still runs, and only its Kafka connections fail, with the reason.
+// Without a secret it returns k.Password.
+func Password(api awsapi.SecretsManager, k config.KafkaConfig, ttl time.Duration) func(context.Context) (string, error) {
+	if k.PasswordSecretARN == "" {
+		return func(context.Context) (string, error) { return k.Password, nil }
+	}
+	var (
+		mu       sync.Mutex
+		password string
+		read     time.Time
+	)
+	return func(ctx context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !read.IsZero() && time.Since(read) < ttl {
+			return password, nil
+		}
+		kk, err := Kafka(ctx, api, k)
+		if err != nil {
+			return "", err
+		}
+		password, read = kk.Password, time.Now()
+		return password, nil
+	}
 }
