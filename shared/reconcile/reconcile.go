@@ -66,6 +66,10 @@ const MetricRepairFailures = "RepairFailures"
 // others.
 const DefaultParallel = 4
 
+// ReleaseShare is the part of the time a run has left that the releases of dead
+// holders' slots may take; the other repairs and the metrics get the rest.
+const ReleaseShare = 0.5
+
 // ErrMalformed marks an event that cannot be understood.
 var ErrMalformed = errors.New("malformed reconcile trigger")
 
@@ -361,7 +365,17 @@ type slotRepair struct {
 // releaseDead judges every held lease and releases those of dead holders and stale
 // claims, Parallel slots at a time, and applies the results to leases and the report
 // in slot order.
+//
+// The releases get at most half of the time the run has left (ReleaseShare), so
+// however many detaches hang (an EBS impairment in a zone), the repairs after them
+// and the metrics still run; a slot whose release the share cut short, or never
+// started, is reported as failed and the next pass goes on with it.
 func (r *run) releaseDead(ctx context.Context, leases []lease.Lease, states map[string]string) {
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Duration(float64(time.Until(dl))*ReleaseShare)))
+		defer cancel()
+	}
 	results := make([]slotRepair, len(leases))
 	sem := make(chan struct{}, max(r.Parallel, 1))
 	var wg sync.WaitGroup
@@ -370,8 +384,13 @@ func (r *run) releaseDead(ctx context.Context, leases []lease.Lease, states map[
 		if l.State == lease.Free {
 			continue
 		}
-		wg.Add(1)
 		sem <- struct{}{}
+		if err := ctx.Err(); err != nil {
+			<-sem
+			results[i].err = fmt.Errorf("not attempted: the releases' share of the run is spent (%w)", err)
+			continue
+		}
+		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			results[i] = r.repairSlot(ctx, l, states[l.Holder])
