@@ -302,10 +302,10 @@ func (e *Emulator) attachmentWindows(body []byte, block, key *regexp.Regexp) []b
 			return b
 		}
 		state := ""
-		switch id := string(m[1]); {
-		case detaching[id]:
+		switch {
+		case detaching[string(m[1])]:
 			state = "detaching"
-		case attaching[id]:
+		case attaching[string(m[1])]:
 			state = "attaching"
 		default:
 			return b
