@@ -154,9 +154,15 @@ lint: venv fmt-check vet shellcheck cfn-lint ## gofmt, go vet, shellcheck, cfn-l
 		echo "golangci-lint is not on PATH; skipped (install v2: go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest)"; \
 	fi
 
+# The benchmarks' raw output goes to bench.txt; test/benchreport turns it, the
+# functions' zips and slotctl's size into one table, printed and kept with the
+# machine's description in docs/benchmarks.md.
 .PHONY: bench
-bench: venv ## Run the benchmarks (figures also written to bench.txt)
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 20m ./... | tee bench.txt
+bench: venv build slotctl ## Run the benchmarks; print one table of figures and keep it in docs/benchmarks.md (raw output in bench.txt)
+	@start=$$(date +%s); \
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 60m ./... | tee bench.txt; \
+	echo "==> figures (also in docs/benchmarks.md)"; \
+	$(GO) run ./test/benchreport -in bench.txt -build $(BUILD_DIR) -doc docs/benchmarks.md -wall "$$(( $$(date +%s) - start ))s"
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)

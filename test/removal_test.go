@@ -113,13 +113,20 @@ func (c *cluster) inGroup(state, health string, ids ...string) {
 // of kfake, as a controlled shutdown does: unregistered, out of every ISR. It must be
 // installed before the proxy's first call; c is filled in later.
 func stopsBrokers(h *harness.Harness, cp *atomic.Pointer[cluster], k *kafkaCluster) {
+	var kp atomic.Pointer[kafkaCluster]
+	kp.Store(k)
+	stopsBrokersOf(h, cp, &kp)
+}
+
+// stopsBrokersOf is stopsBrokers for a cluster and a Kafka that change between runs.
+func stopsBrokersOf(h *harness.Harness, cp *atomic.Pointer[cluster], kp *atomic.Pointer[kafkaCluster]) {
 	h.Override(harness.Override{Action: "SendCommand", Rewrite: func(req, resp []byte) []byte {
 		var in struct {
 			InstanceIds []string
 			Parameters  map[string][]string
 		}
-		c := cp.Load()
-		if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) || c == nil {
+		c, k := cp.Load(), kp.Load()
+		if json.Unmarshal(req, &in) != nil || !hostcmd.IsStopAndUnmount(in.Parameters["commands"]) || c == nil || k == nil {
 			return resp
 		}
 		for _, id := range in.InstanceIds {

@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -11,15 +10,6 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/reconcile"
 	"github.com/slotkeeper/slotkeeper/test/harness"
 )
-
-// scaleRow is one line of BenchmarkScale's table: AWS calls and wall time per
-// operation at one slot count.
-type scaleRow struct {
-	slots                       int
-	claimCalls, claimMS         float64
-	reconcileCalls, reconcileMS float64
-	statusCalls, statusMS       float64
-}
 
 // BenchmarkScale measures a claim, a reconcile pass and `slotctl status` at 3, 30, 300
 // and 1,000 slots against moto, each size in a moto of its own: AWS calls per operation
@@ -33,14 +23,13 @@ type scaleRow struct {
 //     pending and still-full growths, disk alarms; DNS not managed, no Kafka);
 //   - status: `slotctl status --json`.
 //
-// It prints the table at the end.
+// make bench prints the figures in its table (test/benchreport) and keeps them in
+// docs/benchmarks.md.
 func BenchmarkScale(b *testing.B) {
-	var rows []scaleRow
 	for _, n := range []int{3, 30, 300, 1000} {
 		b.Run(fmt.Sprintf("slots=%d", n), func(b *testing.B) {
 			h := harness.Start(b)
 			s := newScale(b, h, n, n-1) // the last slot is free for the claims
-			row := scaleRow{slots: n}
 			free := n - 1
 			b.Run("claim", func(b *testing.B) {
 				calls, elapsed := 0, time.Duration(0)
@@ -66,8 +55,8 @@ func BenchmarkScale(b *testing.B) {
 						b.Fatalf("slot %d after the claim: %+v", free, l)
 					}
 				}
-				row.claimCalls, row.claimMS = float64(calls)/float64(b.N), ms(elapsed)/float64(b.N)
-				b.ReportMetric(row.claimCalls, "aws-calls/op")
+				b.ReportMetric(float64(calls)/float64(b.N), "aws-calls/op")
+				b.ReportMetric(ms(elapsed)/float64(b.N), "ms/claim")
 			})
 			b.Run("reconcile", func(b *testing.B) {
 				calls := 0
@@ -81,9 +70,9 @@ func BenchmarkScale(b *testing.B) {
 				}
 				elapsed := time.Since(began)
 				calls = sum(h.CallCounts())
-				row.reconcileCalls, row.reconcileMS = float64(calls)/float64(b.N), ms(elapsed)/float64(b.N)
-				b.ReportMetric(row.reconcileCalls, "aws-calls/op")
-				b.ReportMetric(row.reconcileCalls/float64(n), "aws-calls/slot")
+				b.ReportMetric(float64(calls)/float64(b.N), "aws-calls/op")
+				b.ReportMetric(float64(calls)/float64(b.N)/float64(n), "aws-calls/slot")
+				b.ReportMetric(ms(elapsed)/float64(b.N), "ms/pass")
 			})
 			b.Run("status", func(b *testing.B) {
 				h.ResetCounts()
@@ -94,23 +83,11 @@ func BenchmarkScale(b *testing.B) {
 					}
 				}
 				elapsed := time.Since(began)
-				row.statusCalls, row.statusMS = float64(sum(h.CallCounts()))/float64(b.N), ms(elapsed)/float64(b.N)
-				b.ReportMetric(row.statusCalls, "aws-calls/op")
+				b.ReportMetric(float64(sum(h.CallCounts()))/float64(b.N), "aws-calls/op")
+				b.ReportMetric(ms(elapsed)/float64(b.N), "ms/status")
 			})
-			rows = append(rows, row)
 		})
 	}
-	var t strings.Builder
-	fmt.Fprintf(&t, "AWS calls and wall time per operation, against moto:\n")
-	fmt.Fprintf(&t, "| slots | claim calls | claim ms | reconcile calls | calls/slot | reconcile ms | status calls | status ms |\n")
-	fmt.Fprintf(&t, "|------:|------------:|---------:|----------------:|-----------:|-------------:|-------------:|----------:|\n")
-	for _, r := range rows {
-		fmt.Fprintf(&t, "| %d | %.1f | %.0f | %.1f | %.3f | %.0f | %.1f | %.0f |\n", r.slots, r.claimCalls, r.claimMS,
-			r.reconcileCalls, r.reconcileCalls/float64(r.slots), r.reconcileMS, r.statusCalls, r.statusMS)
-	}
-	// b.Log of a benchmark that only runs sub-benchmarks is not printed: the table goes
-	// to standard output, next to the benchmark lines (make bench keeps it in bench.txt).
-	fmt.Print(t.String())
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

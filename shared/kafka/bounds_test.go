@@ -113,19 +113,36 @@ func TestMergeViews(t *testing.T) {
 		{Topic: "orders", Partition: 0, Leader: 0, Replicas: []int32{0, 1, 2}, ISR: []int32{0, 1}},     // a fresher view: 2 dropped out
 		{Topic: "orders", Partition: 1, Leader: -1, Replicas: []int32{1, 2, 0, 3}, ISR: []int32{2, 0}}, // reassignment, no leader
 	}
-	got := mergeViews(a, b)
+	deep := func(ps []Partition) []Partition {
+		out := slices.Clone(ps)
+		for i := range out {
+			out[i].Replicas, out[i].ISR = slices.Clone(out[i].Replicas), slices.Clone(out[i].ISR)
+		}
+		return out
+	}
+	// Views in topic/partition order (as partitionsOf lists them) merge in one walk;
+	// views in any other order through an index: both give the same.
+	unsorted := deep(b)
+	slices.Reverse(unsorted)
+	for name, got := range map[string][]Partition{"sorted": mergeViews(deep(a), deep(b)), "unsorted": mergeViews(deep(a), unsorted)} {
+		checkMerged(t, name, got)
+	}
+}
+
+func checkMerged(t *testing.T, name string, got []Partition) {
+	t.Helper()
 	want := []Partition{
 		{Topic: "fresh", Partition: 0, Leader: 2, Replicas: []int32{2, 0, 1}, ISR: []int32{2, 0, 1}},
 		{Topic: "orders", Partition: 0, Leader: 0, Replicas: []int32{0, 1, 2}, ISR: []int32{0, 1}},
 		{Topic: "orders", Partition: 1, Leader: -1, Replicas: []int32{1, 2, 0, 3}, ISR: []int32{2, 0}},
 	}
 	if len(got) != len(want) {
-		t.Fatalf("merged %+v", got)
+		t.Fatalf("%s: merged %+v", name, got)
 	}
 	for i := range want {
 		g, w := got[i], want[i]
 		if g.Topic != w.Topic || g.Partition != w.Partition || g.Leader != w.Leader || !slices.Equal(g.Replicas, w.Replicas) || !slices.Equal(g.ISR, w.ISR) {
-			t.Errorf("partition %d: %+v, want %+v", i, g, w)
+			t.Errorf("%s: partition %d: %+v, want %+v", name, i, g, w)
 		}
 	}
 }

@@ -665,6 +665,9 @@ func mergeViews(a, b []Partition) []Partition {
 	if a == nil {
 		return b
 	}
+	if slices.IsSortedFunc(a, comparePartitions) && slices.IsSortedFunc(b, comparePartitions) {
+		return mergeSortedViews(a, b) // as partitionsOf lists them: no index needed
+	}
 	type key struct {
 		t string
 		p int32
@@ -679,19 +682,58 @@ func mergeViews(a, b []Partition) []Partition {
 			a = append(a, p)
 			continue
 		}
-		q := &a[i]
-		q.ISR = slices.DeleteFunc(q.ISR, func(id int32) bool { return !slices.Contains(p.ISR, id) })
-		for _, r := range p.Replicas {
-			if !slices.Contains(q.Replicas, r) {
-				q.Replicas = append(q.Replicas, r)
-			}
+		a[i] = mergePartition(a[i], p)
+	}
+	if !slices.IsSortedFunc(a, comparePartitions) { // only when b added partitions, or a came unsorted
+		sortPartitions(a)
+	}
+	return a
+}
+
+// mergeSortedViews is mergeViews for two views in topic/partition order, by one walk
+// through both.
+func mergeSortedViews(a, b []Partition) []Partition {
+	out := make([]Partition, 0, max(len(a), len(b)))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		c := 0
+		switch {
+		case i == len(a):
+			c = 1
+		case j == len(b):
+			c = -1
+		default:
+			c = comparePartitions(a[i], b[j])
 		}
-		if q.Leader != p.Leader {
-			q.Leader = min(q.Leader, p.Leader) // -1 (no leader) wins
+		switch {
+		case c < 0:
+			out = append(out, a[i])
+			i++
+		case c > 0:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, mergePartition(a[i], b[j]))
+			i++
+			j++
 		}
 	}
-	sortPartitions(a)
-	return a
+	return out
+}
+
+// mergePartition merges two brokers' views of one partition: the ISR is both
+// answers' intersection, the replicas their union, no leader wins over a leader.
+func mergePartition(q, p Partition) Partition {
+	q.ISR = slices.DeleteFunc(q.ISR, func(id int32) bool { return !slices.Contains(p.ISR, id) })
+	for _, r := range p.Replicas {
+		if !slices.Contains(q.Replicas, r) {
+			q.Replicas = append(q.Replicas, r)
+		}
+	}
+	if q.Leader != p.Leader {
+		q.Leader = min(q.Leader, p.Leader) // -1 (no leader) wins
+	}
+	return q
 }
 
 // minISR is a topic's effective min.insync.replicas and its source.
@@ -830,36 +872,72 @@ func isrMembers(parts []Partition, leaving int32) []int32 {
 // Partition-level errors do not: Kafka still reports the replicas and ISR of,
 // say, a leaderless partition, and those are what the rule needs.
 func partitionsOf(meta *kmsg.MetadataResponse) ([]Partition, error) {
-	var parts []Partition
-	for _, t := range meta.Topics {
-		name := ""
-		if t.Topic != nil {
-			name = *t.Topic
-		}
+	// A large cluster has tens of thousands of partitions: the topics are put in order
+	// by name and each topic's partitions by number (instead of sorting the partitions
+	// themselves), and all replica and ISR ids share one allocation, each partition's
+	// lists being capped sub-slices of it (appending to one copies it rather than
+	// overwriting its neighbour).
+	topics := make([]int, 0, len(meta.Topics)) // indices into meta.Topics
+	nparts, nids := 0, 0
+	for i, t := range meta.Topics {
 		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
 			if errors.Is(err, kerr.UnknownTopicOrPartition) {
 				continue
 			}
-			return nil, fmt.Errorf("metadata of topic %q: %w", name, err)
+			return nil, fmt.Errorf("metadata of topic %q: %w", topicName(&t), err)
 		}
+		topics = append(topics, i)
+		nparts += len(t.Partitions)
 		for _, p := range t.Partitions {
+			nids += len(p.Replicas) + len(p.ISR)
+		}
+	}
+	slices.SortStableFunc(topics, func(a, b int) int { return strings.Compare(topicName(&meta.Topics[a]), topicName(&meta.Topics[b])) })
+	parts := make([]Partition, 0, nparts)
+	ids := make([]int32, 0, nids)
+	clone := func(s []int32) []int32 {
+		if s == nil {
+			return nil
+		}
+		at := len(ids)
+		ids = append(ids, s...)
+		return ids[at:len(ids):len(ids)]
+	}
+	var order []int // a topic's partitions, by number
+	for _, i := range topics {
+		t := &meta.Topics[i]
+		name := topicName(t)
+		order = order[:0]
+		for j := range t.Partitions {
+			order = append(order, j)
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(t.Partitions[a].Partition, t.Partitions[b].Partition) })
+		for _, j := range order {
+			p := &t.Partitions[j]
 			parts = append(parts, Partition{
 				Topic: name, Partition: p.Partition, Leader: p.Leader,
-				Replicas: slices.Clone(p.Replicas), ISR: slices.Clone(p.ISR),
+				Replicas: clone(p.Replicas), ISR: clone(p.ISR),
 			})
 		}
 	}
-	sortPartitions(parts)
 	return parts, nil
 }
 
-func sortPartitions(parts []Partition) {
-	slices.SortFunc(parts, func(a, b Partition) int {
-		if c := strings.Compare(a.Topic, b.Topic); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Partition, b.Partition)
-	})
+func topicName(t *kmsg.MetadataResponseTopic) string {
+	if t.Topic != nil {
+		return *t.Topic
+	}
+	return ""
+}
+
+func sortPartitions(parts []Partition) { slices.SortFunc(parts, comparePartitions) }
+
+// comparePartitions orders partitions by topic, then partition number.
+func comparePartitions(a, b Partition) int {
+	if c := strings.Compare(a.Topic, b.Topic); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Partition, b.Partition)
 }
 
 // configResource is a DescribeConfigs resource asking for min.insync.replicas only.

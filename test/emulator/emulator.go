@@ -18,7 +18,8 @@
 //   - models, where asked, the windows moto skips: an instance shutting down, a
 //     plain volume detach the OS has not released yet, an instance of a group in
 //     Terminating:Wait, an expired lifecycle action (windows.go);
-//   - rewrites moto's answers to chosen actions (Override).
+//   - rewrites moto's answers to chosen actions (Override);
+//   - delays calls and state changes as AWS does, where asked (SetLatency, latency.go).
 //
 // Close stops the proxy, then moto's whole process group. An Emulator is safe for
 // concurrent use.
@@ -108,6 +109,7 @@ type Emulator struct {
 	heartbeats   []LifecycleCall
 
 	win windows // the state windows modelled on top of moto (windows.go)
+	lat latency // the latency model, off unless SetLatency turned it on (latency.go)
 }
 
 // ErrNoMoto means moto_server was not found; the error that wraps it says where Start

@@ -91,6 +91,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		base := next
 		next = func(w http.ResponseWriter, r *http.Request) { e.idempotent(w, r, c.action+"/"+token, base) }
 	}
+	next = e.withLatency(c, body, next)
 	if !faulted {
 		next(w, r)
 		return
