@@ -554,13 +554,17 @@ func TestTerminateDrainLostAndDuplicates(t *testing.T) {
 	t.Run("a concurrent duplicate waits for the working delivery and then changes nothing", func(t *testing.T) {
 		c, ids := setup(t)
 		term := c.terminate(k.client(t))
-		// A stamp lives 600 ms unless renewed; the first delivery's stop takes 2 s, so
-		// only its renewals keep the duplicate from taking the removal over.
-		term.StampTTL = 600 * time.Millisecond
+		// A stamp lives 1.2 s unless renewed (every 600 ms: slack enough for a renewal
+		// on a loaded machine); the first delivery's stop takes 3 s, so only its
+		// renewals keep the duplicate from taking the removal over.
+		term.StampTTL = 1200 * time.Millisecond
+		// The duplicate waits for the working delivery within the removal's bound: room
+		// for the whole slow stop, detaches and release on a loaded machine.
+		term.SafetyMaxWait = 15 * time.Second
 		payload := c.terminateEvent(ids[1])
 		// The first delivery is slow to stop the broker; the duplicate arrives while
 		// it works and finds the token stamped by it.
-		h.Inject(harness.Fault{Action: "SendCommand", Kind: harness.Latency, Latency: 2 * time.Second, Times: 1})
+		h.Inject(harness.Fault{Action: "SendCommand", Kind: harness.Latency, Latency: 3 * time.Second, Times: 1})
 		defer h.ClearFaults()
 		var firstErr, dupErr error
 		var dup terminate.Result
