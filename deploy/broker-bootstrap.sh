@@ -424,6 +424,27 @@ install_agent_config() {
 	"$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" -a fetch-config -m ec2 -s -c "file:$config"
 }
 
+# start_kafka: write Kafka's configuration, format its KRaft storage unless it is,
+# start the CloudWatch agent and Kafka, and clear an earlier refusal tag. main runs it
+# only on a volume prepare_volume accepted.
+start_kafka() {
+	mkdir -p /var/log/kafka
+	chown kafka:kafka /var/log/kafka
+	kafka_properties | write_file "$KAFKA_CONFIG" 0644
+	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \
+		--cluster-id "$(cluster_id)" --config "$KAFKA_CONFIG"
+	install_agent_config
+	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
+	systemctl daemon-reload
+	systemctl enable --now kafka
+	if imds tags/instance/slotkeeper:refused >/dev/null; then
+		aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags Key=slotkeeper:refused >/dev/null || true
+	fi
+	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
+}
+
+# main: everything, in order. deploy/disk_test.go runs it on real block devices with
+# install_software and start_kafka replaced, so every disk step here is tested as run.
 main() {
 	((EUID == 0)) || die "run as root"
 	load_settings "${SLOTKEEPER_ENV_FILE:-/etc/slotkeeper/broker.env}"
@@ -437,20 +458,7 @@ main() {
 	local device
 	device=$(volume_device "$VOLUME_ID")
 	prepare_volume "$device"
-	mkdir -p /var/log/kafka
-	chown kafka:kafka /var/log/kafka
-
-	kafka_properties | write_file "$KAFKA_CONFIG" 0644
-	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \
-		--cluster-id "$(cluster_id)" --config "$KAFKA_CONFIG"
-	install_agent_config
-	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
-	systemctl daemon-reload
-	systemctl enable --now kafka
-	if imds tags/instance/slotkeeper:refused >/dev/null; then
-		aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags Key=slotkeeper:refused >/dev/null || true
-	fi
-	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
+	start_kafka
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

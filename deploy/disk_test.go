@@ -14,8 +14,8 @@ import (
 	"github.com/slotkeeper/slotkeeper/test/loopdev"
 )
 
-// The bootstrap's disk logic on real block devices: the instance metadata is
-// emulated and the AWS look-ups stubbed (aws: the lease, the group, the volume and its
+// The bootstrap's disk logic on real block devices, run by the script's own main: the
+// instance metadata is emulated and the AWS look-ups stubbed (aws: the lease, the group, the volume and its
 // never-formatted mark), as in bootstrap_test.go, but the device is a loop device, and
 // blkid, mkfs, mount, chown and the filesystem are the system's own.
 
@@ -122,13 +122,15 @@ func (h *bootHost) refusals() []string {
 	return out
 }
 
-// diskSteps are the bootstrap's main up to its disk's preparation, as main runs them,
-// without the software installation.
-const diskSteps = `check_settings; imds_login; wait_for_slot; wait_until_serving; slot_volume
-device=$(volume_device "$VOLUME_ID")
-prepare_volume "$device"`
+// bootMain runs the bootstrap's main itself, with two functions replaced: the
+// software installation (dnf, the Kafka download) and start_kafka (the Kafka
+// configuration, kafka-storage format and systemd), which instead records in
+// $STARTED_FILE that main got there. Every disk step is main's own, as a boot runs it.
+const bootMain = `install_software() { log "test: no software installation"; }
+start_kafka() { printf 'kafka-storage format and start on %s/data\n' "$SLOTKEEPER_DATA_MOUNT" >>"$STARTED_FILE"; }
+main`
 
-// boot runs the disk steps as a boot does: /run is empty, so blkid has no cache.
+// boot runs main as a boot does: /run is empty, so blkid has no cache.
 func (h *bootHost) boot() (stderr string, err error) {
 	h.t.Helper()
 	h.boots++
@@ -137,8 +139,15 @@ func (h *bootHost) boot() (stderr string, err error) {
 		env[k] = v
 	}
 	env["BLKID_FILE"] = filepath.Join(h.t.TempDir(), "blkid.tab")
-	_, stderr, err = run(h.t, env, h.stubs+":"+strings.Join([]string{"/usr/local/sbin", "/usr/sbin", "/sbin"}, ":"), diskSteps)
+	env["STARTED_FILE"] = filepath.Join(h.stubs, "started")
+	_, stderr, err = run(h.t, env, h.stubs+":"+strings.Join([]string{"/usr/local/sbin", "/usr/sbin", "/sbin"}, ":"), bootMain)
 	return stderr, err
+}
+
+// starts is how many boots went on to format the KRaft storage and start Kafka.
+func (h *bootHost) starts() int {
+	b, _ := os.ReadFile(filepath.Join(h.stubs, "started"))
+	return strings.Count(string(b), "\n")
 }
 
 // reboot unmounts the data mount, as a reboot leaves it (fstab stays), then boots.
@@ -229,6 +238,9 @@ func (h *bootHost) wantMounted(s state, fstype, uuid string) {
 	if len(s.fstabLines) != 1 || s.fstabLines[0] != want {
 		h.t.Errorf("fstab lines for the data mount: %q, want [%q]", s.fstabLines, want)
 	}
+	if n := h.starts(); n != h.boots {
+		h.t.Errorf("main started Kafka %d time(s) in %d boots", n, h.boots)
+	}
 }
 
 // wantIntact checks the data under the data mount's data/ against sums.
@@ -270,6 +282,9 @@ func (h *bootHost) wantRefused(err error, stderr, why string, mark string) {
 	}
 	if h.mark() != mark {
 		h.t.Errorf("never-formatted mark %q after a refusal, was %q", h.mark(), mark)
+	}
+	if n := h.starts(); n != 0 {
+		h.t.Errorf("main went on to format the KRaft storage and start Kafka %d time(s) after a refusal", n)
 	}
 }
 
