@@ -310,26 +310,49 @@ EOF
 	((SLOT >= controllers)) || printf 'default.replication.factor=%d\n' "$rf"
 }
 
-# check_volume_identity: refuse a volume formatted for another node id or cluster.
+# unexpected_entry: print the first entry of the data mount that a filesystem no
+# broker has used cannot hold ("" if none): such a filesystem holds at most an empty
+# lost+found (mkfs.ext4 makes one) and a data/ directory (an earlier run made it)
+# holding at most bootstrap.checkpoint (kafka-storage format writes it before
+# meta.properties: an earlier run stopped between the two).
+unexpected_entry() {
+	local m=$SLOTKEEPER_DATA_MOUNT
+	find "$m" -xdev -mindepth 1 ! -path "$m/lost+found" ! -path "$m/data" \
+		! -path "$m/data/bootstrap.checkpoint" ! -path "$m/data/bootstrap.checkpoint.tmp" -print -quit
+}
+
+# check_volume_identity: accept the mounted volume only if its data/meta.properties
+# names this node and cluster, or it holds no log at all (unexpected_entry); refuse a
+# log of another node or cluster, and files without data/meta.properties: perhaps a
+# broker's log kept elsewhere on the volume (log.dirs was its root, or another
+# directory), which a storage format in data/ would replace with an empty log.
 check_volume_identity() {
-	local meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid why=
-	[[ -f $meta ]] || return 0
-	id=$(sed -n 's/^node\.id=//p' "$meta")
-	cid=$(sed -n 's/^cluster\.id=//p' "$meta")
-	[[ -z $id || $id == "$NODE_ID" ]] || why="node.id=$id, but slot $SLOT is node $NODE_ID"
-	[[ -n $why || -z $cid || $cid == "$(cluster_id)" ]] || why="cluster.id=$cid, not $(cluster_id)"
-	if [[ $why ]]; then
-		# Not this node's log: unmounted (unless in use), and out of fstab for the next boot.
-		mountpoint -q "$SLOTKEEPER_DATA_MOUNT" && umount "$SLOTKEEPER_DATA_MOUNT" && set_fstab
-		refuse "$meta: $why"
+	local mount=$SLOTKEEPER_DATA_MOUNT meta=$SLOTKEEPER_DATA_MOUNT/data/meta.properties id cid entry why=
+	if [[ -f $meta ]]; then
+		id=$(sed -n 's/^node\.id=//p' "$meta")
+		cid=$(sed -n 's/^cluster\.id=//p' "$meta")
+		[[ -z $id || $id == "$NODE_ID" ]] || why="$meta: node.id=$id, but slot $SLOT is node $NODE_ID"
+		[[ -n $why || -z $cid || $cid == "$(cluster_id)" ]] || why="$meta: cluster.id=$cid, not $(cluster_id)"
+	else
+		entry=$(unexpected_entry) || entry="$mount (unreadable)"
+		[[ -z $entry ]] || why="volume $VOLUME_ID holds $entry but no data/meta.properties: not blank, and no log of node $NODE_ID where slotkeeper runs it (log.dirs=$mount/data); a broker's log must be in data/ at the volume's root, meta.properties included (docs/deploy.md, adoption)"
 	fi
-	log "the volume is node $NODE_ID's: resuming its log"
+	if [[ $why ]]; then
+		# Not a log to resume: unmounted (unless in use), and out of fstab for the next boot.
+		mountpoint -q "$mount" && umount "$mount" && set_fstab
+		refuse "$why"
+	fi
+	if [[ -f $meta ]]; then
+		log "the volume is node $NODE_ID's: resuming its log"
+	else
+		log "the volume holds no log: node $NODE_ID starts a new one in $mount/data"
+	fi
 }
 
 # prepare_volume DEVICE: make DEVICE the data mount, checked to be this node's: its
-# filesystem (ensure_filesystem), mounted (mount_data), its meta.properties
-# (check_volume_identity); only then is anything written to it (the log directory, its
-# owner: kafka's fixed uid). A volume holding another node's log is unmounted again.
+# filesystem (ensure_filesystem), mounted (mount_data), its meta.properties or no log
+# at all (check_volume_identity); only then is anything written to it (the log
+# directory, its owner: kafka's fixed uid). A refused volume is unmounted again.
 prepare_volume() {
 	local device=$1 data=$SLOTKEEPER_DATA_MOUNT/data
 	ensure_filesystem "$device"
@@ -424,6 +447,27 @@ install_agent_config() {
 	"$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" -a fetch-config -m ec2 -s -c "file:$config"
 }
 
+# start_kafka: write Kafka's configuration, format its KRaft storage unless it is,
+# start the CloudWatch agent and Kafka, and clear an earlier refusal tag. main runs it
+# only on a volume prepare_volume accepted.
+start_kafka() {
+	mkdir -p /var/log/kafka
+	chown kafka:kafka /var/log/kafka
+	kafka_properties | write_file "$KAFKA_CONFIG" 0644
+	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \
+		--cluster-id "$(cluster_id)" --config "$KAFKA_CONFIG"
+	install_agent_config
+	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
+	systemctl daemon-reload
+	systemctl enable --now kafka
+	if imds tags/instance/slotkeeper:refused >/dev/null; then
+		aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags Key=slotkeeper:refused >/dev/null || true
+	fi
+	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
+}
+
+# main: everything, in order. deploy/disk_test.go runs it on real block devices with
+# install_software and start_kafka replaced, so every disk step here is tested as run.
 main() {
 	((EUID == 0)) || die "run as root"
 	load_settings "${SLOTKEEPER_ENV_FILE:-/etc/slotkeeper/broker.env}"
@@ -437,20 +481,7 @@ main() {
 	local device
 	device=$(volume_device "$VOLUME_ID")
 	prepare_volume "$device"
-	mkdir -p /var/log/kafka
-	chown kafka:kafka /var/log/kafka
-
-	kafka_properties | write_file "$KAFKA_CONFIG" 0644
-	runuser -u kafka -- "$KAFKA_HOME/bin/kafka-storage.sh" format --ignore-formatted \
-		--cluster-id "$(cluster_id)" --config "$KAFKA_CONFIG"
-	install_agent_config
-	kafka_unit | write_file /etc/systemd/system/kafka.service 0644
-	systemctl daemon-reload
-	systemctl enable --now kafka
-	if imds tags/instance/slotkeeper:refused >/dev/null; then
-		aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags Key=slotkeeper:refused >/dev/null || true
-	fi
-	log "Kafka runs as node $NODE_ID (slot $SLOT, broker-$SLOT.$SLOTKEEPER_DNS_NAME)"
+	start_kafka
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

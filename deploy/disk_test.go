@@ -14,8 +14,8 @@ import (
 	"github.com/slotkeeper/slotkeeper/test/loopdev"
 )
 
-// The bootstrap's disk logic on real block devices: the instance metadata is
-// emulated and the AWS look-ups stubbed (aws: the lease, the group, the volume and its
+// The bootstrap's disk logic on real block devices, run by the script's own main: the
+// instance metadata is emulated and the AWS look-ups stubbed (aws: the lease, the group, the volume and its
 // never-formatted mark), as in bootstrap_test.go, but the device is a loop device, and
 // blkid, mkfs, mount, chown and the filesystem are the system's own.
 
@@ -122,13 +122,15 @@ func (h *bootHost) refusals() []string {
 	return out
 }
 
-// diskSteps are the bootstrap's main up to its disk's preparation, as main runs them,
-// without the software installation.
-const diskSteps = `check_settings; imds_login; wait_for_slot; wait_until_serving; slot_volume
-device=$(volume_device "$VOLUME_ID")
-prepare_volume "$device"`
+// bootMain runs the bootstrap's main itself, with two functions replaced: the
+// software installation (dnf, the Kafka download) and start_kafka (the Kafka
+// configuration, kafka-storage format and systemd), which instead records in
+// $STARTED_FILE that main got there. Every disk step is main's own, as a boot runs it.
+const bootMain = `install_software() { log "test: no software installation"; }
+start_kafka() { printf 'kafka-storage format and start on %s/data\n' "$SLOTKEEPER_DATA_MOUNT" >>"$STARTED_FILE"; }
+main`
 
-// boot runs the disk steps as a boot does: /run is empty, so blkid has no cache.
+// boot runs main as a boot does: /run is empty, so blkid has no cache.
 func (h *bootHost) boot() (stderr string, err error) {
 	h.t.Helper()
 	h.boots++
@@ -137,8 +139,15 @@ func (h *bootHost) boot() (stderr string, err error) {
 		env[k] = v
 	}
 	env["BLKID_FILE"] = filepath.Join(h.t.TempDir(), "blkid.tab")
-	_, stderr, err = run(h.t, env, h.stubs+":"+strings.Join([]string{"/usr/local/sbin", "/usr/sbin", "/sbin"}, ":"), diskSteps)
+	env["STARTED_FILE"] = filepath.Join(h.stubs, "started")
+	_, stderr, err = run(h.t, env, h.stubs+":"+strings.Join([]string{"/usr/local/sbin", "/usr/sbin", "/sbin"}, ":"), bootMain)
 	return stderr, err
+}
+
+// starts is how many boots went on to format the KRaft storage and start Kafka.
+func (h *bootHost) starts() int {
+	b, _ := os.ReadFile(filepath.Join(h.stubs, "started"))
+	return strings.Count(string(b), "\n")
 }
 
 // reboot unmounts the data mount, as a reboot leaves it (fstab stays), then boots.
@@ -190,6 +199,50 @@ func (h *bootHost) formatWithData(fstype string, node int) (uuid string, sums lo
 	return uuid, sums
 }
 
+// formatWith formats the device with fstype and runs write on the new filesystem's
+// root, through a mount of the test's own that is gone afterwards; it returns the
+// sums of every file on it.
+func (h *bootHost) formatWith(fstype string, write func(root string)) (uuid string, sums loopdev.Sums) {
+	h.t.Helper()
+	uuid = h.dev.Format(fstype)
+	setup := h.t.TempDir()
+	h.dev.Mount(setup)
+	write(setup)
+	loopdev.SyncFS(h.t, setup)
+	sums = loopdev.Checksums(h.t, setup)
+	h.dev.Unmount(setup)
+	return uuid, sums
+}
+
+// brokerLog writes node's log (meta.properties, segment files) under dir.
+func brokerLog(t *testing.T, dir string, node int) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	meta := fmt.Sprintf("version=1\nnode.id=%d\ncluster.id=%s\ndirectory.id=Q0ZQ5WbKSyWpZSFmkkb5dg\n", node, clusterID(t))
+	if err := os.WriteFile(filepath.Join(dir, "meta.properties"), []byte(meta), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loopdev.WriteFiles(t, dir, 4, 64<<10)
+}
+
+// wantUntouched reads the filesystem back through a read-only mount of the test's
+// own: the same files as sums, and no data/ directory unless there was one.
+func (h *bootHost) wantUntouched(sums loopdev.Sums, hadData bool) {
+	h.t.Helper()
+	check := h.t.TempDir()
+	h.dev.Mount(check, "ro")
+	defer h.dev.Unmount(check)
+	after := loopdev.Checksums(h.t, check)
+	if diff := sums.Diff(after); len(diff) > 0 || len(after) != len(sums) {
+		h.t.Errorf("the refusal changed the filesystem: %s (%d files, was %d)", strings.Join(diff, "; "), len(after), len(sums))
+	}
+	if _, err := os.Stat(filepath.Join(check, "data")); err == nil && !hadData {
+		h.t.Errorf("the refusal made a data/ directory on the volume")
+	}
+}
+
 // state is what a boot left.
 type state struct {
 	fstype, uuid string
@@ -228,6 +281,9 @@ func (h *bootHost) wantMounted(s state, fstype, uuid string) {
 	want := fmt.Sprintf("UUID=%s %s %s defaults,noatime,nofail 0 2", s.uuid, h.mount, fstype)
 	if len(s.fstabLines) != 1 || s.fstabLines[0] != want {
 		h.t.Errorf("fstab lines for the data mount: %q, want [%q]", s.fstabLines, want)
+	}
+	if n := h.starts(); n != h.boots {
+		h.t.Errorf("main started Kafka %d time(s) in %d boots", n, h.boots)
 	}
 }
 
@@ -270,6 +326,9 @@ func (h *bootHost) wantRefused(err error, stderr, why string, mark string) {
 	}
 	if h.mark() != mark {
 		h.t.Errorf("never-formatted mark %q after a refusal, was %q", h.mark(), mark)
+	}
+	if n := h.starts(); n != 0 {
+		h.t.Errorf("main went on to format the KRaft storage and start Kafka %d time(s) after a refusal", n)
 	}
 }
 
@@ -381,6 +440,67 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 			}
 			return fmt.Sprintf("refused; device sha256 %s before and %s after", sum[:12], after[:12])
 		}},
+		{"node 1's log at the volume's root (log.dirs was the mount): refused, never storage-formatted", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
+			uuid, sums := h.formatWith(fstype, func(root string) { brokerLog(t, root, 1) })
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "holds "+h.mount+"/", "")
+			if !strings.Contains(stderr, "but no data/meta.properties") || !strings.Contains(stderr, "must be in data/ at the volume's root") {
+				t.Errorf("the refusal does not say where the log must be:\n%s", stderr)
+			}
+			h.wantUntouched(sums, false)
+			return fmt.Sprintf("refused, unmounted, no fstab line, Kafka not started; %s %s kept; %s before and after", fstype, uuid[:8], sums)
+		}},
+		{"node 1's log in kafka-logs/, not data/: refused, never storage-formatted", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
+			uuid, sums := h.formatWith(fstype, func(root string) { brokerLog(t, filepath.Join(root, "kafka-logs"), 1) })
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "holds "+h.mount+"/kafka-logs but no data/meta.properties", "")
+			h.wantUntouched(sums, false)
+			return fmt.Sprintf("refused, Kafka not started; %s %s kept; %s before and after", fstype, uuid[:8], sums)
+		}},
+		{"segments in data/ without meta.properties: refused", []string{"xfs", "ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
+			uuid, sums := h.formatWith(fstype, func(root string) { loopdev.WriteFiles(t, filepath.Join(root, "data"), 3, 64<<10) })
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "holds "+h.mount+"/data/orders-", "")
+			h.wantUntouched(sums, true)
+			return fmt.Sprintf("refused, Kafka not started; %s %s kept; %s before and after", fstype, uuid[:8], sums)
+		}},
+		{"files in ext4's lost+found, no log: refused", []string{"ext4"}, "", func(t *testing.T, h *bootHost, fstype string) string {
+			uuid, sums := h.formatWith(fstype, func(root string) { loopdev.WriteFiles(t, filepath.Join(root, "lost+found"), 1, 4<<10) })
+			stderr, err := h.boot()
+			h.wantRefused(err, stderr, "holds "+h.mount+"/lost+found/", "")
+			h.wantUntouched(sums, false)
+			return fmt.Sprintf("refused, Kafka not started; %s %s kept", fstype, uuid[:8])
+		}},
+		{"blank filesystem, boots before any log (empty data/, then bootstrap.checkpoint): started each time", []string{"xfs", "ext4"}, "3", func(t *testing.T, h *bootHost, fstype string) string {
+			uuid := ""
+			if fstype == "ext4" { // the bootstrap formats xfs only: a blank ext4 volume with its lost+found
+				uuid, _ = h.formatWith(fstype, func(root string) {
+					if st, err := os.Stat(filepath.Join(root, "lost+found")); err != nil || !st.IsDir() {
+						t.Fatalf("mkfs.ext4 made no lost+found: %v", err)
+					}
+				})
+			}
+			if stderr, err := h.boot(); err != nil { // xfs: formats it
+				t.Fatalf("first boot: %v\n%s", err, stderr)
+			}
+			first := h.state()
+			h.wantMounted(first, fstype, uuid)
+			// Stopped before kafka-storage format: data/ is empty. A reboot.
+			stderr, err := h.reboot()
+			if err != nil || !strings.Contains(stderr, "holds no log: node 1 starts a new one") {
+				t.Fatalf("reboot with an empty data/: %v\n%s", err, stderr)
+			}
+			h.wantMounted(h.state(), fstype, first.uuid)
+			// Stopped inside kafka-storage format: bootstrap.checkpoint, no meta.properties yet.
+			if err := os.WriteFile(filepath.Join(h.mount, "data", "bootstrap.checkpoint"), []byte("checkpoint"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if stderr, err := h.reboot(); err != nil {
+				t.Fatalf("reboot with only bootstrap.checkpoint in data/: %v\n%s", err, stderr)
+			}
+			h.wantMounted(h.state(), fstype, first.uuid)
+			return fmt.Sprintf("%d boots, Kafka started by each; %s %s kept, mounted", h.boots, fstype, first.uuid[:8])
+		}},
 		{"reboot: the script run again, then after an unmount", []string{"xfs", "ext4"}, "3", func(t *testing.T, h *bootHost, fstype string) string {
 			var sums loopdev.Sums
 			uuid := ""
@@ -415,7 +535,11 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	} {
 		for _, fstype := range []string{"xfs", "ext4"} {
 			if !slices.Contains(c.fstypes, fstype) {
-				table = append(table, result{c.name, fstype, "n/a: a blank device has no filesystem yet; the bootstrap formats xfs only"})
+				na := "n/a: a blank device has no filesystem yet; the bootstrap formats xfs only"
+				if strings.Contains(c.name, "lost+found") {
+					na = "n/a: xfs has no lost+found"
+				}
+				table = append(table, result{c.name, fstype, na})
 				continue
 			}
 			t.Run(c.name+"/"+fstype, func(t *testing.T) {
@@ -433,8 +557,12 @@ func TestDiskLogicOnRealDevices(t *testing.T) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "disk logic on real devices (%d MiB sparse images), %.2fs in all:\n", diskDeviceBytes>>20, time.Since(start).Seconds())
+	width := 0
 	for _, r := range table {
-		fmt.Fprintf(&b, "  %-58s %-5s %s\n", r.cas, r.fstype, r.outcome)
+		width = max(width, len(r.cas))
+	}
+	for _, r := range table {
+		fmt.Fprintf(&b, "  %-*s %-5s %s\n", width, r.cas, r.fstype, r.outcome)
 	}
 	t.Log(b.String())
 }

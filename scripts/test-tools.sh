@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the system tools the real-block-device tests need are installed: loop
 # devices and mounts (util-linux, mount), xfs and ext4 tools (xfsprogs, e2fsprogs),
-# fuser (psmisc). Run by `make test` (target test-tools).
+# fuser (psmisc), and curl, with which the broker bootstrap reads instance metadata
+# (deploy/ tests; a minimal Debian image has no curl). Run by `make test` (target
+# test-tools).
 #
 # When every tool is present it returns at once and changes nothing. Otherwise, as
 # root with apt-get (Debian, Ubuntu: CI), it installs the missing packages, updating
@@ -17,6 +19,7 @@ tools=(
 	mkfs.xfs:xfsprogs xfs_growfs:xfsprogs xfs_repair:xfsprogs
 	mkfs.ext4:e2fsprogs resize2fs:e2fsprogs e2fsck:e2fsprogs
 	fuser:psmisc
+	curl:curl
 )
 
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin

@@ -2,8 +2,10 @@ package test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,58 +36,71 @@ func userDataParts(t *testing.T, s *cfnStack) ([]string, string) {
 	return parts, string(decoded)
 }
 
-// bashReprint returns bash's own rendering of a script's code: the script read as the
-// body of a function (never run) and printed back by declare -f, which leaves comments
-// and layout out. A copy of a script means the same to bash exactly when the two
-// renderings are equal, however the copy was made.
-func bashReprint(t *testing.T, script string) string {
+// userDataLimit is EC2's limit on user data (bytes, before base64), and
+// userDataHeadroom what the broker user data must leave of it: the bootstrap is
+// carried compressed, and room for its next changes is part of the design.
+const (
+	userDataLimit    = 16384
+	userDataHeadroom = 2048
+)
+
+// bootstrapExtraction is the user data's line that writes the bootstrap from the
+// compressed copy that follows it (up to the line SLOTKEEPER_BOOTSTRAP).
+const bootstrapExtraction = "base64 -d <<'SLOTKEEPER_BOOTSTRAP' | gzip -dc > /usr/local/sbin/slotkeeper-broker-bootstrap\n"
+
+// extractBootstrap runs the user data's extraction of the bootstrap (the line above,
+// its here-document and the line ending it) with bash, base64 and gzip, writing into
+// a temporary file instead of /usr/local/sbin, and returns what it wrote; it also
+// decodes the here-document itself and fails unless both agree. carried is the size
+// of the here-document.
+func extractBootstrap(t *testing.T, userData string) (script string, carried int) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "script.sh")
-	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
+	_, rest, ok := strings.Cut(userData, bootstrapExtraction)
+	if !ok {
+		t.Fatalf("the user data has no line %q", bootstrapExtraction)
+	}
+	encoded, _, ok := strings.Cut(rest, "\nSLOTKEEPER_BOOTSTRAP\n")
+	if !ok {
+		t.Fatal("the bootstrap's here-document in the user data has no end (SLOTKEEPER_BOOTSTRAP)")
+	}
+	for _, line := range strings.Split(encoded, "\n") {
+		if len(line) > 76 || strings.TrimLeft(line, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != "" {
+			t.Fatalf("the bootstrap's here-document has a line that is not base64 in lines of 76: %q", line)
+		}
+	}
+	compressed, err := base64.StdEncoding.DecodeString(strings.ReplaceAll(encoded, "\n", ""))
+	if err != nil {
+		t.Fatalf("the bootstrap's copy is not base64: %v", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		t.Fatalf("the bootstrap's copy is not gzip: %v", err)
+	}
+	decoded, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("the bootstrap's copy does not decompress: %v", err)
+	}
+	target := filepath.Join(t.TempDir(), "slotkeeper-broker-bootstrap")
+	shell := strings.Replace(bootstrapExtraction, "/usr/local/sbin/slotkeeper-broker-bootstrap", target, 1) + encoded + "\nSLOTKEEPER_BOOTSTRAP\n"
+	if out, err := exec.Command("bash", "-euo", "pipefail", "-c", shell).CombinedOutput(); err != nil {
+		t.Fatalf("the user data's extraction of the bootstrap fails: %v\n%s", err, out)
+	}
+	written, err := os.ReadFile(target)
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("bash", "-c", `eval "__whole() {
-$(cat "$1")
-}" && declare -f __whole`, "bash", path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("bash cannot read the script: %v\n%s", err, stderr.String())
+	if !bytes.Equal(written, decoded) {
+		t.Fatalf("base64 -d | gzip -dc writes %d bytes, Go decodes %d", len(written), len(decoded))
 	}
-	return string(out)
-}
-
-// copyOf returns the part of the user data that copies file: the JSON file as it is;
-// for a script, the one part that starts with the file's first line (the shebang, which
-// the copy keeps), or "" when there is none or several.
-func copyOf(parts []string, file, text string) string {
-	if !strings.HasSuffix(file, ".sh") {
-		if slices.Contains(parts, text) {
-			return text
-		}
-		return ""
-	}
-	first, _, _ := strings.Cut(text, "\n")
-	var found []string
-	for _, p := range parts {
-		if strings.HasPrefix(p, first+"\n") {
-			found = append(found, p)
-		}
-	}
-	if len(found) != 1 {
-		return ""
-	}
-	return found[0]
+	return string(written), len(encoded)
 }
 
 // The broker fleet's user data carries deploy/cloudwatch-agent.json as it is and
-// deploy/broker-bootstrap.sh without its comments (scripts/sync-user-data.sh copies
-// them in), and the copied script is the same code to bash (bash's own rendering of
-// the copy and of the file are equal, whatever the stripping did) and behaves as the
-// file does; the user data fits EC2's
-// 16 KB, writes settings the bootstrap accepts and that describe this stack, and
-// reports the disk use of the mount the functions' disk alarms watch.
+// deploy/broker-bootstrap.sh compressed (gzip, base64; scripts/sync-user-data.sh
+// copies them in), and its own extraction line writes the script back byte for byte;
+// the user data fits EC2's 16 KB with at least userDataHeadroom to spare, writes
+// settings the bootstrap accepts and that describe this stack, and reports the disk
+// use of the mount the functions' disk alarms watch.
 func TestTemplateBrokerUserData(t *testing.T) {
 	s := deployStack(t, "fleet")
 	parts, userData := userDataParts(t, s)
@@ -93,45 +108,44 @@ func TestTemplateBrokerUserData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	marked := regexp.MustCompile(`(?m)^ *- \| # verbatim: (\S+)$`).FindAllSubmatch(template, -1)
+	marked := regexp.MustCompile(`(?m)^ *- \| # (verbatim|gzip base64): (\S+)$`).FindAllSubmatch(template, -1)
 	var embedded []string
 	for _, m := range marked {
-		embedded = append(embedded, string(m[1]))
+		embedded = append(embedded, string(m[1])+": "+string(m[2]))
 	}
-	if want := []string{"deploy/cloudwatch-agent.json", "deploy/broker-bootstrap.sh"}; !slices.Equal(embedded, want) {
-		t.Fatalf("template.yaml embeds %v, want %v", embedded, want)
+	if want := []string{"verbatim: deploy/cloudwatch-agent.json", "gzip base64: deploy/broker-bootstrap.sh"}; !slices.Equal(embedded, want) {
+		t.Fatalf("template.yaml embeds %q, want %q", embedded, want)
 	}
-	files, copies := map[string]string{}, map[string]string{}
-	for _, f := range embedded {
+	files := map[string]string{}
+	for _, f := range []string{"deploy/cloudwatch-agent.json", "deploy/broker-bootstrap.sh"} {
 		b, err := os.ReadFile(filepath.Join(templateRepoDir(), f))
 		if err != nil {
 			t.Fatal(err)
 		}
 		files[f] = string(b)
-		copied := copyOf(parts, f, string(b))
-		switch {
-		case copied == "":
-			t.Errorf("the user data has no copy of %s: run scripts/sync-user-data.sh", f)
-		case strings.HasSuffix(f, ".sh") && bashReprint(t, copied) != bashReprint(t, string(b)):
-			t.Errorf("the user data's copy of %s means something else to bash than the file: run scripts/sync-user-data.sh", f)
-		}
-		copies[f] = copied
-		for _, delim := range []string{"SLOTKEEPER_ENV", "SLOTKEEPER_AGENT_CONFIG", "SLOTKEEPER_BOOTSTRAP"} {
+		for _, delim := range []string{"SLOTKEEPER_ENV", "SLOTKEEPER_AGENT_CONFIG"} {
 			if slices.Contains(strings.Split(string(b), "\n"), delim) {
 				t.Errorf("%s has a line %s, which would end its here-document in the user data", f, delim)
 			}
 		}
 	}
+	if !slices.Contains(parts, files["deploy/cloudwatch-agent.json"]) {
+		t.Errorf("the user data has no copy of deploy/cloudwatch-agent.json: run scripts/sync-user-data.sh")
+	}
+	script := files["deploy/broker-bootstrap.sh"]
+	extracted, carried := extractBootstrap(t, userData)
+	if extracted != script {
+		t.Errorf("the user data writes a bootstrap of %d bytes that is not deploy/broker-bootstrap.sh (%d bytes): run scripts/sync-user-data.sh",
+			len(extracted), len(script))
+	}
 	if !strings.HasPrefix(userData, "#!/bin/bash\n") {
 		t.Errorf("user data does not start with a shebang: %.40q", userData)
 	}
-	if len(userData) > 16384 {
-		t.Errorf("user data is %d bytes; EC2 allows 16384", len(userData))
+	if len(userData) > userDataLimit-userDataHeadroom {
+		t.Errorf("user data is %d bytes: more than EC2's %d less the %d bytes of headroom kept for changes", len(userData), userDataLimit, userDataHeadroom)
 	}
-	script, copied := files["deploy/broker-bootstrap.sh"], copies["deploy/broker-bootstrap.sh"]
-	t.Logf("user data: %d of 16384 bytes (deploy/broker-bootstrap.sh: %d bytes in the file, %d in the user data)",
-		len(userData), len(script), len(copied))
-	sameBehaviour(t, script, copied)
+	t.Logf("user data: %d of %d bytes, %d to spare (deploy/broker-bootstrap.sh: %d bytes, carried in %d)",
+		len(userData), userDataLimit, userDataLimit-len(userData), len(script), carried)
 
 	// The settings the user data writes, read by the bootstrap itself.
 	m := regexp.MustCompile(`(?s)<<'SLOTKEEPER_ENV'\n(.*?)\nSLOTKEEPER_ENV\n`).FindStringSubmatch(userData)
@@ -198,114 +212,85 @@ echo "$SLOTKEEPER_CLUSTER $SLOTKEEPER_DNS_NAME $SLOTKEEPER_SLOT_COUNT $SLOTKEEPE
 	}
 }
 
-// sameBehaviour checks that the user data's copy of the bootstrap is valid bash and
-// prints what the file prints: every here-document it writes (the Kafka configuration,
-// the systemd unit) and the cluster id, for a controller slot and a broker slot.
-func sameBehaviour(t *testing.T, file, copied string) {
-	t.Helper()
-	dir := t.TempDir()
-	paths := map[string]string{"file": filepath.Join(dir, "file.sh"), "copy": filepath.Join(dir, "copy.sh")}
-	for name, text := range map[string]string{"file": file, "copy": copied} {
-		if err := os.WriteFile(paths[name], []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command("bash", "-n", paths["copy"]).CombinedOutput(); err != nil {
-		t.Fatalf("the user data's copy of the bootstrap is not valid bash: %v\n%s", err, out)
-	}
-	run := func(path, slot string) string {
-		cmd := exec.Command("bash", "-c", `set -euo pipefail; source "$1"; check_settings
-SLOT=$2 NODE_ID=$((100 + $2)) AZ=us-east-1a; kafka_properties; kafka_unit; cluster_id; replication_factor; heap_opts`, "bash", path, slot)
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "SLOTKEEPER_CLUSTER=kafka-prod", "SLOTKEEPER_DNS_NAME=kafka-prod.internal",
-			"SLOTKEEPER_SLOT_COUNT=5", "SLOTKEEPER_TABLE=slotkeeper-kafka-prod-leases", "SLOTKEEPER_NODE_ID_BASE=100"}
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("running %s: %v\n%s", path, err, out)
-		}
-		return string(out)
-	}
-	for _, slot := range []string{"0", "4"} {
-		if a, b := run(paths["file"], slot), run(paths["copy"], slot); a != b || !strings.Contains(a, "node.id=") {
-			t.Errorf("slot %s: the copy prints\n%s\nthe file prints\n%s", slot, b, a)
-		}
-	}
-}
-
-// scripts/sync-user-data.sh keeps every line whose removal would change what bash
-// reads: here-documents of every form (<<'W', <<\W, <<"W", <<-W) and a line after a
-// backslash continuation, whose '#' starts no comment; and it refuses, changing
-// nothing, a script whose copy would still mean something else (a '#' line inside a
-// multi-line string). The copies are checked with bash's own rendering, independent of
-// how the script strips.
-func TestSyncUserDataKeepsTheMeaning(t *testing.T) {
+// scripts/sync-user-data.sh copies a script into a "gzip base64" block that decodes
+// (base64 -d | gzip -dc) to the file byte for byte, comments and all, and a JSON file
+// into a verbatim block; run again it changes nothing, and a block that already
+// decodes to the file (another gzip's bytes) is kept as it is; an edited file is
+// copied again.
+func TestSyncUserData(t *testing.T) {
 	sync, err := filepath.Abs(filepath.Join(templateRepoDir(), "scripts", "sync-user-data.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tricky := "#!/usr/bin/env bash\n# a comment\nf() {\n\t# a comment\n\tcat <<'EOF'\n# quoted here-document\nEOF\n" +
-		"\tcat <<\\EOF\n# backslash here-document\nEOF\n\tcat <<-\"EOF\"\n\t# dash here-document\n\tEOF\n" +
-		"\tcat << EOF\n  # spaced here-document\nEOF\n\techo a \\\n# continued, not a comment\n\tcat <<<\"here-string\"\n\n\techo done # trailing\n}\nf\n"
-	for _, c := range []struct {
-		name, script string
-		refused      bool
-	}{
-		{"here-documents and a continuation", tricky, false},
-		{"a '#' line inside a multi-line string", "#!/usr/bin/env bash\nx='a\n# b'\necho \"$x\"\n", true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "s.sh"), []byte(c.script), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			before := "Resources:\n  X:\n    - | # verbatim: s.sh\n      old\n    - tail\n"
-			if err := os.WriteFile(filepath.Join(dir, "t.yaml"), []byte(before), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command("bash", sync, "t.yaml")
-			cmd.Dir = dir
-			out, err := cmd.CombinedOutput()
-			after, rerr := os.ReadFile(filepath.Join(dir, "t.yaml"))
-			if rerr != nil {
-				t.Fatal(rerr)
-			}
-			if c.refused {
-				if err == nil || string(after) != before || !strings.Contains(string(out), "would change what bash reads") {
-					t.Fatalf("sync: %v\n%s\ntemplate now:\n%s\nwant a refusal and no change", err, out, after)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("sync: %v\n%s", err, out)
-			}
-			// The block: the lines after the marker, indented 6 spaces, up to "    - tail".
-			body, _, _ := strings.Cut(strings.SplitN(string(after), "# verbatim: s.sh\n", 2)[1], "    - tail\n")
-			var lines []string
-			for _, l := range strings.Split(strings.TrimSuffix(body, "\n"), "\n") {
-				lines = append(lines, strings.TrimPrefix(l, "      "))
-			}
-			copied := strings.Join(lines, "\n") + "\n"
-			if bashReprint(t, copied) != bashReprint(t, c.script) {
-				t.Errorf("the copy means something else to bash:\n%s\nfile:\n%s", copied, c.script)
-			}
-			for _, kept := range []string{"# quoted here-document", "# backslash here-document", "\t# dash here-document", "  # spaced here-document", "# continued, not a comment"} {
-				if !slices.Contains(lines, kept) {
-					t.Errorf("the copy lost the line %q:\n%s", kept, copied)
-				}
-			}
-			if strings.Contains(copied, "# a comment") {
-				t.Errorf("a comment line was kept:\n%s", copied)
-			}
-			run := func(text string) string {
-				out, err := exec.Command("bash", "-c", text).CombinedOutput()
-				if err != nil {
-					t.Fatalf("%v\n%s", err, out)
-				}
-				return string(out)
-			}
-			if a, b := run(copied), run(c.script); a != b {
-				t.Errorf("the copy prints\n%s\nthe file prints\n%s", a, b)
-			}
-			t.Logf("%d lines in the file, %d in the copy; same code to bash, same output", strings.Count(c.script, "\n"), len(lines))
-		})
+	dir := t.TempDir()
+	script := "#!/usr/bin/env bash\n# a comment, kept\nf() {\n\tcat <<'EOF'\n# here-document\nEOF\n}\n\nf\n"
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write("s.sh", script)
+	write("c.json", "{\n  \"a\": 1\n}\n")
+	write("t.yaml", "Resources:\n  X:\n    - | # verbatim: c.json\n      old\n    - | # gzip base64: s.sh\n      b2xkCg==\n    - tail\n")
+	syncRun := func() (string, string) {
+		t.Helper()
+		cmd := exec.Command("bash", sync, "t.yaml")
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("sync: %v\n%s", err, out)
+		}
+		after, err := os.ReadFile(filepath.Join(dir, "t.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out)), string(after)
+	}
+	// decoded returns the gzip base64 block's content, decoded by the shell tools.
+	decoded := func(yaml string) (block, text string) {
+		t.Helper()
+		_, rest, _ := strings.Cut(yaml, "# gzip base64: s.sh\n")
+		block, _, _ = strings.Cut(rest, "    - tail\n")
+		cmd := exec.Command("bash", "-euo", "pipefail", "-c", "sed 's/^      //' | base64 -d | gzip -dc")
+		cmd.Stdin = strings.NewReader(block)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("the block does not decode: %v\n%s", err, block)
+		}
+		return block, string(out)
+	}
+
+	out, first := syncRun()
+	block, text := decoded(first)
+	if !strings.Contains(out, "updated") || text != script || !strings.Contains(first, "# verbatim: c.json\n      {\n        \"a\": 1\n      }\n") {
+		t.Fatalf("sync said %q; the script block decodes to\n%s\nwant the file\n%s\ntemplate:\n%s", out, text, script, first)
+	}
+	if out, again := syncRun(); again != first || !strings.Contains(out, "up to date") {
+		t.Errorf("a second sync said %q and changed the template:\n%s", out, again)
+	}
+
+	// Another gzip's encoding of the same file: kept.
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", "gzip -1c s.sh | base64 -w 60 | sed 's/^/      /'")
+	cmd.Dir = dir
+	other, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(other) == block {
+		t.Fatal("gzip -1 and -9 gave the same block: the test proves nothing")
+	}
+	write("t.yaml", strings.Replace(first, block, string(other), 1))
+	if out, kept := syncRun(); !strings.Contains(out, "up to date") || !strings.Contains(kept, string(other)) {
+		t.Errorf("an equivalent block was rewritten (%q):\n%s", out, kept)
+	}
+
+	// The file changes: the block follows.
+	write("s.sh", script+"echo more\n")
+	if out, changed := syncRun(); !strings.Contains(out, "updated") {
+		t.Errorf("sync after an edit said %q", out)
+	} else if _, text := decoded(changed); text != script+"echo more\n" {
+		t.Errorf("after an edit the block decodes to\n%s", text)
+	}
+	t.Logf("a %d-byte script in a %d-byte block; kept another gzip's equivalent block; followed an edit", len(script), len(block))
 }

@@ -144,6 +144,13 @@ func lastLines(s string) string {
 // The exact script the grow function sends over SSM, run as the SSM agent runs it,
 // grows a real xfs and a real ext4 filesystem online without touching their data, and
 // is a no-op the second time.
+//
+// ext4's online growth needs CAP_SYS_RESOURCE, which containers often drop from root
+// (this test's own machine has none, and no process here can gain it: it is not in the
+// bounding set). Without it the ext4 case checks what it can, that the script fails
+// with the kernel's EPERM and changes nothing and that a rerun after an offline resize
+// is a no-op, and then SKIPS, saying that ext4 online growth was not exercised: it is
+// never reported as passed there.
 func TestFilesystemScriptOnRealDevices(t *testing.T) {
 	for _, fstype := range []string{"xfs", "ext4"} {
 		t.Run(fstype, func(t *testing.T) {
@@ -153,6 +160,11 @@ func TestFilesystemScriptOnRealDevices(t *testing.T) {
 				t.Error(p)
 			}
 			t.Log(figures)
+			if fstype == "ext4" && !loopdev.Capable(loopdev.CapSysResource) && !t.Failed() {
+				t.Skip("ext4 online growth NOT exercised: this process lacks CAP_SYS_RESOURCE (see CapEff in /proc/self/status), " +
+					"so the kernel refuses every online ext4 resize with EPERM; only that refusal (script fails, filesystem and data unchanged) " +
+					"and the no-op rerun were checked. Run as root with all capabilities to prove ext4 growth.")
+			}
 		})
 	}
 }
@@ -204,6 +216,10 @@ func TestFilesystemScriptOnRealDevicesCatchesWrongCommands(t *testing.T) {
 				t.Errorf("expected to pass, but: %s", strings.Join(problems, "; "))
 			default:
 				t.Logf("not wrong with this xfsprogs: %s", figures)
+			}
+			if c.fstype == "ext4" && !loopdev.Capable(loopdev.CapSysResource) && !t.Failed() {
+				t.Skip("caught here only against the refused path (no CAP_SYS_RESOURCE: the kernel refuses every online ext4 resize), " +
+					"not against a real ext4 growth; see TestFilesystemScriptOnRealDevices/ext4")
 			}
 		})
 	}

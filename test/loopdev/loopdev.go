@@ -54,8 +54,8 @@ var packages = map[string]string{
 	"blockdev": "util-linux", "findmnt": "util-linux", "blkid": "util-linux", "mountpoint": "util-linux",
 	"mkfs.xfs": "xfsprogs", "xfs_growfs": "xfsprogs", "xfs_repair": "xfsprogs",
 	"mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
-	"fuser": "psmisc",
-	"df":    "coreutils", "sync": "coreutils", "awk": "mawk",
+	"fuser": "psmisc", "curl": "curl",
+	"df": "coreutils", "sync": "coreutils", "awk": "mawk",
 }
 
 // baseTools are the tools every device needs.
