@@ -295,6 +295,12 @@ func TestUserDataOnRealKafka(t *testing.T) {
 			t.Fatal(err)
 		}
 		about, _ := u.server.Warnings(append(slices.Clone(keys), "config", "Config")...)
+		// A transient error of the controller registration while the quorum forms dumps
+		// the registration record, whose listeners=… matches a key: not a warning
+		// about the configuration.
+		about = slices.DeleteFunc(about, func(l string) bool {
+			return strings.Contains(l, "CONTROLLER_REGISTRATION") || strings.Contains(l, "ControllerRegistration")
+		})
 		total += len(about)
 		kinds := map[string]int{} // the other warnings, by message without time and numbers
 		for _, l := range all {
