@@ -100,11 +100,11 @@ func newDeployment(t testing.TB, h *harness.Harness, cluster string, opt deploym
 	// As functions/reconcile/main.go.
 	d.reconcile = reconcile.New(cfg, ec2c, asg, ddb, log, io.Discard)
 	d.reconcile.Repairers = []reconcile.Repairer{
-		grow.New(cfg, ec2c, ddb, ssmc, snsc, log, io.Discard), grow.NewAlarms(cfg, cw, log), dns.New(cfg, r53, ec2c, ddb, log),
+		grow.New(cfg, ec2c, ddb, ssmc, snsc, cw, log, io.Discard), grow.NewAlarms(cfg, cw, log), dns.New(cfg, r53, ec2c, ddb, log),
 	}
 	d.reconcile.Kafka = k
 	// As functions/grow/main.go.
-	d.grow = grow.New(cfg, ec2c, ddb, ssmc, snsc, log, io.Discard)
+	d.grow = grow.New(cfg, ec2c, ddb, ssmc, snsc, cw, log, io.Discard)
 
 	if !opt.production {
 		fast := resources.Poll{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Timeout: 20 * time.Second}

@@ -64,7 +64,7 @@ func newGrowRig(t testing.TB, h *harness.Harness, slots int, env map[string]stri
 	r.alarms = grow.NewAlarms(c.cfg, awsapi.NewCloudWatch(awsCfg), obs.NewLogger(c.logs, slog.LevelDebug))
 	c.launch.Followers = append(c.launch.Followers, r.alarms)
 	r.grow = grow.New(c.cfg, ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), ssm.NewFromConfig(awsCfg),
-		sns.NewFromConfig(awsCfg), obs.NewLogger(r.growLogs, slog.LevelDebug), r.growMetrics)
+		sns.NewFromConfig(awsCfg), awsapi.NewCloudWatch(awsCfg), obs.NewLogger(r.growLogs, slog.LevelDebug), r.growMetrics)
 	r.grow.Poll = resources.Poll{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, Timeout: time.Second}
 	r.grow.Remote.Poll, r.grow.Remote.Timeout = 20*time.Millisecond, 10*time.Second
 	r.ssm = ssm.NewFromConfig(h.DirectConfig())

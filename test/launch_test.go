@@ -482,11 +482,12 @@ func (f *follower) SlotBound(_ context.Context, b launch.Bound) error {
 	return nil
 }
 
-// Followers hear of every bind before CONTINUE; a failing follower holds the
-// completion back until a redelivery succeeds.
+// Followers hear of every bind before CONTINUE; in instance mode (the slot's address
+// is the new holder's), a failing follower holds the completion back until a
+// redelivery succeeds. ENI mode: TestFollowerFailureDoesNotBlockContinueInENIMode.
 func TestFollowersAreToldBeforeContinue(t *testing.T) {
 	h := harness.Start(t)
-	c := newCluster(t, h, 3, nil)
+	c := newCluster(t, h, 3, map[string]string{"ENI": "false", "SECURITY_GROUPS": ""})
 	f := &follower{fail: 1}
 	c.launch.Followers = []launch.Follower{f}
 	id := c.run(2)

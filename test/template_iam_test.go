@@ -127,6 +127,7 @@ var (
 	}
 	documentARN = func(iamContext) string { return "arn:aws:ssm:" + tmplRegion + "::document/AWS-RunShellScript" }
 	kmsKey      = func(c iamContext) string { return cfnStr(c.s.params["VolumeKmsKeyArn"]) }
+	kafkaSecret = func(c iamContext) string { return cfnStr(c.s.params["KafkaPasswordSecretArn"]) }
 )
 
 // leaseKeys: DynamoDB calls only on the cluster's own partition.
@@ -309,6 +310,8 @@ var iamRules = map[string]iamRule{
 	"cloudwatch:PutMetricAlarm":                  onlyResources(alarmsARN),
 	"cloudwatch:TagResource":                     onlyResources(alarmsARN),
 	"cloudwatch:DescribeAlarms":                  anyResource,
+	"cloudwatch:GetMetricStatistics":             anyResource, // no resource-level permissions
+	"secretsmanager:GetSecretValue":              onlyResources(kafkaSecret),
 	"ssm:SendCommand":                            sendCommand,
 	"ssm:GetCommandInvocation":                   anyResource, // no resource-level permissions
 	"route53:ChangeResourceRecordSets":           changeRecords,
@@ -493,7 +496,7 @@ func TestTemplateDeadLetterQueuePolicy(t *testing.T) {
 
 // awsCallRE finds the AWS operations a Go source calls: an input struct built for it
 // (&ec2.AttachVolumeInput{...}) or a paginator over it (ec2.NewDescribeVolumesPaginator).
-var awsCallRE = regexp.MustCompile(`\b(ec2|autoscaling|dynamodb|route53|cloudwatch|ssm|sns)\.(?:New(\w+)Paginator\(|(\w+)Input\{)`)
+var awsCallRE = regexp.MustCompile(`\b(ec2|autoscaling|dynamodb|route53|cloudwatch|ssm|sns|secretsmanager)\.(?:New(\w+)Paginator\(|(\w+)Input\{)`)
 
 // impliedActions are granted without the code calling them by name: Lambda itself
 // (logs, traces, the on-failure destination, the ENIs of a function in a VPC), EBS on
@@ -546,9 +549,29 @@ func TestTemplateIAMMatchesTheCode(t *testing.T) {
 		t.Fatalf("found only %d AWS operations in the functions' code: the scan is broken", len(used))
 	}
 
-	s := deployStack(t, "fleet") // every feature on: DNS, Kafka in a VPC, KMS, growth
-	statements := policyStatements(s)
 	allowed := map[string]bool{}
+	// fleet: every feature on (DNS, Kafka in a VPC, KMS, growth); kafka-in-vpc: SASL
+	// with the password's secret.
+	for _, s := range []*cfnStack{deployStack(t, "fleet"), deployStack(t, "kafka-in-vpc")} {
+		allowedBy(t, s, allowed)
+	}
+	for _, a := range slices.Sorted(maps.Keys(used)) {
+		if !allowed[a] {
+			t.Errorf("the code calls %s (%v), which no function's role allows: it would fail with AccessDenied", a, slices.Compact(used[a]))
+		}
+	}
+	for _, a := range slices.Sorted(maps.Keys(allowed)) {
+		if _, ok := used[a]; !ok && mutatingAction(a) && !slices.Contains(impliedActions, a) {
+			t.Errorf("a function's role allows %s, which no function's code calls", a)
+		}
+	}
+	t.Logf("the functions' code calls %d AWS operations: %v", len(used), slices.Sorted(maps.Keys(used)))
+}
+
+// allowedBy adds to allowed every action some function's role in s allows.
+func allowedBy(t *testing.T, s *cfnStack, allowed map[string]bool) {
+	t.Helper()
+	statements := policyStatements(s)
 	for _, id := range existingFunctions(s) {
 		role := roleOf(t, s, id)
 		policies := []string{role}
@@ -565,17 +588,6 @@ func TestTemplateIAMMatchesTheCode(t *testing.T) {
 			}
 		}
 	}
-	for _, a := range slices.Sorted(maps.Keys(used)) {
-		if !allowed[a] {
-			t.Errorf("the code calls %s (%v), which no function's role allows: it would fail with AccessDenied", a, slices.Compact(used[a]))
-		}
-	}
-	for _, a := range slices.Sorted(maps.Keys(allowed)) {
-		if _, ok := used[a]; !ok && mutatingAction(a) && !slices.Contains(impliedActions, a) {
-			t.Errorf("a function's role allows %s, which no function's code calls", a)
-		}
-	}
-	t.Logf("the functions' code calls %d AWS operations: %v", len(used), slices.Sorted(maps.Keys(used)))
 }
 
 // awsCLIRE finds the AWS CLI calls of a shell script: aws <service> <operation>.

@@ -44,6 +44,12 @@ var templateBaseParams = map[string]string{
 	"SecurityGroups": "sg-0a1b2c3d4e5f60001",
 }
 
+// The Kafka password's secret and an operator's notification key in the scenarios.
+const (
+	kafkaSecretARN     = "arn:aws:secretsmanager:us-east-1:123456789012:secret:kafka-prod-sasl-AbCdEf"
+	notificationKeyARN = "arn:aws:kms:us-east-1:123456789012:key/1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f"
+)
+
 var (
 	paramsDNS = map[string]string{"HostedZoneId": "Z0123456789ABCDEFGHIJ", "DnsName": "kafka-prod.internal"}
 	paramsVPC = map[string]string{
@@ -69,10 +75,16 @@ var deployScenarios = []deployScenario{
 	{"dns", paramsDNS},
 	{"kafka-in-vpc", mergeParams(paramsDNS, paramsVPC, map[string]string{
 		"KafkaBootstrap": "b-1.kafka-prod.internal:9096,b-2.kafka-prod.internal:9096", "KafkaTls": "true",
-		"KafkaSaslMechanism": "SCRAM-SHA-512", "KafkaUsername": "slotkeeper", "KafkaPassword": "not-a-secret",
+		"KafkaSaslMechanism": "SCRAM-SHA-512", "KafkaUsername": "slotkeeper",
+		"KafkaPasswordSecretArn": kafkaSecretARN,
 	})},
 	{"growth-by-eventbridge", map[string]string{"DiskGrowth": "eventbridge"}},
 	{"growth-off-primary-ip", map[string]string{"DiskGrowth": "off", "SlotEni": "false"}},
+	// The operator's own notification key; an st1 volume grown up to its type's maximum.
+	{"own-key-st1", map[string]string{
+		"NotificationKmsKeyArn": notificationKeyARN, "VolumeType": "st1", "VolumeSizeGiB": "500", "GrowMaxSizeGiB": "0",
+		"GrowMaxPerDay": "2", "GrowMinInterval": "6h",
+	}},
 	// The group's name differs from the cluster's: nothing may use one for the other.
 	{"own-group-name", map[string]string{"AsgName": "brokers-of-kafka-prod"}},
 	{"fleet", mergeParams(paramsDNS, paramsVPC, map[string]string{
@@ -488,6 +500,9 @@ func (s *cfnStack) intrinsic(fn string, arg any) (any, bool) {
 			return s.eval(args[1]), true
 		}
 		return s.eval(args[2]), true
+	case "Fn::FindInMap":
+		m := cfnObj(cfnObj(s.tmpl["Mappings"])[cfnScalar(s.eval(args[0]))])
+		return cfnObj(m[cfnScalar(s.eval(args[1]))])[cfnScalar(s.eval(args[2]))], true
 	case "Fn::Base64":
 		return base64.StdEncoding.EncodeToString([]byte(fmt.Sprint(s.eval(arg)))), true
 	case "Condition":

@@ -14,12 +14,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/slotkeeper/slotkeeper/shared/app"
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/grow"
 )
 
 func main() {
 	cfg, awsCfg, log := app.Init("grow")
 	h := grow.New(cfg, ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg), ssm.NewFromConfig(awsCfg),
-		sns.NewFromConfig(awsCfg), log, os.Stdout)
+		sns.NewFromConfig(awsCfg), awsapi.NewCloudWatch(awsCfg), log, os.Stdout)
 	lambda.Start(h)
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -11,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
@@ -20,19 +22,25 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/grow"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
 	"github.com/slotkeeper/slotkeeper/shared/reconcile"
+	"github.com/slotkeeper/slotkeeper/shared/secrets"
 )
 
 func main() {
 	cfg, awsCfg, log := app.Init("reconcile")
 	ec2c, ddb := ec2.NewFromConfig(awsCfg), dynamodb.NewFromConfig(awsCfg)
 	h := reconcile.New(cfg, ec2c, autoscaling.NewFromConfig(awsCfg), ddb, log, os.Stdout)
+	cw := awsapi.NewCloudWatch(awsCfg)
 	h.Repairers = []reconcile.Repairer{
-		grow.New(cfg, ec2c, ddb, ssm.NewFromConfig(awsCfg), sns.NewFromConfig(awsCfg), log, os.Stdout), // pending growths
-		grow.NewAlarms(cfg, awsapi.NewCloudWatch(awsCfg), log),                                         // disk alarms on holders
-		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log),                                    // records
+		grow.New(cfg, ec2c, ddb, ssm.NewFromConfig(awsCfg), sns.NewFromConfig(awsCfg), cw, log, os.Stdout), // pending growths, disks still full
+		grow.NewAlarms(cfg, cw, log),                                // disk alarms on holders
+		dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log), // records
 	}
 	if len(cfg.Kafka.Bootstrap) > 0 {
-		k, err := kafka.NewClient(cfg.Kafka)
+		kcfg, err := secrets.Kafka(context.Background(), secretsmanager.NewFromConfig(awsCfg), cfg.Kafka) // once per cold start
+		if err != nil {
+			app.Fail("reconcile", err)
+		}
+		k, err := kafka.NewClient(kcfg)
 		if err != nil {
 			app.Fail("reconcile", err)
 		}

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -11,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/slotkeeper/slotkeeper/shared/app"
 	"github.com/slotkeeper/slotkeeper/shared/dns"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/secrets"
 	"github.com/slotkeeper/slotkeeper/shared/terminate"
 )
 
@@ -28,7 +31,11 @@ func main() {
 	h.Drainers = []terminate.Drainer{dns.New(cfg, route53.NewFromConfig(awsCfg), ec2c, ddb, log)}
 	h.Alerts = &alert.Notifier{SNS: sns.NewFromConfig(awsCfg), TopicARN: cfg.AlertTopicARN, Cluster: cfg.Cluster}
 	if len(cfg.Kafka.Bootstrap) > 0 {
-		k, err := kafka.NewClient(cfg.Kafka)
+		kcfg, err := secrets.Kafka(context.Background(), secretsmanager.NewFromConfig(awsCfg), cfg.Kafka) // once per cold start
+		if err != nil {
+			app.Fail("terminate", err)
+		}
+		k, err := kafka.NewClient(kcfg)
 		if err != nil {
 			app.Fail("terminate", err)
 		}

@@ -45,10 +45,12 @@ type AutoScaling interface {
 	DescribeLifecycleHooks(ctx context.Context, in *autoscaling.DescribeLifecycleHooksInput, opts ...func(*autoscaling.Options)) (*autoscaling.DescribeLifecycleHooksOutput, error)
 }
 
-// CloudWatch is the part of the CloudWatch API slotkeeper uses (the slots' disk alarms).
+// CloudWatch is the part of the CloudWatch API slotkeeper uses (the slots' disk alarms,
+// and the disk use of a slot whose alarm stays in ALARM).
 type CloudWatch interface {
 	PutMetricAlarm(ctx context.Context, in *cloudwatch.PutMetricAlarmInput, opts ...func(*cloudwatch.Options)) (*cloudwatch.PutMetricAlarmOutput, error)
 	DescribeAlarms(ctx context.Context, in *cloudwatch.DescribeAlarmsInput, opts ...func(*cloudwatch.Options)) (*cloudwatch.DescribeAlarmsOutput, error)
+	GetMetricStatistics(ctx context.Context, in *cloudwatch.GetMetricStatisticsInput, opts ...func(*cloudwatch.Options)) (*cloudwatch.GetMetricStatisticsOutput, error)
 }
 
 // Route53 is the part of the Route 53 API slotkeeper uses (the slots' records).

@@ -98,9 +98,34 @@ type GrowConfig struct {
 	TargetPercent    int    // use to bring the disk back to
 	StepPercent      int    // minimum growth, in percent of the current size
 	MinStepGiB       int32  // minimum growth, in GiB
-	MaxSizeGiB       int32  // never grow beyond
+	MaxSizeGiB       int32  // never grow beyond (also never beyond the volume type's maximum)
 	FunctionARN      string // the grow function; the alarm action invokes it. Empty: no alarms
 	DataMount        string // mount point of the data volume on the broker
+	// MaxPerDay is how many modifications of one volume may start in a rolling 24
+	// hours (EBS allows 4).
+	MaxPerDay int
+	// MinInterval is the least time between the starts of two modifications of one
+	// volume; 0 = none beyond EBS's own rules (6h is EBS's older rule).
+	MinInterval time.Duration
+}
+
+// VolumeLimits is the range of sizes EBS allows for a volume type, in GiB.
+type VolumeLimits struct{ MinGiB, MaxGiB int32 }
+
+// volumeLimits are EBS's size limits per volume type: gp2, io1, st1 and sc1 up to
+// 16 TiB, gp3 and io2 up to 64 TiB; io1 and io2 at least 4 GiB, st1 and sc1 at least
+// 125 GiB.
+var volumeLimits = map[string]VolumeLimits{
+	"gp2": {1, 16384}, "gp3": {1, 65536},
+	"io1": {4, 16384}, "io2": {4, 65536},
+	"st1": {125, 16384}, "sc1": {125, 16384},
+}
+
+// LimitsOf returns EBS's size limits for volume type t; ok is false for a type
+// slotkeeper does not know (standard, say), whose limits it does not enforce.
+func LimitsOf(t string) (VolumeLimits, bool) {
+	l, ok := volumeLimits[t]
+	return l, ok
 }
 
 // DNSConfig is the private hosted zone and name under which slot records live.
@@ -119,7 +144,12 @@ type KafkaConfig struct {
 	TLS           bool
 	SASLMechanism string // "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
 	Username      string
-	Password      string
+	// Password is the SASL password: SLOTKEEPER_KAFKA_PASSWORD, or, when
+	// PasswordSecretARN is set, the secret's value, filled in at cold start by the
+	// functions that talk to Kafka (see package secrets).
+	Password string
+	// PasswordSecretARN is the Secrets Manager secret that holds the SASL password.
+	PasswordSecretARN string
 }
 
 // Var documents one configuration variable; Vars is the reference the README mirrors.
@@ -154,7 +184,9 @@ var Vars = []Var{
 	{"GROW_TARGET_PERCENT", "60", "Disk use a growth brings the volume back to (used ÷ target)."},
 	{"GROW_STEP_PERCENT", "10", "Minimum growth, in percent of the current size."},
 	{"GROW_MIN_STEP_GIB", "10", "Minimum growth, in GiB."},
-	{"GROW_MAX_SIZE_GIB", "16384", "Volumes never grow beyond this size; at the cap slotkeeper alerts instead."},
+	{"GROW_MAX_SIZE_GIB", "16384", "Volumes never grow beyond this size, nor beyond their type's maximum (16384 for gp2, io1, st1, sc1; 65536 for gp3, io2); at the cap slotkeeper alerts instead."},
+	{"GROW_MAX_PER_DAY", "4", "Most modifications of one volume started in a rolling 24 hours (1..4; EBS allows 4); a growth beyond it waits."},
+	{"GROW_MIN_INTERVAL", "0s", "Least time between the starts of two modifications of one volume (0s..24h); 6h is EBS's older rule."},
 	{"GROW_FUNCTION_ARN", "", "ARN of the grow function, the action of every slot's disk alarm. Empty: slotkeeper manages no disk alarms."},
 	{"DATA_MOUNT", "/var/lib/kafka", "Mount point of the slot's data volume on the broker (alarm dimension, filesystem growth)."},
 	{"HOSTED_ZONE_ID", "", "Private Route 53 hosted zone of the slot records. Empty: DNS is not managed."},
@@ -164,7 +196,8 @@ var Vars = []Var{
 	{"KAFKA_TLS", "false", "Connect to Kafka over TLS."},
 	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: empty (none), PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."},
 	{"KAFKA_USERNAME", "", "SASL user name (required with a SASL mechanism)."},
-	{"KAFKA_PASSWORD", "", "SASL password (required with a SASL mechanism)."},
+	{"KAFKA_PASSWORD", "", "SASL password, for local and development use; in AWS use KAFKA_PASSWORD_SECRET_ARN. Set one of the two with a SASL mechanism."},
+	{"KAFKA_PASSWORD_SECRET_ARN", "", "ARN of a Secrets Manager secret whose value is the SASL password, read once per cold start by the functions that talk to Kafka."},
 	{"SAFETY_MAX_WAIT", "5m", "Longest a planned termination waits for the removal token and removal safety before it proceeds anyway, loudly; counted from the removal's first delivery, and never into the part of the invocation the rest of the removal needs."},
 	{"SAFETY_RECHECK", "2s", "First interval between removal-safety checks; it doubles up to 4s (or this value, if larger), so a held termination proceeds within seconds of the ISRs being full."},
 	{"UNPLANNED_SAFETY_MAX_WAIT", "2m", "Longest an unplanned termination of a still-running instance waits for the removal token and removal safety before it proceeds anyway, loudly; never longer than SAFETY_MAX_WAIT."},
@@ -180,13 +213,14 @@ var Vars = []Var{
 }
 
 var (
-	clusterRE  = regexp.MustCompile(`^[a-zA-Z0-9-]{1,40}$`)
-	subnetRE   = regexp.MustCompile(`^subnet-[0-9a-f]+$`)
-	sgRE       = regexp.MustCompile(`^sg-[0-9a-f]+$`)
-	deviceRE   = regexp.MustCompile(`^/dev/(sd|xvd)[b-z]$`)
-	unitRE     = regexp.MustCompile(`^[A-Za-z0-9:_.@-]{1,250}$`)
-	hookRE     = regexp.MustCompile(`^[A-Za-z0-9_/-]{1,255}$`)
-	volumeType = map[string]bool{"gp2": true, "gp3": true, "io1": true, "io2": true, "st1": true, "sc1": true}
+	clusterRE   = regexp.MustCompile(`^[a-zA-Z0-9-]{1,40}$`)
+	subnetRE    = regexp.MustCompile(`^subnet-[0-9a-f]+$`)
+	sgRE        = regexp.MustCompile(`^sg-[0-9a-f]+$`)
+	deviceRE    = regexp.MustCompile(`^/dev/(sd|xvd)[b-z]$`)
+	unitRE      = regexp.MustCompile(`^[A-Za-z0-9:_.@-]{1,250}$`)
+	hookRE      = regexp.MustCompile(`^[A-Za-z0-9_/-]{1,255}$`)
+	secretARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$`)
+	volumeType  = map[string]bool{"gp2": true, "gp3": true, "io1": true, "io2": true, "st1": true, "sc1": true}
 )
 
 // Load reads the configuration through getenv (os.Getenv in production) and validates
@@ -211,7 +245,7 @@ func Load(getenv func(string) string) (Config, error) {
 		AttachTimeout:     p.duration("ATTACH_TIMEOUT", 10*time.Second, 6*time.Minute),
 		MetricsNamespace:  p.str("METRICS_NAMESPACE", true),
 		Volume: VolumeConfig{
-			SizeGiB:        int32(p.int("VOLUME_SIZE_GIB", 1, 65536)),
+			SizeGiB:        int32(p.int("VOLUME_SIZE_GIB", 1, 65536)), // and within the type's limits, below
 			Type:           p.str("VOLUME_TYPE", true),
 			IOPS:           int32(p.int("VOLUME_IOPS", 0, 256000)),
 			ThroughputMiBs: int32(p.int("VOLUME_THROUGHPUT", 0, 2000)),
@@ -229,6 +263,8 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxSizeGiB:       int32(p.int("GROW_MAX_SIZE_GIB", 1, 65536)),
 		FunctionARN:      p.str("GROW_FUNCTION_ARN", false),
 		DataMount:        p.str("DATA_MOUNT", true),
+		MaxPerDay:        p.int("GROW_MAX_PER_DAY", 1, 4),
+		MinInterval:      p.duration("GROW_MIN_INTERVAL", 0, 24*time.Hour),
 	}
 	c.DNS = DNSConfig{
 		HostedZoneID: p.str("HOSTED_ZONE_ID", false),
@@ -241,6 +277,8 @@ func Load(getenv func(string) string) (Config, error) {
 		SASLMechanism: p.str("KAFKA_SASL_MECHANISM", false),
 		Username:      p.str("KAFKA_USERNAME", false),
 		Password:      p.str("KAFKA_PASSWORD", false),
+
+		PasswordSecretARN: p.str("KAFKA_PASSWORD_SECRET_ARN", false),
 	}
 	c.SafetyMaxWait = p.duration("SAFETY_MAX_WAIT", 0, 2*time.Hour)
 	c.SafetyRecheck = p.duration("SAFETY_RECHECK", 100*time.Millisecond, 10*time.Minute)
@@ -275,6 +313,14 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.Volume.Type != "" && !volumeType[c.Volume.Type] {
 		p.fail("VOLUME_TYPE", "%q: want one of gp2, gp3, io1, io2, st1, sc1", c.Volume.Type)
+	}
+	if lim, ok := LimitsOf(c.Volume.Type); ok {
+		if c.Volume.SizeGiB > 0 && (c.Volume.SizeGiB < lim.MinGiB || c.Volume.SizeGiB > lim.MaxGiB) {
+			p.fail("VOLUME_SIZE_GIB", "%d GiB is outside what EBS allows for %s volumes (%d..%d GiB)", c.Volume.SizeGiB, c.Volume.Type, lim.MinGiB, lim.MaxGiB)
+		}
+		if c.Grow.MaxSizeGiB > lim.MaxGiB {
+			p.fail("GROW_MAX_SIZE_GIB", "%d GiB is beyond the largest %s volume EBS allows (%d GiB): growths past it would fail forever", c.Grow.MaxSizeGiB, c.Volume.Type, lim.MaxGiB)
+		}
 	}
 	if c.Volume.IOPS > 0 && !(c.Volume.Type == "gp3" || c.Volume.Type == "io1" || c.Volume.Type == "io2") {
 		p.fail("VOLUME_IOPS", "provisioned IOPS apply to gp3, io1 and io2 only, not %s", c.Volume.Type)
@@ -312,11 +358,17 @@ func Load(getenv func(string) string) (Config, error) {
 	switch c.Kafka.SASLMechanism {
 	case "":
 	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
-		if c.Kafka.Username == "" || c.Kafka.Password == "" {
-			p.fail("KAFKA_SASL_MECHANISM", "%s needs SLOTKEEPER_KAFKA_USERNAME and SLOTKEEPER_KAFKA_PASSWORD", c.Kafka.SASLMechanism)
+		if c.Kafka.Username == "" || (c.Kafka.Password == "" && c.Kafka.PasswordSecretARN == "") {
+			p.fail("KAFKA_SASL_MECHANISM", "%s needs SLOTKEEPER_KAFKA_USERNAME and SLOTKEEPER_KAFKA_PASSWORD_SECRET_ARN (or, outside AWS, SLOTKEEPER_KAFKA_PASSWORD)", c.Kafka.SASLMechanism)
 		}
 	default:
 		p.fail("KAFKA_SASL_MECHANISM", "%q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.Kafka.SASLMechanism)
+	}
+	if c.Kafka.Password != "" && c.Kafka.PasswordSecretARN != "" {
+		p.fail("KAFKA_PASSWORD", "set, and so is SLOTKEEPER_KAFKA_PASSWORD_SECRET_ARN: set one of the two")
+	}
+	if a := c.Kafka.PasswordSecretARN; a != "" && !secretARNRE.MatchString(a) {
+		p.fail("KAFKA_PASSWORD_SECRET_ARN", "%q is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)", a)
 	}
 	if c.AlertTopicARN != "" && !strings.HasPrefix(c.AlertTopicARN, "arn:") {
 		p.fail("ALERT_TOPIC_ARN", "%q is not an ARN", c.AlertTopicARN)

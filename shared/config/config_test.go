@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +104,16 @@ func TestLoadRules(t *testing.T) {
 		{"unknown sasl", map[string]string{"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"},
 		{"sasl", map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_USERNAME": "u", "KAFKA_PASSWORD": "p"}, ""},
 		{"safety wait", map[string]string{"SAFETY_MAX_WAIT": "3h"}, "SAFETY_MAX_WAIT"},
+		{"sasl with a secret", map[string]string{"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_USERNAME": "u",
+			"KAFKA_PASSWORD_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:kafka-AbCdEf"}, ""},
+		{"password and secret", map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_USERNAME": "u", "KAFKA_PASSWORD": "p",
+			"KAFKA_PASSWORD_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:kafka-AbCdEf"}, "set one of the two"},
+		{"secret ARN", map[string]string{"KAFKA_PASSWORD_SECRET_ARN": "kafka-password"}, "not a Secrets Manager secret ARN"},
+		{"secret ARN of another service", map[string]string{"KAFKA_PASSWORD_SECRET_ARN": "arn:aws:ssm:us-east-1:123456789012:parameter/kafka"}, "not a Secrets Manager secret ARN"},
+		{"five modifications a day", map[string]string{"GROW_MAX_PER_DAY": "5"}, "GROW_MAX_PER_DAY: 5 is outside [1, 4]"},
+		{"one modification a day", map[string]string{"GROW_MAX_PER_DAY": "1"}, ""},
+		{"legacy six hours", map[string]string{"GROW_MIN_INTERVAL": "6h"}, ""},
+		{"interval beyond a day", map[string]string{"GROW_MIN_INTERVAL": "25h"}, "GROW_MIN_INTERVAL"},
 		{"unplanned safety wait", map[string]string{"UNPLANNED_SAFETY_MAX_WAIT": "forever"}, "UNPLANNED_SAFETY_MAX_WAIT"},
 		{"kafka unit", map[string]string{"KAFKA_UNIT": "kafka; reboot"}, "not a systemd unit name"},
 		{"kafka unit with suffix", map[string]string{"KAFKA_UNIT": "kafka.service"}, ""},
@@ -126,6 +137,69 @@ func TestLoadRules(t *testing.T) {
 				t.Fatalf("error %v, want it to mention %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// EBS's size limits per volume type (gp2, io1, st1, sc1 up to 16 TiB; gp3, io2 up to
+// 64 TiB; io1, io2 from 4 GiB; st1, sc1 from 125 GiB) hold for the initial size and
+// for the growth cap.
+func TestVolumeTypeLimits(t *testing.T) {
+	tests := []struct {
+		volType            string
+		minGiB, maxGiB     int32
+		iops               string
+		tooSmall, tooLarge string // an initial size just outside the range ("" when 1 GiB is allowed)
+	}{
+		{"gp2", 1, 16384, "", "", "16385"},
+		{"gp3", 1, 65536, "", "", "65537"},
+		{"io1", 4, 16384, "100", "3", "16385"},
+		{"io2", 4, 65536, "100", "3", "65537"},
+		{"st1", 125, 16384, "", "124", "16385"},
+		{"sc1", 125, 16384, "", "124", "16385"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.volType, func(t *testing.T) {
+			lim, ok := LimitsOf(tt.volType)
+			if !ok || lim.MinGiB != tt.minGiB || lim.MaxGiB != tt.maxGiB {
+				t.Fatalf("LimitsOf(%s) = %+v, %v; want %d..%d", tt.volType, lim, ok, tt.minGiB, tt.maxGiB)
+			}
+			load := func(set map[string]string) error {
+				m := valid()
+				m["VOLUME_TYPE"], m["VOLUME_IOPS"] = tt.volType, tt.iops
+				m["VOLUME_SIZE_GIB"] = "500" // within every type's range
+				for k, v := range set {
+					m[k] = v
+				}
+				_, err := Load(env(m))
+				return err
+			}
+			max := strconv.Itoa(int(tt.maxGiB))
+			for name, set := range map[string]map[string]string{
+				"smallest":       {"VOLUME_SIZE_GIB": strconv.Itoa(int(tt.minGiB))},
+				"cap at the max": {"GROW_MAX_SIZE_GIB": max},
+				"largest":        {"VOLUME_SIZE_GIB": max, "GROW_MAX_SIZE_GIB": max},
+			} {
+				if err := load(set); err != nil {
+					t.Errorf("%s (%v): %v", name, set, err)
+				}
+			}
+			if err := load(map[string]string{"GROW_MAX_SIZE_GIB": strconv.Itoa(int(tt.maxGiB) + 1)}); tt.maxGiB < 65536 &&
+				(err == nil || !strings.Contains(err.Error(), "GROW_MAX_SIZE_GIB") || !strings.Contains(err.Error(), "beyond the largest "+tt.volType)) {
+				t.Errorf("a cap of max+1 GiB: %v, want a GROW_MAX_SIZE_GIB error", err)
+			}
+			if err := load(map[string]string{"VOLUME_SIZE_GIB": tt.tooLarge, "GROW_MAX_SIZE_GIB": max}); err == nil || !strings.Contains(err.Error(), "VOLUME_SIZE_GIB") {
+				t.Errorf("initial size %s GiB: %v, want a VOLUME_SIZE_GIB error", tt.tooLarge, err)
+			}
+			if tt.tooSmall != "" {
+				err := load(map[string]string{"VOLUME_SIZE_GIB": tt.tooSmall})
+				if err == nil || !strings.Contains(err.Error(), "outside what EBS allows for "+tt.volType) {
+					t.Errorf("initial size %s GiB: %v, want a VOLUME_SIZE_GIB error", tt.tooSmall, err)
+				}
+			}
+		})
+	}
+	if _, ok := LimitsOf("standard"); ok {
+		t.Errorf("LimitsOf(standard): a type slotkeeper does not create has limits")
 	}
 }
 

@@ -97,7 +97,7 @@ func (s *Syncer) SlotBound(ctx context.Context, b launch.Bound) error {
 	_, err := s.edit(ctx, func(have map[string]types.ResourceRecordSet) Records {
 		broker := s.names.Broker(b.Lease.Slot)
 		return Records{
-			broker:               newRecord(broker, s.cfg.DNS.TTL, ip),
+			broker:              newRecord(broker, s.cfg.DNS.TTL, ip),
 			s.names.Bootstrap(): newRecord(s.names.Bootstrap(), s.cfg.DNS.TTL, append(valuesOf(have, s.names.Bootstrap()), ip)...),
 		}
 	})

@@ -8,13 +8,21 @@
 //     the modification to reach optimizing, grows the filesystem online over SSM on the
 //     holder (FilesystemScript) and records the growth in the slot's history;
 //   - Handler.Reconcile, run by the reconcile function, finishes growths that EC2 or the
-//     holder refused for now ("pending growths", stored on the lease item).
+//     holder refused for now ("pending growths", stored on the lease item), and grows
+//     again every slot whose disk alarm stays in ALARM after a growth (an alarm action
+//     fires on a change of state only, so a disk still full is found by looking).
 //
-// Rules (DESIGN, "ModifyVolume"): a volume only grows; no ModifyVolume while a
-// modification is modifying, and never a no-op one; a rate-limit or state error means
-// "not now", recorded and retried, never a crash; at the maximum size, an alert instead.
-// Repeated alarms for one breach grow once: a modification in progress, or one that
-// started after the alarm's breach, is the growth that breach asked for.
+// Rules (DESIGN, "ModifyVolume"): a volume only grows; a new modification only once the
+// previous one is completed (optimizing is still in flight), at most
+// SLOTKEEPER_GROW_MAX_PER_DAY in a rolling 24 hours and SLOTKEEPER_GROW_MIN_INTERVAL
+// apart; never a no-op one; never beyond SLOTKEEPER_GROW_MAX_SIZE_GIB nor the volume
+// type's maximum (at the cap, an alert instead); a rate-limit or state error means "not
+// now", recorded and retried, never a crash. Repeated alarms for one breach grow once:
+// a modification in progress, or one that started after the alarm's breach, is the
+// growth that breach asked for. Concurrent deliveries of one alarm grow once: the
+// growth is recorded with a conditional write before ModifyVolume, and only its
+// writer calls it. An alarm acts only when its dimensions name the slot's current
+// holder and the data mount.
 package grow
 
 import (
@@ -28,6 +36,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
@@ -46,7 +56,8 @@ const (
 	OutcomeGrown      = "grown"      // volume modified, filesystem grown, history recorded
 	OutcomeFilesystem = "filesystem" // an applied modification only needed its filesystem step, now done
 	OutcomePending    = "pending"    // not now: recorded on the slot for a later retry
-	OutcomeInFlight   = "in-flight"  // a modification is in progress: nothing new
+	OutcomeInFlight   = "in-flight"  // a modification, or another invocation's growth, is in progress: nothing new
+	OutcomeWaiting    = "waiting"    // EBS's rate rule: recorded as pending, to start at its not_before time
 	OutcomeStale      = "stale"      // the volume has grown since the alarm's breach
 	OutcomeKeep       = "keep"       // nothing to grow (below target, or already at the size wanted)
 	OutcomeAtMax      = "at-max"     // at the maximum size: alerted instead
@@ -65,7 +76,12 @@ const (
 	MetricGrowthAtMax        = "GrowthAtMax"        // breaches of a volume at the max size
 	MetricGrowthFailed       = "GrowthFailed"       // growths EC2 refused for good
 	MetricFilesystemFailures = "FilesystemFailures" // filesystem script failures (retried)
+	MetricFullDisks          = "FullDisks"          // slots whose disk alarm stayed in ALARM, seen by the reconciler
 )
+
+// measureWindow is how far back the reconciler looks for a disk-use datapoint of a
+// slot whose alarm stays in ALARM (the agent reports every minute).
+const measureWindow = 10 * time.Minute
 
 // retryCommandWait bounds the wait for the filesystem step's result in Reconcile.
 const retryCommandWait = time.Minute
@@ -75,9 +91,13 @@ type Handler struct {
 	cfg     config.Config
 	ec2     awsapi.EC2
 	db      awsapi.DynamoDB
+	cw      awsapi.CloudWatch
 	alerts  *alert.Notifier
 	log     *slog.Logger
 	metrics io.Writer
+
+	// Now is the clock: EBS's rate rule, the growth history and a writer's deadline.
+	Now func() time.Time
 
 	// Poll paces the wait for a volume modification to reach optimizing and bounds it
 	// (Timeout; SLOTKEEPER_ATTACH_TIMEOUT). A wait that runs out leaves the growth
@@ -89,10 +109,11 @@ type Handler struct {
 }
 
 // New returns a grow handler. metrics receives the embedded-metric-format lines
-// (os.Stdout in Lambda).
-func New(cfg config.Config, ec2 awsapi.EC2, db awsapi.DynamoDB, ssm awsapi.SSM, sns awsapi.SNS, log *slog.Logger, metrics io.Writer) *Handler {
+// (os.Stdout in Lambda). cw is read by Reconcile only (the alarms that stay in ALARM and
+// the disk use they watch).
+func New(cfg config.Config, ec2 awsapi.EC2, db awsapi.DynamoDB, ssm awsapi.SSM, sns awsapi.SNS, cw awsapi.CloudWatch, log *slog.Logger, metrics io.Writer) *Handler {
 	return &Handler{
-		cfg: cfg, ec2: ec2, db: db, log: log, metrics: metrics,
+		cfg: cfg, ec2: ec2, db: db, cw: cw, log: log, metrics: metrics, Now: time.Now,
 		alerts: &alert.Notifier{SNS: sns, TopicARN: cfg.AlertTopicARN, Cluster: cfg.Cluster},
 		Poll:   resources.Poll{Initial: 2 * time.Second, Max: 15 * time.Second, Timeout: cfg.AttachTimeout},
 		Remote: &remote.Runner{SSM: ssm, Timeout: cfg.SSMTimeout, Poll: time.Second},
@@ -147,6 +168,9 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	case a.State != StateAlarm:
 		why = fmt.Sprintf("alarm state %s: only ALARM grows a volume", a.State)
 	}
+	if why == "" && a.Dimensions[DimensionPath] != h.cfg.Grow.DataMount {
+		why = fmt.Sprintf("alarm %s watches path %q, not the data mount %s", a.Name, a.Dimensions[DimensionPath], h.cfg.Grow.DataMount)
+	}
 	if why != "" {
 		o.Log.InfoContext(ctx, "ignoring alarm", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why)
 		return Result{Outcome: OutcomeIgnored, Slot: -1, Reason: why}, nil
@@ -160,9 +184,9 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 		used, source = threshold, "alarm threshold"
 	}
 	o = o.With(obs.KeySlot, slot, "used_percent", used, "used_source", source, "alarm_instance", a.Dimensions[DimensionInstance])
-	j := h.newJob(o, obs.Actor(ctx, "grow"), h.Poll, h.Remote)
+	j := h.newJob(ctx, o, obs.Actor(ctx, "grow"), h.Poll, h.Remote)
 	res, err = j.grow(ctx, request{
-		slot: slot, usedPercent: used, alarmTime: a.StateTime,
+		kind: fromAlarm, slot: slot, usedPercent: used, alarmTime: a.StateTime, instance: a.Dimensions[DimensionInstance],
 		reason: fmt.Sprintf("alarm %s at %s: %.1f%% used (%s)", a.Name, a.StateTime.Format(time.RFC3339), used, source),
 	})
 	if err != nil {
@@ -171,11 +195,25 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 	return res, err
 }
 
-// Reconcile finishes the pending growths of the slots in leases: growths that EC2 put
-// off (rate limit, a modification in progress), whose modification had not reached
-// optimizing in time, or whose filesystem step failed. It never waits for a
-// modification: one still in progress is finished by a later run. It returns how many
-// pending growths it finished or found moot, and the errors of the others.
+// Reconcile is the grow path's repair, run by the reconcile function:
+//
+//   - it finishes the pending growths of the slots in leases: growths that EC2 put off
+//     (rate limit, a modification in progress), whose modification had not reached
+//     optimizing in time, whose filesystem step failed, or that wait for EBS's rate
+//     rule (from their not_before time on). A pending growth whose writer is still at
+//     work (until its deadline) is left to it;
+//   - it grows again every bound slot whose disk alarm is still in ALARM: an alarm
+//     action fires on a change of state only, so a disk that stays full after a growth
+//     (fast ingest, a small step), or whose breach came while a modification was in
+//     flight, is found by looking. The slot's use is measured from the alarm's metric
+//     (its latest datapoint, which must postdate the slot's last growth), and the
+//     growth follows the same rules as an alarm's: the previous modification
+//     completed, the rate rule, the caps.
+//
+// It never waits for a modification: one still in progress is finished by a later run.
+// Each slot's failure is its own: the others go on, and the errors are returned
+// together. It returns how many pending growths it finished or found moot, and how
+// many new growths it started.
 func (h *Handler) Reconcile(ctx context.Context, leases []lease.Lease) (repairs int, err error) {
 	m := h.newMetrics()
 	o := &obs.Obs{Log: h.log.With(obs.KeyFunction, "grow", obs.KeyCluster, h.cfg.Cluster), Metrics: m}
@@ -193,16 +231,26 @@ func (h *Handler) Reconcile(ctx context.Context, leases []lease.Lease) (repairs 
 	// slot to see to.
 	run := *h.Remote
 	run.Timeout = min(run.Timeout, retryCommandWait)
+	now := h.Now()
+	sorted := slices.SortedFunc(slices.Values(leases), func(a, b lease.Lease) int { return a.Slot - b.Slot })
 	var errs []error
-	for _, l := range slices.SortedFunc(slices.Values(leases), func(a, b lease.Lease) int { return a.Slot - b.Slot }) {
+	for _, l := range sorted {
 		p, ok := pending[l.Slot]
 		if !ok {
 			continue
 		}
 		so := o.With(obs.KeySlot, l.Slot, "pending_since", p.Since, "attempts", p.Attempts)
-		j := h.newJob(so, obs.Actor(ctx, "grow-retry"), resources.Poll{}, &run)
+		switch {
+		case p.InProgress(now):
+			so.Log.InfoContext(ctx, "pending growth in progress; left to its writer", "writer", p.Actor, "until", p.Until)
+			continue
+		case p.Waiting(now):
+			so.Log.InfoContext(ctx, "pending growth waits for EBS's rate rule", "not_before", p.NotBefore, "to_gib", p.ToGiB)
+			continue
+		}
+		j := h.newJob(ctx, so, obs.Actor(ctx, "grow-retry"), resources.Poll{}, &run)
 		res, err := j.grow(ctx, request{
-			slot: l.Slot, usedPercent: p.UsedPercent, pending: &p,
+			kind: fromRetry, slot: l.Slot, usedPercent: p.UsedPercent, pending: &p,
 			reason: fmt.Sprintf("retry of the growth pending since %s: %s", p.Since, p.Reason),
 		})
 		if err != nil {
@@ -214,7 +262,135 @@ func (h *Handler) Reconcile(ctx context.Context, leases []lease.Lease) (repairs 
 			repairs++
 		}
 	}
+
+	n, err := h.growFullDisks(ctx, o, sorted, pending, &run)
+	repairs += n
+	if err != nil {
+		errs = append(errs, err)
+	}
 	return repairs, errors.Join(errs...)
+}
+
+// fullDisk is a slot's disk alarm that is in ALARM.
+type fullDisk struct {
+	alarm           string
+	instance, mount string // the alarm's dimensions
+	since           time.Time
+}
+
+// growFullDisks grows the bound slots whose disk alarm is in ALARM and that have no
+// pending growth (a pending growth is the retry's to finish). It returns how many
+// growths it started and the errors of the slots that failed.
+func (h *Handler) growFullDisks(ctx context.Context, o *obs.Obs, leases []lease.Lease, pending map[int]lease.PendingGrowth, run *remote.Runner) (int, error) {
+	if h.cfg.Grow.FunctionARN == "" || h.cw == nil {
+		return 0, nil // slotkeeper manages no disk alarms
+	}
+	full, err := h.fullDisks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	o.Metrics.Count(MetricFullDisks, float64(len(full)))
+	started := 0
+	var errs []error
+	for _, l := range leases {
+		a, ok := full[l.Slot]
+		if !ok {
+			continue
+		}
+		so := o.With(obs.KeySlot, l.Slot, "alarm", a.alarm, "alarm_since", a.since.Format(time.RFC3339))
+		_, hasPending := pending[l.Slot]
+		switch {
+		case l.State != lease.Bound:
+			so.Log.InfoContext(ctx, "disk alarm in ALARM for a slot that is not bound; its next holder's alarm decides", "state", l.State)
+			continue
+		case hasPending:
+			continue // the retry above sees to it
+		case a.instance != l.Holder || a.mount != h.cfg.Grow.DataMount:
+			so.Log.InfoContext(ctx, "disk alarm in ALARM does not watch the slot's holder; the alarm repair points it there",
+				"alarm_instance", a.instance, "alarm_path", a.mount, obs.KeyInstance, l.Holder)
+			continue
+		}
+		used, at, found, err := h.measure(ctx, l.Holder)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("disk use of slot %d: %w", l.Slot, err))
+			continue
+		}
+		if !found {
+			so.Log.InfoContext(ctx, "disk alarm in ALARM, but no datapoint in the last "+measureWindow.String()+"; nothing to measure a growth on", obs.KeyInstance, l.Holder)
+			continue
+		}
+		if used < float64(h.cfg.Grow.ThresholdPercent) {
+			so.Log.InfoContext(ctx, "disk alarm in ALARM, but the latest datapoint is below the threshold", "used_percent", used, "at", at.Format(time.RFC3339))
+			continue
+		}
+		so = so.With("used_percent", used, "measured_at", at.Format(time.RFC3339))
+		j := h.newJob(ctx, so, obs.Actor(ctx, "grow-full"), resources.Poll{}, run)
+		res, err := j.grow(ctx, request{
+			kind: fromFullDisk, slot: l.Slot, usedPercent: used, measuredAt: at, instance: a.instance,
+			reason: fmt.Sprintf("disk still full: alarm %s in ALARM since %s, %.1f%% used at %s", a.alarm, a.since.Format(time.RFC3339), used, at.Format(time.RFC3339)),
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("growth of full disk of slot %d: %w", l.Slot, err))
+			continue
+		}
+		so.Log.InfoContext(ctx, "disk still full", obs.KeyOutcome, res.Outcome, obs.KeyReason, res.Reason, "from_gib", res.FromGiB, "to_gib", res.ToGiB)
+		switch res.Outcome {
+		case OutcomeGrown, OutcomeFilesystem, OutcomePending, OutcomeWaiting:
+			started++
+		}
+	}
+	return started, errors.Join(errs...)
+}
+
+// fullDisks returns the cluster's disk alarms that are in ALARM, by slot (one paginated
+// DescribeAlarms, whatever the slot count).
+func (h *Handler) fullDisks(ctx context.Context) (map[int]fullDisk, error) {
+	full := map[int]fullDisk{}
+	p := cloudwatch.NewDescribeAlarmsPaginator(h.cw, &cloudwatch.DescribeAlarmsInput{
+		AlarmNamePrefix: aws.String("slotkeeper-" + h.cfg.Cluster + "-disk-"),
+		AlarmTypes:      []cwtypes.AlarmType{cwtypes.AlarmTypeMetricAlarm},
+		StateValue:      cwtypes.StateValueAlarm,
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the disk alarms in ALARM of cluster %s: %w", h.cfg.Cluster, err)
+		}
+		for _, m := range page.MetricAlarms {
+			slot, ok := SlotOfAlarm(h.cfg.Cluster, h.cfg.SlotCount, aws.ToString(m.AlarmName))
+			if !ok || m.StateValue != cwtypes.StateValueAlarm {
+				continue
+			}
+			dims := dimensions(m.Dimensions)
+			full[slot] = fullDisk{alarm: aws.ToString(m.AlarmName), instance: dims[DimensionInstance], mount: dims[DimensionPath],
+				since: aws.ToTime(m.StateUpdatedTimestamp)}
+		}
+	}
+	return full, nil
+}
+
+// measure returns the latest disk-use datapoint (Maximum over a minute) of the data
+// mount of instance in the last measureWindow; found is false when there is none.
+func (h *Handler) measure(ctx context.Context, instance string) (used float64, at time.Time, found bool, err error) {
+	end := h.Now()
+	out, err := h.cw.GetMetricStatistics(ctx, &cloudwatch.GetMetricStatisticsInput{
+		Namespace: aws.String(MetricNamespace), MetricName: aws.String(MetricName),
+		Dimensions: []cwtypes.Dimension{
+			{Name: aws.String(DimensionInstance), Value: aws.String(instance)},
+			{Name: aws.String(DimensionPath), Value: aws.String(h.cfg.Grow.DataMount)},
+		},
+		StartTime: aws.Time(end.Add(-measureWindow)), EndTime: aws.Time(end),
+		Period: aws.Int32(alarmPeriodSeconds), Statistics: []cwtypes.Statistic{cwtypes.StatisticMaximum},
+	})
+	if err != nil {
+		return 0, time.Time{}, false, fmt.Errorf("reading %s of %s: %w", MetricName, instance, err)
+	}
+	for _, d := range out.Datapoints {
+		if t := aws.ToTime(d.Timestamp); d.Maximum != nil && (!found || t.After(at)) {
+			used, at, found = *d.Maximum, t, true
+		}
+	}
+	return used, at, found, nil
 }
 
 func (h *Handler) newMetrics() *obs.Metrics {
@@ -229,23 +405,48 @@ type job struct {
 	res    *resources.Manager
 	poll   resources.Poll // the wait for a modification to be applied
 	remote *remote.Runner // the filesystem step
+	// token identifies this attempt's writes of the pending growth; cur is the pending
+	// growth as this attempt last read or wrote it (nil: none), the condition of its
+	// next write.
+	token string
+	cur   *lease.PendingGrowth
+	// deadline is when this attempt is gone for sure (the Lambda deadline): the
+	// pending growth it writes before ModifyVolume is its own until then.
+	deadline time.Time
 }
 
-func (h *Handler) newJob(o *obs.Obs, actor string, poll resources.Poll, run *remote.Runner) *job {
+func (h *Handler) newJob(ctx context.Context, o *obs.Obs, actor string, poll resources.Poll, run *remote.Runner) *job {
 	store := lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
-	store.Actor = actor
+	store.Actor, store.Now = actor, h.Now
+	deadline, ok := ctx.Deadline()
+	if !ok { // outside Lambda: the longest this attempt can take, and a minute
+		deadline = h.Now().Add(poll.Timeout + run.Timeout + time.Minute)
+	}
 	return &job{
-		Handler: h, o: o, store: store, poll: poll, remote: run,
-		res: resources.New(h.cfg, h.ec2, resources.Poll{}, o.Log), // finds the volume only: no waits
+		Handler: h, o: o, store: store, poll: poll, remote: run, deadline: deadline,
+		token: fmt.Sprintf("%016x", rand.Uint64()),
+		res:   resources.New(h.cfg, h.ec2, resources.Poll{}, o.Log), // finds the volume only: no waits
 	}
 }
 
-// request is one growth to work on: an alarm's, or the retry of a pending growth.
+// kind says where a growth request comes from.
+type kind int
+
+const (
+	fromAlarm    kind = iota // the slot's disk alarm fired (alarm action or EventBridge)
+	fromRetry                // the reconciler finishes a pending growth
+	fromFullDisk             // the reconciler found the alarm still in ALARM
+)
+
+// request is one growth to work on.
 type request struct {
+	kind        kind
 	slot        int
 	usedPercent float64
-	alarmTime   time.Time            // when the alarm's breach was detected; zero for a retry
-	pending     *lease.PendingGrowth // the growth to finish; nil for an alarm
+	alarmTime   time.Time            // fromAlarm: when the alarm's breach was detected
+	measuredAt  time.Time            // fromFullDisk: when usedPercent was measured
+	instance    string               // fromAlarm, fromFullDisk: the alarm's InstanceId dimension
+	pending     *lease.PendingGrowth // fromRetry: the growth to finish
 	reason      string
 }
 
@@ -266,6 +467,27 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 	}
 	if l.State == lease.Free {
 		return j.done(ctx, res, OutcomeIgnored, fmt.Sprintf("slot %d is free: no broker uses its volume", rq.slot))
+	}
+	if rq.kind != fromRetry && rq.instance != l.Holder {
+		// Anyone who can name an alarm like ours could otherwise grow our disks.
+		return j.done(ctx, res, OutcomeIgnored, fmt.Sprintf("the alarm watches instance %q, but slot %d is held by %s", rq.instance, rq.slot, l.Holder))
+	}
+	j.cur = g.Pending
+	now := j.Now()
+	if p := g.Pending; p != nil && p.InProgress(now) {
+		// Another invocation recorded this growth first and is at work on it: only the
+		// writer of the record modifies the volume.
+		return j.done(ctx, res, OutcomeInFlight, fmt.Sprintf("a growth of slot %d to %d GiB is in progress (%s, until %s)", rq.slot, p.ToGiB, p.Actor, p.Until))
+	}
+	if rq.kind == fromRetry {
+		if g.Pending == nil {
+			res.PendingCleared = true
+			return j.done(ctx, res, OutcomeKeep, "the pending growth was finished meanwhile")
+		}
+		rq.pending = g.Pending // as it is now, not as it was listed
+		if rq.pending.Waiting(now) {
+			return j.done(ctx, res, OutcomeWaiting, fmt.Sprintf("the growth waits for EBS's rate rule until %s", rq.pending.NotBefore))
+		}
 	}
 
 	// 2. The slot's volume: the one its lease records, described by its id (tags only
@@ -293,7 +515,7 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 	if rq.pending != nil && rq.pending.VolumeID != v.ID {
 		// The slot's volume changed under the pending growth (an operator swapped it):
 		// the old request is moot; the new volume's alarm speaks for it.
-		return j.clearPending(ctx, res, *rq.pending, fmt.Sprintf("pending growth was for volume %s, the slot's volume is %s", rq.pending.VolumeID, v.ID))
+		return j.clearPending(ctx, res, fmt.Sprintf("pending growth was for volume %s, the slot's volume is %s", rq.pending.VolumeID, v.ID))
 	}
 
 	// 3. The volume's latest modification.
@@ -319,7 +541,7 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 		if g.Pending != nil && g.Pending.VolumeID == v.ID && g.Pending.ToGiB >= mod.to {
 			p = *g.Pending // keep the bigger request if this step fails
 		}
-		r, rep, err := j.finish(ctx, rq.slot, v.ID, mod.from, mod.to, rq.usedPercent, p.Reason, p)
+		r, rep, err := j.finish(ctx, rq.slot, v.ID, mod, rq.usedPercent, p.Reason, p)
 		if err != nil || r.Outcome != OutcomeGrown {
 			return r, err
 		}
@@ -328,26 +550,39 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 			return r, nil
 		}
 		j.o.Log.InfoContext(ctx, "filesystem step done; the request asks for more", obs.KeyReason, rq.reason)
+		g.History = append(g.History, lease.GrowthRecord{VolumeID: v.ID, ToGiB: mod.to, At: j.store.Now().UTC().Format(time.RFC3339Nano),
+			ModifiedAt: mod.start.UTC().Format(time.RFC3339Nano)})
 	}
 
 	// 4. Repeated alarms for one breach grow once: a growth that started after the
 	// breach was detected is that breach's growth, and the alarm's measurement
 	// describes the volume before it. EC2 reports whole seconds, so a growth started
-	// in the breach's second counts as after it (a new breach takes minutes).
-	if rq.pending == nil && mod.applied() && !mod.start.Before(rq.alarmTime.Truncate(time.Second)) {
+	// in the breach's second counts as after it (a new breach takes minutes). A disk
+	// that stays full after that growth keeps its alarm in ALARM, and the reconciler
+	// grows it again (fromFullDisk).
+	switch {
+	case rq.kind == fromAlarm && mod.applied() && !mod.start.Before(rq.alarmTime.Truncate(time.Second)):
 		return j.done(ctx, res, OutcomeStale, fmt.Sprintf("volume %s grew to %d GiB at %s, after the breach at %s",
 			v.ID, mod.to, mod.start.Format(time.RFC3339), rq.alarmTime.Format(time.RFC3339)))
+	case rq.kind == fromFullDisk && rq.measuredAt.Before(g.LastGrown(v.ID)):
+		return j.done(ctx, res, OutcomeKeep, fmt.Sprintf("the latest datapoint (%s) predates the last growth of %s (%s)",
+			rq.measuredAt.Format(time.RFC3339), v.ID, g.LastGrown(v.ID).Format(time.RFC3339)))
 	}
 
-	// 5. How far to grow.
-	d := Plan(j.cfg.Grow, size, rq.usedPercent)
+	// 5. How far to grow: the policy, within the configured maximum and the largest
+	// volume of its type that EBS allows.
+	policy, limit := j.cfg.Grow, fmt.Sprintf("the maximum size (SLOTKEEPER_GROW_MAX_SIZE_GIB = %d GiB)", j.cfg.Grow.MaxSizeGiB)
+	if lim, ok := config.LimitsOf(v.Type); ok && lim.MaxGiB < policy.MaxSizeGiB {
+		policy.MaxSizeGiB, limit = lim.MaxGiB, fmt.Sprintf("the largest %s volume EBS allows (%d GiB)", v.Type, lim.MaxGiB)
+	}
+	d := Plan(policy, size, rq.usedPercent)
 	if p := rq.pending; p != nil {
 		// A retry finishes the recorded decision, within today's maximum.
-		d = Decision{Action: Grow, FromGiB: size, ToGiB: min(p.ToGiB, j.cfg.Grow.MaxSizeGiB), Capped: p.ToGiB > j.cfg.Grow.MaxSizeGiB, Reason: p.Reason}
+		d = Decision{Action: Grow, FromGiB: size, ToGiB: min(p.ToGiB, policy.MaxSizeGiB), Capped: p.ToGiB > policy.MaxSizeGiB, Reason: p.Reason}
 		switch {
 		case size >= p.ToGiB:
-			return j.clearPending(ctx, res, *p, fmt.Sprintf("volume %s is %d GiB already, the pending growth wanted %d GiB", v.ID, size, p.ToGiB))
-		case size >= j.cfg.Grow.MaxSizeGiB:
+			return j.clearPending(ctx, res, fmt.Sprintf("volume %s is %d GiB already, the pending growth wanted %d GiB", v.ID, size, p.ToGiB))
+		case size >= policy.MaxSizeGiB:
 			d.Action, d.ToGiB = AtMax, size
 		}
 	}
@@ -355,72 +590,162 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 	case Keep:
 		return j.done(ctx, res, OutcomeKeep, d.Reason)
 	case AtMax:
-		j.atMax(ctx, rq, v.ID, size, d.Reason)
+		j.atMax(ctx, rq, v.ID, size, limit, d.Reason)
 		res, err := j.done(ctx, res, OutcomeAtMax, d.Reason)
 		if rq.pending != nil && err == nil {
-			return j.clearPending(ctx, res, *rq.pending, d.Reason)
+			return j.clearPending(ctx, res, d.Reason)
 		}
 		return res, err
 	}
 	res.ToGiB = d.ToGiB
 	if d.Capped {
-		j.o.Log.WarnContext(ctx, "growth capped at the maximum size", obs.KeyReason, d.Reason)
+		j.o.Log.WarnContext(ctx, "growth capped", obs.KeyReason, d.Reason, "limit", limit)
 	}
 
-	// 6. Write ahead: once ModifyVolume is accepted, a crash must not lose the
-	// filesystem step.
+	// 6. EBS's rules for a new modification: the previous one completed (optimizing is
+	// still in flight), at most MaxPerDay started in a rolling 24 hours, MinInterval
+	// apart.
+	if mod != nil && mod.state != ec2types.VolumeModificationStateCompleted {
+		return j.done(ctx, res, OutcomeInFlight, fmt.Sprintf("the modification of %s to %d GiB is %s: the next one waits until it is completed",
+			v.ID, mod.to, mod.state))
+	}
 	p := lease.PendingGrowth{VolumeID: v.ID, FromGiB: size, ToGiB: d.ToGiB, UsedPercent: rq.usedPercent, Reason: d.Reason}
 	if rq.pending != nil {
 		p.Since, p.Attempts, p.Reason = rq.pending.Since, rq.pending.Attempts, rq.pending.Reason
 	}
+	if notBefore, why := j.rateRule(g, v.ID, mod, now); !notBefore.IsZero() {
+		return j.wait(ctx, res, p, notBefore, why)
+	}
+
+	// 7. Write ahead, conditionally: of two invocations deciding this growth at once,
+	// only the one whose record lands calls ModifyVolume; and once ModifyVolume is
+	// accepted, a crash must not lose the filesystem step.
+	p.Until = j.deadline.UTC().Format(time.RFC3339Nano)
 	err = j.o.Step(ctx, "record-pending", func(ctx context.Context) error {
 		var err error
-		p, err = j.store.SetPendingGrowth(ctx, rq.slot, p)
+		p, err = j.writePending(ctx, rq.slot, p)
 		return err
 	})
+	if errors.Is(err, lease.ErrFenced) {
+		return j.done(ctx, res, OutcomeInFlight, "another invocation recorded a growth of the slot first; it makes the modification")
+	}
 	if err != nil {
 		return res, err
 	}
 
-	// 7. ModifyVolume.
+	// 8. ModifyVolume.
 	err = j.o.Step(ctx, "modify-volume", func(ctx context.Context) error {
 		_, err := j.ec2.ModifyVolume(ctx, &ec2.ModifyVolumeInput{VolumeId: &v.ID, Size: aws.Int32(d.ToGiB)})
 		return err
 	})
 	if err != nil {
 		if permanent(err) {
-			return j.failed(ctx, rq, res, p, fmt.Errorf("EC2 refused to grow volume %s to %d GiB: %w", v.ID, d.ToGiB, err))
+			return j.failed(ctx, rq, res, fmt.Errorf("EC2 refused to grow volume %s to %d GiB: %w", v.ID, d.ToGiB, err))
 		}
 		return j.notNow(ctx, rq.slot, res, p, fmt.Errorf("ModifyVolume %s to %d GiB: %w", v.ID, d.ToGiB, err))
 	}
 	j.o.Log.InfoContext(ctx, "volume modification started", "volume", v.ID, "from_gib", size, "to_gib", d.ToGiB, obs.KeyReason, d.Reason)
 
-	// 8. The filesystem can grow once the modification is optimizing.
+	// 9. The filesystem can grow once the modification is optimizing.
 	applied, err := j.waitApplied(ctx, v.ID, d.ToGiB)
 	if err != nil {
 		return j.notNow(ctx, rq.slot, res, p, err)
 	}
-	r, _, err := j.finish(ctx, rq.slot, v.ID, size, applied.to, rq.usedPercent, d.Reason, p)
+	applied.from = size
+	r, _, err := j.finish(ctx, rq.slot, v.ID, applied, rq.usedPercent, d.Reason, p)
 	return r, err
+}
+
+// rateRule returns when EBS's rate rule lets the next modification of volume start,
+// and why, or the zero time when it may start now. The modifications counted are those
+// of the slot's growth history and the volume's latest one (which may have been made
+// by hand).
+func (j *job) rateRule(g lease.Growth, volume string, latest *modification, now time.Time) (time.Time, string) {
+	starts := g.ModificationTimes(volume)
+	if latest != nil && !latest.start.IsZero() && !slices.ContainsFunc(starts, func(t time.Time) bool {
+		return t.Truncate(time.Second).Equal(latest.start.Truncate(time.Second))
+	}) {
+		starts = append(starts, latest.start)
+		slices.SortFunc(starts, time.Time.Compare)
+	}
+	var next time.Time
+	var why string
+	recent := slices.DeleteFunc(slices.Clone(starts), func(t time.Time) bool { return !t.After(now.Add(-24 * time.Hour)) })
+	if n := j.cfg.Grow.MaxPerDay; len(recent) >= n {
+		next = recent[len(recent)-n].Add(24 * time.Hour)
+		why = fmt.Sprintf("%d modifications of %s started in the last 24 hours (SLOTKEEPER_GROW_MAX_PER_DAY = %d)", len(recent), volume, n)
+	}
+	if gap := j.cfg.Grow.MinInterval; gap > 0 && len(starts) > 0 {
+		if t := starts[len(starts)-1].Add(gap); t.After(now) && t.After(next) {
+			next = t
+			why = fmt.Sprintf("the last modification of %s started %s ago (SLOTKEEPER_GROW_MIN_INTERVAL = %s)", volume, now.Sub(starts[len(starts)-1]).Round(time.Second), gap)
+		}
+	}
+	if !next.After(now) {
+		return time.Time{}, ""
+	}
+	return next, why
+}
+
+// wait records p as a pending growth that may not start before notBefore (EBS's rate
+// rule); the reconciler starts it from then on. A pending growth already waiting for
+// that time is left as it is.
+func (j *job) wait(ctx context.Context, res Result, p lease.PendingGrowth, notBefore time.Time, why string) (Result, error) {
+	p.NotBefore, p.Until = notBefore.UTC().Format(time.RFC3339Nano), ""
+	res.Outcome, res.Reason = OutcomeWaiting, fmt.Sprintf("%s: the growth to %d GiB starts at %s", why, p.ToGiB, p.NotBefore)
+	if c := j.cur; c != nil && c.NotBefore == p.NotBefore && c.ToGiB >= p.ToGiB && c.VolumeID == p.VolumeID {
+		j.o.Log.InfoContext(ctx, "growth waits for EBS's rate rule (already recorded)", obs.KeyOutcome, OutcomeWaiting, obs.KeyReason, res.Reason)
+		return res, nil
+	}
+	err := j.o.Step(ctx, "record-pending", func(ctx context.Context) error {
+		_, err := j.writePending(ctx, res.Slot, p)
+		return err
+	})
+	if errors.Is(err, lease.ErrFenced) {
+		return j.done(ctx, res, OutcomeInFlight, "another invocation recorded a growth of the slot first")
+	}
+	if err != nil {
+		return res, err
+	}
+	j.o.Metrics.Count(MetricGrowthPending, 1)
+	j.o.Log.WarnContext(ctx, "growth waits for EBS's rate rule: recorded as pending", obs.KeyOutcome, OutcomeWaiting, obs.KeyReason, res.Reason, "to_gib", p.ToGiB)
+	return res, nil
+}
+
+// writePending writes p as the slot's pending growth, conditioned on the record being
+// as this attempt last saw it, and remembers what it wrote.
+func (j *job) writePending(ctx context.Context, slot int, p lease.PendingGrowth) (lease.PendingGrowth, error) {
+	p.Token, p.Actor = j.token, ""
+	w, err := j.store.WritePending(ctx, slot, j.cur, p)
+	if err != nil {
+		return p, err
+	}
+	j.cur = &w
+	return w, nil
 }
 
 // growFurther decides whether a request goes on to a new growth after the filesystem
 // step of an earlier modification. A retry does when its recorded size is not reached.
 // An alarm does only when its breach came after that modification started and the
 // step found the filesystem grown already: otherwise the breach was measured on the
-// smaller filesystem, which the step has just relieved.
+// smaller filesystem, which the step has just relieved. A full disk's measurement
+// predates the step, so it does not.
 func (j *job) growFurther(rq request, mod *modification, rep *Report) bool {
-	if rq.pending != nil {
+	switch rq.kind {
+	case fromRetry:
 		return rq.pending.ToGiB > mod.to
+	case fromAlarm:
+		return mod.start.Before(rq.alarmTime.Truncate(time.Second)) && rep != nil && !rep.Grew()
 	}
-	return mod.start.Before(rq.alarmTime.Truncate(time.Second)) && rep != nil && !rep.Grew()
+	return false
 }
 
-// finish grows the filesystem of the applied modification of volume to toGiB on the
-// slot's holder and records the growth (which clears the pending growth it fulfils).
-// When the holder cannot do it now, p is recorded as pending. It returns the script's
-// report when the script printed one.
-func (j *job) finish(ctx context.Context, slot int, volume string, fromGiB, toGiB int32, used float64, reason string, p lease.PendingGrowth) (Result, *Report, error) {
+// finish grows the filesystem of the applied modification mod of volume on the slot's
+// holder and records the growth (which clears the pending growth it fulfils). When the
+// holder cannot do it now, p is recorded as pending. It returns the script's report
+// when the script printed one.
+func (j *job) finish(ctx context.Context, slot int, volume string, mod *modification, used float64, reason string, p lease.PendingGrowth) (Result, *Report, error) {
+	fromGiB, toGiB := mod.from, mod.to
 	res := Result{Slot: slot, VolumeID: volume, FromGiB: fromGiB, ToGiB: toGiB}
 	var l lease.Lease
 	err := j.o.Step(ctx, "read-holder", func(ctx context.Context) error {
@@ -452,11 +777,13 @@ func (j *job) finish(ctx context.Context, slot int, volume string, fromGiB, toGi
 	if r, ok := ParseReport(out.Stdout); ok {
 		rep = &r
 	}
+	rec := lease.GrowthRecord{VolumeID: volume, FromGiB: fromGiB, ToGiB: toGiB, UsedPercent: used, Instance: l.Holder, Reason: reason}
+	if !mod.start.IsZero() {
+		rec.ModifiedAt = mod.start.UTC().Format(time.RFC3339Nano)
+	}
 	err = j.o.Step(ctx, "record-growth", func(ctx context.Context) error {
 		var err error
-		res.PendingCleared, err = j.store.RecordGrowth(ctx, slot, lease.GrowthRecord{
-			VolumeID: volume, FromGiB: fromGiB, ToGiB: toGiB, UsedPercent: used, Instance: l.Holder, Reason: reason,
-		})
+		res.PendingCleared, err = j.store.RecordGrowth(ctx, slot, rec)
 		return err
 	})
 	if err != nil {
@@ -474,19 +801,27 @@ func (j *job) finish(ctx context.Context, slot int, volume string, fromGiB, toGi
 	return res, rep, nil
 }
 
-// notNow records p as the slot's pending growth, with cause as its last error, and
-// reports success: a later reconcile (or alarm) finishes it. Only when the record
-// cannot be written does it return an error, so that the request is delivered again.
+// notNow records p as the slot's pending growth, with cause as its last error and no
+// writer at work on it, and reports success: a later reconcile (or alarm) finishes it.
+// Only when the record cannot be written does it return an error, so that the request
+// is delivered again.
 func (j *job) notNow(ctx context.Context, slot int, res Result, p lease.PendingGrowth, cause error) (Result, error) {
 	p.Attempts++
 	p.LastError = cause.Error()
 	if len(p.LastError) > 500 {
 		p.LastError = p.LastError[:500]
 	}
+	p.Until = ""
 	err := j.o.Step(ctx, "record-pending", func(ctx context.Context) error {
-		_, err := j.store.SetPendingGrowth(ctx, slot, p)
+		_, err := j.writePending(ctx, slot, p)
 		return err
 	})
+	if errors.Is(err, lease.ErrFenced) {
+		// Someone else wrote the slot's growth since (it is theirs to finish now).
+		j.o.Log.WarnContext(ctx, "growth put off, and the pending growth changed meanwhile: left to its new writer", obs.KeyReason, cause.Error())
+		res.Outcome, res.Reason = OutcomePending, cause.Error()
+		return res, nil
+	}
 	if err != nil {
 		return res, fmt.Errorf("%w; and recording the pending growth failed: %w", cause, err)
 	}
@@ -499,30 +834,33 @@ func (j *job) notNow(ctx context.Context, slot int, res Result, p lease.PendingG
 
 // failed gives up on a growth EC2 refused for good: it clears the pending growth and
 // alerts the operator.
-func (j *job) failed(ctx context.Context, rq request, res Result, p lease.PendingGrowth, cause error) (Result, error) {
+func (j *job) failed(ctx context.Context, rq request, res Result, cause error) (Result, error) {
 	j.o.Metrics.Count(MetricGrowthFailed, 1)
 	j.alert(ctx, j.o.Log.With(obs.KeyOutcome, OutcomeFailed, obs.KeyErr, cause.Error()),
 		fmt.Sprintf("slot %d volume growth refused", rq.slot),
 		fmt.Sprintf("slotkeeper could not grow the data volume of cluster %s slot %d, and will not retry: %v\nRequest: %s\n"+
 			"Fix the cause and grow the volume by hand, or wait for the next alarm.", j.cfg.Cluster, rq.slot, cause, rq.reason))
 	res.Outcome, res.Reason = OutcomeFailed, cause.Error()
-	if err := j.store.ClearPendingGrowth(ctx, rq.slot, p); err != nil && !errors.Is(err, lease.ErrFenced) {
-		return res, err
+	if j.cur != nil {
+		if err := j.store.ClearPendingGrowth(ctx, rq.slot, *j.cur); err != nil && !errors.Is(err, lease.ErrFenced) {
+			return res, err
+		}
 	}
 	res.PendingCleared = true
 	return res, nil
 }
 
-// atMax raises the loud signal for a breach of a volume at the maximum size: the
-// GrowthAtMax metric, an error log and an operator notification.
-func (j *job) atMax(ctx context.Context, rq request, volume string, sizeGiB int32, reason string) {
+// atMax raises the loud signal for a breach of a volume at its maximum size (limit
+// says which: the configured one or the type's): the GrowthAtMax metric, an error log
+// and an operator notification.
+func (j *job) atMax(ctx context.Context, rq request, volume string, sizeGiB int32, limit, reason string) {
 	j.o.Metrics.Count(MetricGrowthAtMax, 1)
-	j.alert(ctx, j.o.Log.With(obs.KeyOutcome, OutcomeAtMax, "volume", volume, "size_gib", sizeGiB, "max_gib", j.cfg.Grow.MaxSizeGiB),
+	j.alert(ctx, j.o.Log.With(obs.KeyOutcome, OutcomeAtMax, "volume", volume, "size_gib", sizeGiB, "max_gib", j.cfg.Grow.MaxSizeGiB, "limit", limit),
 		fmt.Sprintf("slot %d disk at max size", rq.slot),
-		fmt.Sprintf("The data volume %s of Kafka cluster %s slot %d (broker node id %d) is %d GiB, the maximum size "+
-			"(SLOTKEEPER_GROW_MAX_SIZE_GIB = %d), and it is still filling: %s.\nslotkeeper will not grow it. "+
-			"Lower retention, move partitions to other brokers, add brokers, or raise the maximum size.",
-			volume, j.cfg.Cluster, rq.slot, j.cfg.NodeID(rq.slot), sizeGiB, j.cfg.Grow.MaxSizeGiB, reason))
+		fmt.Sprintf("The data volume %s of Kafka cluster %s slot %d (broker node id %d) is %d GiB, %s, and it is still filling: %s.\n"+
+			"slotkeeper will not grow it. Lower retention, move partitions to other brokers, add brokers, or raise the maximum size "+
+			"(or move the broker to a volume type that allows more).",
+			volume, j.cfg.Cluster, rq.slot, j.cfg.NodeID(rq.slot), sizeGiB, limit, reason))
 }
 
 // alert logs the alert at error level and publishes it to the operators' SNS topic, if
@@ -541,9 +879,13 @@ func (j *job) done(ctx context.Context, res Result, outcome, reason string) (Res
 	return res, nil
 }
 
-// clearPending drops a pending growth that is moot.
-func (j *job) clearPending(ctx context.Context, res Result, p lease.PendingGrowth, reason string) (Result, error) {
-	err := j.o.Step(ctx, "clear-pending", func(ctx context.Context) error { return j.store.ClearPendingGrowth(ctx, res.Slot, p) })
+// clearPending drops the slot's pending growth, as this attempt read it, because it is
+// moot.
+func (j *job) clearPending(ctx context.Context, res Result, reason string) (Result, error) {
+	var err error
+	if j.cur != nil {
+		err = j.o.Step(ctx, "clear-pending", func(ctx context.Context) error { return j.store.ClearPendingGrowth(ctx, res.Slot, *j.cur) })
+	}
 	if err != nil && !errors.Is(err, lease.ErrFenced) { // fenced: it changed meanwhile, and is someone else's now
 		return res, err
 	}

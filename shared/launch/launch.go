@@ -42,6 +42,10 @@ const (
 	OutcomeRetry     = "retry"
 )
 
+// MetricFollowerFailures counts followers (dimension Follower: dns, alarm) that failed
+// after a bind in ENI mode, where the launch continues without them.
+const MetricFollowerFailures = "FollowerFailures"
+
 // Handler handles launch lifecycle events. Build it with New; the zero value is not usable.
 type Handler struct {
 	cfg     config.Config
@@ -269,11 +273,21 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 
-	// 7. Point what follows the slot at its new holder.
+	// 7. Point what follows the slot at its new holder. In ENI mode the slot's name
+	// and address do not change with its holder, so a follower that fails (Route 53
+	// or CloudWatch throttled by someone else's load) does not keep the broker out of
+	// service: it is logged, counted and left to the reconciler, which repairs DNS
+	// records and disk alarms on every run. In instance mode the slot's address is
+	// the new holder's, and clients would be sent to the old one: it stays fatal.
 	for _, f := range inv.Followers {
 		err := inv.o.Step(ctx, "follow-"+f.Name(), func(ctx context.Context) error {
 			return f.SlotBound(ctx, Bound{Lease: l, NodeID: inv.cfg.NodeID(l.Slot), AZ: inv.inst.AZ, Instance: inv.inst, Moved: moved})
 		})
+		if err != nil && inv.cfg.ENI {
+			inv.o.Metrics.Count(MetricFollowerFailures, 1, "Follower", f.Name())
+			inv.o.Log.WarnContext(ctx, "follower failed; continuing, the reconciler repairs it", "follower", f.Name(), obs.KeyErr, err.Error())
+			continue
+		}
 		if err != nil {
 			return Result{}, fmt.Errorf("%s after binding slot %d: %w", f.Name(), l.Slot, err)
 		}

@@ -6,7 +6,9 @@ package lease
 // Attributes (part of the public contract, like the lease's own):
 //
 //	pending_growth  map: a growth that was asked for and is not finished yet (see
-//	                PendingGrowth); absent when there is none
+//	                PendingGrowth); absent when there is none. Whoever starts a
+//	                modification first records it here with a conditional write, and
+//	                only that writer calls ModifyVolume
 //	growth_history  list of GrowthRecord, newest last, at most GrowthHistoryLimit
 //	growth_seq      how many growths were ever recorded; every history write is
 //	                conditioned on it, so two concurrent writers cannot lose an entry
@@ -19,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +62,33 @@ type PendingGrowth struct {
 	Attempts  int    `dynamodbav:"attempts"`
 	LastError string `dynamodbav:"last_error,omitempty"`
 	Actor     string `dynamodbav:"actor,omitempty"`
+	// Token identifies the invocation that wrote the record last (random per
+	// invocation): a write whose response was lost and whose retry then failed its
+	// condition is recognised as its own by it.
+	Token string `dynamodbav:"token,omitempty"`
+	// Until (RFC 3339), while in the future, says that the writer is working on the
+	// growth (its ModifyVolume, its wait, its filesystem step) and nobody else may
+	// start a modification of the slot's volume; it is the writer's deadline, after
+	// which the writer is gone and the reconciler takes the growth over. Empty once
+	// the growth was put off.
+	Until string `dynamodbav:"until,omitempty"`
+	// NotBefore (RFC 3339) is the earliest time the growth's modification may start
+	// (EBS's rate rule: SLOTKEEPER_GROW_MAX_PER_DAY, SLOTKEEPER_GROW_MIN_INTERVAL);
+	// empty when it may start at once.
+	NotBefore string `dynamodbav:"not_before,omitempty"`
+}
+
+// InProgress reports whether the writer of p is still working on it at now.
+func (p PendingGrowth) InProgress(now time.Time) bool { return after(p.Until, now) }
+
+// Waiting reports whether p's modification may not start yet at now (rate rule).
+func (p PendingGrowth) Waiting(now time.Time) bool { return after(p.NotBefore, now) }
+
+// after reports whether the RFC 3339 time stamp is after now; an empty or unreadable
+// one is not.
+func after(stamp string, now time.Time) bool {
+	t, err := time.Parse(time.RFC3339Nano, stamp)
+	return err == nil && t.After(now)
 }
 
 // GrowthRecord is one entry of a slot's growth history: a growth that finished (the
@@ -72,6 +102,41 @@ type GrowthRecord struct {
 	Instance    string  `dynamodbav:"instance,omitempty"` // whose filesystem was grown
 	Actor       string  `dynamodbav:"actor,omitempty"`
 	Reason      string  `dynamodbav:"reason"`
+	// ModifiedAt (RFC 3339) is when EBS started the volume modification (its
+	// StartTime): what EBS's rate rule counts.
+	ModifiedAt string `dynamodbav:"modified_at,omitempty"`
+}
+
+// ModificationTimes returns when the modifications of volume in the history started
+// (ModifiedAt, or At for records that predate it), oldest first.
+func (g Growth) ModificationTimes(volume string) []time.Time {
+	var out []time.Time
+	for _, r := range g.History {
+		if r.VolumeID != volume {
+			continue
+		}
+		stamp := r.ModifiedAt
+		if stamp == "" {
+			stamp = r.At
+		}
+		if t, err := time.Parse(time.RFC3339Nano, stamp); err == nil {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
+}
+
+// LastGrown returns when the history last recorded a finished growth of volume (its
+// filesystem grown), or the zero time.
+func (g Growth) LastGrown(volume string) time.Time {
+	var last time.Time
+	for _, r := range g.History {
+		if t, err := time.Parse(time.RFC3339Nano, r.At); err == nil && r.VolumeID == volume && t.After(last) {
+			last = t
+		}
+	}
+	return last
 }
 
 // Growth is the growth state of one slot.
@@ -188,6 +253,54 @@ func (s *Store) SetPendingGrowth(ctx context.Context, slot int, p PendingGrowth)
 	err = s.update(ctx, slot, "SET #p = :p", "attribute_exists(#c)",
 		map[string]string{"#p": attrPending, "#c": "cluster"},
 		map[string]types.AttributeValue{":p": av})
+	if err != nil {
+		return PendingGrowth{}, fmt.Errorf("recording pending growth of slot %d (%s to %d GiB): %w", slot, p.VolumeID, p.ToGiB, err)
+	}
+	return p, nil
+}
+
+// WritePending records p as slot's pending growth if the pending growth is still
+// prev, as read or last written by the caller (nil: there was none), so that of two
+// invocations deciding a growth at the same time exactly one records it, and only
+// that one goes on to modify the volume. It stamps p.UpdatedAt (and p.Since and
+// p.Actor when empty) and returns p as written. p.Token must identify the caller: a
+// write whose response was lost, retried by the SDK and then refused by its own
+// condition, is recognised by it and reported as done. Any other refusal is ErrFenced
+// (someone else wrote in between, or the slot has no lease item).
+func (s *Store) WritePending(ctx context.Context, slot int, prev *PendingGrowth, p PendingGrowth) (PendingGrowth, error) {
+	if p.Token == "" {
+		return PendingGrowth{}, fmt.Errorf("recording pending growth of slot %d: no token", slot)
+	}
+	now := s.stamp()
+	if p.Since == "" {
+		p.Since = now
+	}
+	p.UpdatedAt = now
+	if p.Actor == "" {
+		p.Actor = s.Actor
+	}
+	av, err := attributevalue.Marshal(p)
+	if err != nil {
+		return PendingGrowth{}, fmt.Errorf("encoding pending growth of slot %d: %w", slot, err)
+	}
+	names := map[string]string{"#p": attrPending}
+	values := map[string]types.AttributeValue{":p": av}
+	cond := "attribute_exists(#c) AND attribute_not_exists(#p)"
+	names["#c"] = "cluster"
+	if prev != nil {
+		delete(names, "#c")
+		names["#pu"] = "updated_at"
+		values[":pu"] = str(prev.UpdatedAt)
+		cond = "#p.#pu = :pu"
+	}
+	err = s.update(ctx, slot, "SET #p = :p", cond, names, values)
+	if errors.Is(err, ErrFenced) {
+		// Our own earlier attempt may have taken effect (a lost response).
+		g, gerr := s.Growth(ctx, slot)
+		if gerr == nil && g.Pending != nil && g.Pending.Token == p.Token && g.Pending.UpdatedAt == p.UpdatedAt {
+			return p, nil
+		}
+	}
 	if err != nil {
 		return PendingGrowth{}, fmt.Errorf("recording pending growth of slot %d (%s to %d GiB): %w", slot, p.VolumeID, p.ToGiB, err)
 	}

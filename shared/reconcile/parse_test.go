@@ -27,6 +27,21 @@ func TestParseTriggers(t *testing.T) {
 	}
 }
 
+// A terminated event names its instance, for the check against the leases; the
+// schedule names none.
+func TestParseTriggerInstance(t *testing.T) {
+	for file, want := range map[string]string{"schedule.json": "", "state-change-terminated.json": "i-0123456789abcdef0"} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "events", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := ParseTrigger(raw)
+		if err != nil || !tr.OK || tr.Instance != want {
+			t.Errorf("%s: %+v, %v; want instance %q", file, tr, err, want)
+		}
+	}
+}
+
 func FuzzReconcileParse(f *testing.F) {
 	for _, name := range []string{"schedule.json", "state-change-terminated.json", "state-change-running.json", "launch-lifecycle.json"} {
 		if b, err := os.ReadFile(filepath.Join("..", "..", "events", name)); err == nil {

@@ -4,9 +4,19 @@
 // references (it never deletes them), runs the repairs of the other paths (pending
 // disk growth, DNS records, disk alarms), checks Kafka's health, and publishes metrics.
 //
-// It runs on a schedule and on EC2 "terminated" state changes. Two runs at the same
-// time do not fight: every repair of a lease is a fenced conditional write, and the
-// loser of a race finds the lease already moved on.
+// It runs on a schedule and on EC2 "terminated" state changes. A terminated event acts
+// only for an instance that holds, or last held, one of the cluster's slots (the rule
+// sees every instance of the account and region): anything else is a logged no-op
+// that costs one read. Two runs at the same time do not fight: every repair of a lease
+// is a fenced conditional write, and the loser of a race finds the lease already moved
+// on.
+//
+// A pass isolates failures: a slot whose repair fails (a detach that does not finish,
+// a racing launch) is logged, counted and reported, and every other slot, every other
+// repair and the metrics go on; the pass then ends as "partial" (a success: the next
+// scheduled pass tries again, instead of Lambda repeating the whole pass at once).
+// Every EC2 describe is chunked and paginated (package resources), so the cost of a
+// pass grows linearly with the slot count.
 package reconcile
 
 import (
@@ -17,6 +27,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -39,10 +50,21 @@ import (
 // Outcomes of one invocation.
 const (
 	OutcomeReconciled = "reconciled"
+	OutcomePartial    = "partial" // reconciled, but some repairs failed: see Report.Failures
 	OutcomeIgnored    = "ignored"
 	OutcomeMalformed  = "malformed"
 	OutcomeRetry      = "retry"
 )
+
+// MetricRepairFailures counts the repairs that failed in a pass (dimension Repair:
+// release, orphans, kafka-health, or a repairer's name: grow, alarm, dns); for the
+// release and the repairers that work slot by slot, one per failing slot.
+const MetricRepairFailures = "RepairFailures"
+
+// DefaultParallel is how many slots a pass repairs at once: each release may wait for
+// a detach (up to SLOTKEEPER_ATTACH_TIMEOUT), and one stuck slot must not hold up the
+// others.
+const DefaultParallel = 4
 
 // ErrMalformed marks an event that cannot be understood.
 var ErrMalformed = errors.New("malformed reconcile trigger")
@@ -76,14 +98,17 @@ type Handler struct {
 	Poll resources.Poll
 	// Now is the clock (claim TTL).
 	Now func() time.Time
+	// Parallel is how many slots are repaired at once (DefaultParallel).
+	Parallel int
 }
 
 // New returns a reconcile handler.
 func New(cfg config.Config, ec2 awsapi.EC2, asg awsapi.AutoScaling, db awsapi.DynamoDB, log *slog.Logger, metrics io.Writer) *Handler {
 	return &Handler{
 		cfg: cfg, ec2: ec2, asg: asg, db: db, log: log, metrics: metrics,
-		Poll: resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
-		Now:  time.Now,
+		Poll:     resources.Poll{Initial: time.Second, Max: 10 * time.Second, Timeout: cfg.AttachTimeout},
+		Now:      time.Now,
+		Parallel: DefaultParallel,
 	}
 }
 
@@ -93,6 +118,13 @@ type Orphan struct {
 	ID   string `json:"id"`
 	Slot string `json:"slot"` // its slotkeeper:slot tag
 	Why  string `json:"why"`
+}
+
+// Failure is one repair that failed in a pass.
+type Failure struct {
+	Slot   int    `json:"slot"` // -1 when the repair is not a slot's
+	Repair string `json:"repair"`
+	Error  string `json:"error"`
 }
 
 // IdentityProblem is a slot whose recorded volume or ENI is gone, not a well-formed
@@ -109,6 +141,7 @@ type IdentityProblem struct {
 type Report struct {
 	Outcome      string            `json:"outcome"`
 	Trigger      string            `json:"trigger,omitempty"`
+	Failures     []Failure         `json:"failures,omitempty"`
 	SlotsByState map[string]int    `json:"slots_by_state,omitempty"`
 	Released     []int             `json:"released,omitempty"`
 	Detached     int               `json:"detached,omitempty"`
@@ -125,27 +158,46 @@ func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	return app.Respond(h.Run(ctx, payload))
 }
 
-// Parse classifies a trigger: ok is true for the schedule and for an EC2 instance
-// "terminated" state change; anything else is a no-op with the reason given.
-func Parse(raw []byte) (ok bool, what string, err error) {
+// Trigger is what started a pass.
+type Trigger struct {
+	// OK is true for the schedule and for an EC2 instance "terminated" state change.
+	OK bool
+	// What describes the trigger, or why it is not one.
+	What string
+	// Instance is the terminated instance; empty for the schedule.
+	Instance string
+}
+
+// ParseTrigger classifies a trigger: the schedule, an EC2 instance "terminated" state
+// change (whose instance is then checked against the leases), or anything else, a no-op
+// with the reason given.
+func ParseTrigger(raw []byte) (Trigger, error) {
 	var e eventbridge.Envelope
 	if err := eventbridge.Decode(raw, &e); err != nil {
-		return false, "", fmt.Errorf("%w: %w", ErrMalformed, err)
+		return Trigger{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	switch {
 	case e.Source == "aws.events" && e.DetailType == "Scheduled Event":
-		return true, "schedule", nil
+		return Trigger{OK: true, What: "schedule"}, nil
 	case e.Source == dns.SourceEC2 && e.DetailType == dns.DetailTypeStateChange:
 		sc, err := dns.ParseStateChange(raw)
 		if err != nil {
-			return false, "", fmt.Errorf("%w: %w", ErrMalformed, err)
+			return Trigger{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
 		if sc.State != slot.Terminated {
-			return false, "instance " + sc.InstanceID + " is " + sc.State + ", not terminated", nil
+			return Trigger{What: "instance " + sc.InstanceID + " is " + sc.State + ", not terminated"}, nil
 		}
-		return true, "instance " + sc.InstanceID + " terminated", nil
+		return Trigger{OK: true, What: "instance " + sc.InstanceID + " terminated", Instance: sc.InstanceID}, nil
 	}
-	return false, fmt.Sprintf("source %q, detail-type %q is not a reconcile trigger", e.Source, e.DetailType), nil
+	return Trigger{What: fmt.Sprintf("source %q, detail-type %q is not a reconcile trigger", e.Source, e.DetailType)}, nil
+}
+
+// Parse classifies a trigger as ParseTrigger does: ok is true for the schedule and for
+// an EC2 instance "terminated" state change; anything else is a no-op with the reason
+// given.
+func Parse(raw []byte) (ok bool, what string, err error) {
+	tr, err := ParseTrigger(raw)
+	return tr.OK, tr.What, err
 }
 
 type run struct {
@@ -156,8 +208,11 @@ type run struct {
 	rep   *Report
 }
 
-// Run reconciles once if raw is a trigger. It returns an error when a repair failed
-// (after running every other repair), so the failure is visible and retried.
+// Run reconciles once if raw is a trigger. A pass in which some repairs failed ends as
+// "partial", with the failures in the report, and no error: the next scheduled pass
+// tries them again. It returns an error only when the pass could not start (the
+// leases could not be read), so that Lambda delivers the trigger again, or for a
+// malformed trigger.
 func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
 	o, finish := obs.Begin(h.log, h.metrics, h.cfg.MetricsNamespace, "reconcile", h.cfg.Cluster)
 	defer func() {
@@ -167,33 +222,80 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (rep Report, err error) {
 		}
 		finish(ctx, outcome, nil)
 	}()
-	ok, what, err := Parse(raw)
+	tr, err := ParseTrigger(raw)
 	if err != nil {
 		o.Log.ErrorContext(ctx, "rejecting reconcile trigger", obs.KeyOutcome, OutcomeMalformed, obs.KeyErr, err.Error())
 		return Report{Outcome: OutcomeMalformed, Reason: err.Error()}, err
 	}
-	if !ok {
-		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, what)
-		return Report{Outcome: OutcomeIgnored, Reason: what}, nil
+	if !tr.OK {
+		o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, tr.What)
+		return Report{Outcome: OutcomeIgnored, Reason: tr.What}, nil
 	}
-	r := &run{Handler: h, o: o.With("trigger", what), rep: &Report{Outcome: OutcomeReconciled, Trigger: what, Repairs: map[string]int{}}}
-	r.store = lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
-	r.store.Actor = obs.Actor(ctx, "reconcile")
+	store := lease.NewStore(h.db, h.cfg.Table, h.cfg.Cluster)
+	store.Actor = obs.Actor(ctx, "reconcile")
+	if tr.Instance != "" {
+		// The rule sees every instance terminated in the account and region: a pass
+		// (EC2, Route 53, CloudWatch and Kafka reads, all throttled per account) only for
+		// an instance that holds or last held one of our slots. One read decides.
+		var holdings []lease.Holding
+		err := o.Step(ctx, "read-holders", func(ctx context.Context) error {
+			var err error
+			holdings, err = store.Holdings(ctx)
+			return err
+		})
+		if err != nil {
+			return Report{Trigger: tr.What}, err
+		}
+		if _, ok := lease.Involves(holdings, tr.Instance); !ok {
+			why := fmt.Sprintf("instance %s holds no slot of cluster %s and held none last", tr.Instance, h.cfg.Cluster)
+			o.Log.InfoContext(ctx, "ignoring event", obs.KeyOutcome, OutcomeIgnored, obs.KeyReason, why, obs.KeyInstance, tr.Instance)
+			return Report{Outcome: OutcomeIgnored, Trigger: tr.What, Reason: why}, nil
+		}
+	}
+	r := &run{Handler: h, o: o.With("trigger", tr.What), store: store,
+		rep: &Report{Outcome: OutcomeReconciled, Trigger: tr.What, Repairs: map[string]int{}}}
 	r.res = resources.New(h.cfg, h.ec2, h.Poll, r.o.Log)
 	err = r.reconcile(ctx)
+	if err == nil && len(r.rep.Failures) > 0 {
+		r.rep.Outcome = OutcomePartial
+	}
 	r.o.Log.InfoContext(ctx, "reconciled", obs.KeyOutcome, r.rep.Outcome, "released", r.rep.Released,
-		"orphans", len(r.rep.Orphans), "repairs", r.rep.Repairs, "slots", r.rep.SlotsByState)
+		"orphans", len(r.rep.Orphans), "repairs", r.rep.Repairs, "slots", r.rep.SlotsByState, "failures", len(r.rep.Failures))
 	return *r.rep, err
 }
 
+// fail records a failed repair: an error log, the RepairFailures metric and an entry
+// of the report. slot is -1 when the repair is not one slot's.
+func (r *run) fail(ctx context.Context, slot int, repair string, err error) {
+	r.rep.Failures = append(r.rep.Failures, Failure{Slot: slot, Repair: repair, Error: err.Error()})
+	r.o.Metrics.Count(MetricRepairFailures, 1, "Repair", repair)
+	log := r.o.Log
+	if slot >= 0 {
+		log = log.With(obs.KeySlot, slot)
+	}
+	log.ErrorContext(ctx, "repair failed; the rest of the pass goes on", "repair", repair, obs.KeyErr, err.Error())
+}
+
+// failAll records err as the failure of repair, one entry per error when err joins
+// several (a repairer that works slot by slot).
+func (r *run) failAll(ctx context.Context, repair string, err error) {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			r.fail(ctx, -1, repair, e)
+		}
+		return
+	}
+	r.fail(ctx, -1, repair, err)
+}
+
 func (r *run) reconcile(ctx context.Context) error {
-	var errs []error
 	leases, err := r.repairLeases(ctx)
 	if err != nil {
 		return err // nothing else is meaningful without the leases
 	}
 	if err := r.o.Step(ctx, "orphans", r.findOrphans(leases)); err != nil {
-		errs = append(errs, err)
+		r.fail(ctx, -1, "orphans", err)
 	}
 	for _, rp := range r.Repairers {
 		err := r.o.Step(ctx, "repair-"+rp.Name(), func(ctx context.Context) error {
@@ -203,22 +305,24 @@ func (r *run) reconcile(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", rp.Name(), err))
+			r.failAll(ctx, rp.Name(), err)
 		}
 	}
 	if r.Kafka != nil {
 		if err := r.o.Step(ctx, "kafka-health", func(ctx context.Context) error { return r.kafkaHealth(ctx, leases) }); err != nil {
-			errs = append(errs, err)
+			r.fail(ctx, -1, "kafka-health", err)
 		}
 	}
 	r.slotMetrics(leases)
-	return errors.Join(errs...)
+	return nil
 }
 
-// repairLeases releases the leases of dead holders and stale claims, and returns the
-// leases as they are afterwards.
+// repairLeases releases the leases of dead holders and stale claims, slot by slot, and
+// returns the leases as they are afterwards. Only a failure to read the leases is
+// returned; a slot whose repair fails is recorded (r.fail) and left as it was.
 func (r *run) repairLeases(ctx context.Context) ([]lease.Lease, error) {
 	var leases []lease.Lease
+	var states map[string]string
 	err := r.o.Step(ctx, "leases", func(ctx context.Context) error {
 		var err error
 		if leases, err = r.store.List(ctx); err != nil {
@@ -230,48 +334,97 @@ func (r *run) repairLeases(ctx context.Context) ([]lease.Lease, error) {
 				holders = append(holders, l.Holder)
 			}
 		}
-		states, err := r.res.InstanceStates(ctx, holders)
-		if err != nil {
-			return err
-		}
-		for i, l := range leases {
-			if l.State == lease.Free {
-				continue
-			}
-			why, mode, release, err := r.judge(ctx, l, states[l.Holder])
-			if err != nil {
-				return err
-			}
-			if !release {
-				continue
-			}
-			log := r.o.Log.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version, obs.KeyInstance, l.Holder)
-			if mode != nil {
-				n, err := r.res.DetachFrom(ctx, l, l.Holder, *mode)
-				if err != nil {
-					return fmt.Errorf("detaching slot %d's leftovers from %s: %w", l.Slot, l.Holder, err)
-				}
-				r.rep.Detached += n
-			}
-			released, err := r.store.Release(ctx, l, "reconcile: "+why)
-			if errors.Is(err, lease.ErrFenced) {
-				log.InfoContext(ctx, "slot already moved on; nothing to release", obs.KeyReason, why)
-				if leases[i], err = r.store.Get(ctx, l.Slot); err != nil {
-					return err
-				}
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			log.WarnContext(ctx, "released slot", obs.KeyReason, why)
-			r.rep.Released = append(r.rep.Released, l.Slot)
-			leases[i] = released
+		if states, err = r.res.InstanceStates(ctx, holders); err != nil {
+			r.fail(ctx, -1, "release", fmt.Errorf("describing the slot holders: %w", err))
+			states = nil
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	if states != nil {
+		r.releaseDead(ctx, leases, states)
+	}
 	r.o.Metrics.Count("SlotsReleased", float64(len(r.rep.Released)))
-	return leases, err
+	return leases, nil
+}
+
+// slotRepair is what the repair of one slot's lease came to.
+type slotRepair struct {
+	lease    lease.Lease // the lease afterwards
+	released bool
+	detached int
+	err      error
+}
+
+// releaseDead judges every held lease and releases those of dead holders and stale
+// claims, Parallel slots at a time, and applies the results to leases and the report
+// in slot order.
+func (r *run) releaseDead(ctx context.Context, leases []lease.Lease, states map[string]string) {
+	results := make([]slotRepair, len(leases))
+	sem := make(chan struct{}, max(r.Parallel, 1))
+	var wg sync.WaitGroup
+	for i, l := range leases {
+		results[i].lease = l
+		if l.State == lease.Free {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = r.repairSlot(ctx, l, states[l.Holder])
+		}()
+	}
+	wg.Wait()
+	for i, res := range results {
+		leases[i] = res.lease
+		r.rep.Detached += res.detached
+		if res.released {
+			r.rep.Released = append(r.rep.Released, res.lease.Slot)
+		}
+		if res.err != nil {
+			r.fail(ctx, res.lease.Slot, "release", res.err)
+		}
+	}
+}
+
+// repairSlot releases l if its holder is dead or its claim stale, detaching what the
+// holder still has first.
+func (r *run) repairSlot(ctx context.Context, l lease.Lease, state string) slotRepair {
+	out := slotRepair{lease: l}
+	why, mode, release, err := r.judge(ctx, l, state)
+	if err != nil || !release {
+		out.err = err
+		return out
+	}
+	log := r.o.Log.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version, obs.KeyInstance, l.Holder)
+	if mode != nil {
+		n, err := r.res.DetachFrom(ctx, l, l.Holder, *mode)
+		out.detached = n
+		if err != nil {
+			out.err = fmt.Errorf("detaching slot %d's leftovers from %s: %w", l.Slot, l.Holder, err)
+			return out
+		}
+	}
+	released, err := r.store.Release(ctx, l, "reconcile: "+why)
+	if errors.Is(err, lease.ErrFenced) {
+		log.InfoContext(ctx, "slot already moved on; nothing to release", obs.KeyReason, why)
+		if cur, gerr := r.store.Get(ctx, l.Slot); gerr == nil {
+			out.lease = cur
+		} else {
+			out.err = gerr
+		}
+		return out
+	}
+	if err != nil {
+		out.err = err
+		return out
+	}
+	log.WarnContext(ctx, "released slot", obs.KeyReason, why)
+	out.lease, out.released = released, true
+	return out
 }
 
 // judge decides whether l must be released, why, and how to detach what its holder

@@ -111,6 +111,7 @@ type ENI struct {
 // Volume is the part of a volume slotkeeper looks at.
 type Volume struct {
 	ID, AZ, State   string
+	Type            string // EBS volume type (gp3, ...)
 	SizeGiB         int32
 	AttachedTo      string
 	AttachmentState string
@@ -635,7 +636,7 @@ func (m *Manager) FindVolume(ctx context.Context, l lease.Lease, az string) (v V
 		return Volume{}, false, false, fmt.Errorf("creating volume of slot %d in %s: %w", s, az, permanentIf(err))
 	}
 	v = Volume{
-		ID: aws.ToString(out.VolumeId), AZ: aws.ToString(out.AvailabilityZone), State: string(out.State),
+		ID: aws.ToString(out.VolumeId), AZ: aws.ToString(out.AvailabilityZone), State: string(out.State), Type: string(out.VolumeType),
 		SizeGiB: aws.ToInt32(out.Size), SnapshotID: aws.ToString(out.SnapshotId), Tags: tagMap(out.Tags),
 	}
 	if v.AZ == "" {
@@ -688,27 +689,17 @@ func (m *Manager) SettleMark(ctx context.Context, l lease.Lease, v *Volume) erro
 
 // InstanceStates returns the EC2 state of each of ids that EC2 knows; unknown ids are
 // absent (slot.Gone). It filters by id rather than asking for the ids, so one unknown
-// id does not fail the whole call.
+// id does not fail the whole call, in requests of at most MaxFilterValues ids
+// (EachInstance).
 func (m *Manager) InstanceStates(ctx context.Context, ids []string) (map[string]string, error) {
 	states := make(map[string]string, len(ids))
-	if len(ids) == 0 {
-		return states, nil
-	}
-	p := ec2.NewDescribeInstancesPaginator(m.EC2, &ec2.DescribeInstancesInput{
-		Filters: []types.Filter{{Name: aws.String("instance-id"), Values: ids}},
+	err := EachInstance(ctx, m.EC2, ids, func(i types.Instance) {
+		if i.State != nil {
+			states[aws.ToString(i.InstanceId)] = string(i.State.Name)
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("describing instances %v: %w", ids, err)
-		}
-		for _, r := range page.Reservations {
-			for _, i := range r.Instances {
-				if i.State != nil {
-					states[aws.ToString(i.InstanceId)] = string(i.State.Name)
-				}
-			}
-		}
+	if err != nil {
+		return nil, err
 	}
 	return states, nil
 }
@@ -801,41 +792,28 @@ func (m *Manager) DescribeInstance(ctx context.Context, id string) (in Instance,
 // (the holders of a cluster's leases, say): one read serves the launch's own
 // description and the claim's view of who still runs. found is false when EC2 does
 // not know id; states has the EC2 state of every instance of others that EC2 knows
-// (the unknown ones are absent: slot.Gone). Requests carry at most describeChunk ids.
+// (the unknown ones are absent: slot.Gone). Requests carry at most MaxFilterValues
+// ids (EachInstance).
 func (m *Manager) DescribeWith(ctx context.Context, id string, others []string) (in Instance, found bool, states map[string]string, err error) {
-	ids := append([]string{id}, others...)
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
 	states = make(map[string]string, len(others))
-	for start := 0; start < len(ids); start += describeChunk {
-		chunk := ids[start:min(start+describeChunk, len(ids))]
-		p := ec2.NewDescribeInstancesPaginator(m.EC2, &ec2.DescribeInstancesInput{
-			Filters: []types.Filter{{Name: aws.String("instance-id"), Values: chunk}},
-		})
-		for p.HasMorePages() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return Instance{}, false, nil, fmt.Errorf("describing instances %v: %w", chunk, err)
-			}
-			for _, r := range page.Reservations {
-				for _, i := range r.Instances {
-					got := toInstance(i)
-					if got.ID == id {
-						in, found = got, true
-					}
-					if slices.Contains(others, got.ID) {
-						states[got.ID] = got.State
-					}
-				}
-			}
+	other := make(map[string]bool, len(others))
+	for _, o := range others {
+		other[o] = true
+	}
+	err = EachInstance(ctx, m.EC2, append([]string{id}, others...), func(i types.Instance) {
+		got := toInstance(i)
+		if got.ID == id {
+			in, found = got, true
 		}
+		if other[got.ID] {
+			states[got.ID] = got.State
+		}
+	})
+	if err != nil {
+		return Instance{}, false, nil, err
 	}
 	return in, found, states, nil
 }
-
-// describeChunk is how many instance ids go in one DescribeInstances filter (EC2
-// accepts up to 200 values per filter).
-const describeChunk = 200
 
 // SubnetAZs returns the AZ of each subnet.
 func (m *Manager) SubnetAZs(ctx context.Context, subnets []string) (map[string]string, error) {
@@ -901,7 +879,7 @@ func toENI(n types.NetworkInterface) ENI {
 
 func toVolume(v types.Volume) Volume {
 	vol := Volume{
-		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State),
+		ID: aws.ToString(v.VolumeId), AZ: aws.ToString(v.AvailabilityZone), State: string(v.State), Type: string(v.VolumeType),
 		SizeGiB: aws.ToInt32(v.Size), SnapshotID: aws.ToString(v.SnapshotId), Tags: tagMap(v.Tags),
 	}
 	for _, a := range v.Attachments {

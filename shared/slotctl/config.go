@@ -15,11 +15,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/kafka"
+	"github.com/slotkeeper/slotkeeper/shared/secrets"
 )
 
 // configFlag is the flag of one configuration variable.
@@ -120,7 +122,9 @@ type Clients struct {
 
 	// KafkaConfig is how Kafka is reached; its Bootstrap empty: no Kafka checks.
 	KafkaConfig config.KafkaConfig
-	kafka       *kafka.Client
+	// Secrets reads the SASL password when SLOTKEEPER_KAFKA_PASSWORD_SECRET_ARN names it.
+	Secrets awsapi.SecretsManager
+	kafka   *kafka.Client
 }
 
 // NewClients returns clients built from an AWS configuration.
@@ -130,6 +134,7 @@ func NewClients(cfg aws.Config) *Clients {
 		AutoScaling: autoscaling.NewFromConfig(cfg),
 		DynamoDB:    dynamodb.NewFromConfig(cfg),
 		Route53:     route53.NewFromConfig(cfg),
+		Secrets:     secretsmanager.NewFromConfig(cfg),
 		STS:         sts.NewFromConfig(cfg),
 		CloudWatch:  awsapi.NewCloudWatch(cfg),
 	}
@@ -149,7 +154,16 @@ func (c *Clients) Kafka() (*kafka.Client, error) {
 		return nil, nil
 	}
 	if c.kafka == nil {
-		k, err := kafka.NewClient(c.KafkaConfig)
+		kcfg := c.KafkaConfig
+		if kcfg.PasswordSecretARN != "" && c.Secrets != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var err error
+			if kcfg, err = secrets.Kafka(ctx, c.Secrets, kcfg); err != nil {
+				return nil, awsError(err, "reading the Kafka SASL password")
+			}
+		}
+		k, err := kafka.NewClient(kcfg)
 		if err != nil {
 			return nil, &Error{Code: ExitUsage, Err: err, Hint: "check SLOTKEEPER_KAFKA_* (--kafka-bootstrap, --kafka-sasl-mechanism, ...)"}
 		}

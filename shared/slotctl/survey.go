@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
@@ -267,52 +266,34 @@ func recordedIDs(leases map[int]lease.Lease, kind string) ([]string, map[string]
 	return ids, bySlot
 }
 
-// slotENIs returns the ENI each lease records, described by its id in one call (a
-// network-interface-id filter: an id EC2 does not know is simply absent).
+// slotENIs returns the ENI each lease records, described by their ids in requests of
+// at most 200 (a network-interface-id filter: an id EC2 does not know is simply absent).
 func slotENIs(ctx context.Context, c *Clients, leases map[int]lease.Lease) (map[int]ec2types.NetworkInterface, error) {
 	out := map[int]ec2types.NetworkInterface{}
 	ids, bySlot := recordedIDs(leases, lease.KindENI)
-	if len(ids) == 0 {
-		return out, nil
-	}
-	p := ec2.NewDescribeNetworkInterfacesPaginator(c.EC2, &ec2.DescribeNetworkInterfacesInput{
-		Filters: []ec2types.Filter{{Name: aws.String("network-interface-id"), Values: ids}},
+	err := resources.EachNetworkInterface(ctx, c.EC2, ids, func(n ec2types.NetworkInterface) {
+		if s, ok := bySlot[aws.ToString(n.NetworkInterfaceId)]; ok {
+			out[s] = n
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, awsError(err, "describing the slots' recorded ENIs")
-		}
-		for _, n := range page.NetworkInterfaces {
-			if s, ok := bySlot[aws.ToString(n.NetworkInterfaceId)]; ok {
-				out[s] = n
-			}
-		}
+	if err != nil {
+		return nil, awsError(err, "describing the slots' recorded ENIs")
 	}
 	return out, nil
 }
 
-// slotVolumes returns the data volume each lease records, described by its id in one
-// call (a volume-id filter: an id EC2 does not know is simply absent).
+// slotVolumes returns the data volume each lease records, described by their ids in
+// requests of at most 200 (a volume-id filter: an id EC2 does not know is simply absent).
 func slotVolumes(ctx context.Context, c *Clients, leases map[int]lease.Lease) (map[int]ec2types.Volume, error) {
 	out := map[int]ec2types.Volume{}
 	ids, bySlot := recordedIDs(leases, lease.KindVolume)
-	if len(ids) == 0 {
-		return out, nil
-	}
-	p := ec2.NewDescribeVolumesPaginator(c.EC2, &ec2.DescribeVolumesInput{
-		Filters: []ec2types.Filter{{Name: aws.String("volume-id"), Values: ids}},
+	err := resources.EachVolume(ctx, c.EC2, ids, func(v ec2types.Volume) {
+		if s, ok := bySlot[aws.ToString(v.VolumeId)]; ok {
+			out[s] = v
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, awsError(err, "describing the slots' recorded volumes")
-		}
-		for _, v := range page.Volumes {
-			if s, ok := bySlot[aws.ToString(v.VolumeId)]; ok {
-				out[s] = v
-			}
-		}
+	if err != nil {
+		return nil, awsError(err, "describing the slots' recorded volumes")
 	}
 	return out, nil
 }
@@ -337,29 +318,18 @@ func describeHolders(ctx context.Context, c *Clients, leases []lease.Lease) (map
 		}
 	}
 	holders, refused := map[string]dns.Holder{}, map[string]string{}
-	if len(ids) == 0 {
-		return holders, refused, nil
-	}
-	p := ec2.NewDescribeInstancesPaginator(c.EC2, &ec2.DescribeInstancesInput{
-		Filters: []ec2types.Filter{{Name: aws.String("instance-id"), Values: ids}},
+	err := resources.EachInstance(ctx, c.EC2, ids, func(i ec2types.Instance) { // at most 200 ids a request
+		h := dns.Holder{IP: aws.ToString(i.PrivateIpAddress), State: slot.Gone}
+		if i.State != nil {
+			h.State = string(i.State.Name)
+		}
+		holders[aws.ToString(i.InstanceId)] = h
+		if why := tagValue(i.Tags, resources.TagRefused); why != "" {
+			refused[aws.ToString(i.InstanceId)] = why
+		}
 	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, nil, awsError(err, "describing the slot holders")
-		}
-		for _, r := range page.Reservations {
-			for _, i := range r.Instances {
-				h := dns.Holder{IP: aws.ToString(i.PrivateIpAddress), State: slot.Gone}
-				if i.State != nil {
-					h.State = string(i.State.Name)
-				}
-				holders[aws.ToString(i.InstanceId)] = h
-				if why := tagValue(i.Tags, resources.TagRefused); why != "" {
-					refused[aws.ToString(i.InstanceId)] = why
-				}
-			}
-		}
+	if err != nil {
+		return nil, nil, awsError(err, "describing the slot holders")
 	}
 	return holders, refused, nil
 }

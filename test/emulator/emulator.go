@@ -99,7 +99,7 @@ type Emulator struct {
 
 	mu        sync.Mutex
 	counts    map[string]int
-	sequence  []string // every action since ResetCounts, in order
+	sequence  []string                    // every action since ResetCounts, in order
 	tokens    map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
 	forbidden []string                    // forbidden calls received (never reset)
 	bodies    map[string][][]byte         // request bodies of mutating calls, by action
