@@ -173,9 +173,11 @@ func (c *Claimer) read(ctx context.Context, instance string) (map[int]lease.Leas
 	return leases, states, nil
 }
 
-// dedupe handles a duplicate delivery racing with itself: if instance now holds more
-// than one slot, it keeps the bound one (else the lowest) and releases the other claims.
-// Both racers compute the same answer, so they converge.
+// dedupe reads the leases right after instance claimed mine, and returns the lease
+// instance holds as read (ErrFenced when it holds none any more). It handles a
+// duplicate delivery racing with itself: if instance now holds more than one slot, it
+// keeps the bound one (else the lowest) and releases the other claims. Both racers
+// compute the same answer, so they converge.
 func (c *Claimer) dedupe(ctx context.Context, instance string, mine lease.Lease) (lease.Lease, error) {
 	list, err := c.Store.List(ctx)
 	if err != nil {
@@ -187,8 +189,15 @@ func (c *Claimer) dedupe(ctx context.Context, instance string, mine lease.Lease)
 			held = append(held, l)
 		}
 	}
-	if len(held) <= 1 {
-		return mine, nil
+	switch len(held) {
+	case 0:
+		// The claim just written is no longer this instance's: nothing may be created
+		// or attached for it.
+		return lease.Lease{}, fmt.Errorf("slot %d, claimed by %s at version %d, is no longer held by it: %w", mine.Slot, instance, mine.Version, lease.ErrFenced)
+	case 1:
+		// The lease as this consistent read found it: the caller's check that it is
+		// still this instance's claim, right before its first create or attach.
+		return held[0], nil
 	}
 	keep := held[0]
 	for _, l := range held {
