@@ -187,21 +187,6 @@ func (d *deployment) join(ids ...string) {
 	}
 }
 
-// bindAll launches one instance per subnet (slots 0, 1, 2 of a 3-slot deployment),
-// lets the launch function bind them, puts them in the group and returns their ids.
-func (d *deployment) bindAll() []string {
-	d.t.Helper()
-	var ids []string
-	for i := range d.cfg.SlotCount {
-		id := d.run(i % 3)
-		res := d.must(d.launch, d.launchEvent(id), launch.OutcomeContinue)
-		d.formatted(int(res["slot"].(float64)))
-		ids = append(ids, id)
-	}
-	d.join(ids...)
-	return ids
-}
-
 // formatted does what the broker's user data does at its first boot: it makes the
 // filesystem and removes the volume's never-formatted mark (directly at moto).
 func (d *deployment) formatted(slot int) {
