@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,25 +77,120 @@ func New(cfg config.Config, r53 awsapi.Route53, ec2 awsapi.EC2, db awsapi.Dynamo
 func (s *Syncer) Name() string { return "dns" }
 
 // SlotBound makes the records follow a slot that has just been bound (launch.Follower):
-// the slot joins the bootstrap record and, in instance mode, its broker record takes
-// the new holder's IP.
+// broker-<slot> takes the slot's address (ENI mode: the IP its lease records; instance
+// mode: the new holder's primary IP) and the bootstrap record gains it. Only the
+// slot's own address is added; nothing else is changed (see edit). A change that
+// Route 53 rejects because the records moved since they were read falls back to a
+// full sync (Sync).
 func (s *Syncer) SlotBound(ctx context.Context, b launch.Bound) error {
-	_, err := s.sync(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("updating DNS for slot %d bound to %s: %w", b.Lease.Slot, b.Lease.Holder, err)
+	if !s.cfg.DNS.Enabled() {
+		return nil
+	}
+	ip := b.Lease.IP
+	if !s.cfg.ENI && b.Instance.PrivateIP != "" {
+		ip = b.Instance.PrivateIP
+	}
+	if ip == "" {
+		_, err := s.sync(ctx, nil)
+		return wrapf(err, "updating DNS for slot %d bound to %s", b.Lease.Slot, b.Lease.Holder)
+	}
+	_, err := s.edit(ctx, func(have map[string]types.ResourceRecordSet) Records {
+		broker := s.names.Broker(b.Lease.Slot)
+		return Records{
+			broker:              newRecord(broker, s.cfg.DNS.TTL, ip),
+			s.names.Bootstrap(): newRecord(s.names.Bootstrap(), s.cfg.DNS.TTL, append(valuesOf(have, s.names.Bootstrap()), ip)...),
+		}
+	})
+	return wrapf(err, "updating DNS for slot %d bound to %s", b.Lease.Slot, b.Lease.Holder)
+}
+
+// SlotDraining takes a slot that has started draining out of the bootstrap record, so
+// that new clients are no longer sent to the leaving broker. l is the draining lease:
+// its address leaves the record (the record goes when it was the last one); nothing
+// else is changed (see edit). A change that Route 53 rejects because the records
+// moved since they were read falls back to a full sync (Sync).
+func (s *Syncer) SlotDraining(ctx context.Context, l lease.Lease) error {
+	if !s.cfg.DNS.Enabled() {
+		return nil
+	}
+	if l.IP == "" {
+		_, err := s.sync(ctx, nil)
+		return wrapf(err, "updating DNS for draining slot %d", l.Slot)
+	}
+	_, err := s.edit(ctx, func(have map[string]types.ResourceRecordSet) Records {
+		ips := slices.DeleteFunc(valuesOf(have, s.names.Bootstrap()), func(v string) bool { return v == l.IP })
+		if len(ips) == 0 {
+			return Records{s.names.Bootstrap(): Record{Name: s.names.Bootstrap()}} // no values: delete it
+		}
+		return Records{s.names.Bootstrap(): newRecord(s.names.Bootstrap(), s.cfg.DNS.TTL, ips...)}
+	})
+	return wrapf(err, "updating DNS for draining slot %d", l.Slot)
+}
+
+func wrapf(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf(format+": %w", append(args, err)...)
+}
+
+// valuesOf returns the values of the record name in have, sorted (nil if absent).
+func valuesOf(have map[string]types.ResourceRecordSet, name string) []string {
+	if r, ok := have[name]; ok && r.AliasTarget == nil {
+		return values(r)
 	}
 	return nil
 }
 
-// SlotDraining takes a slot that has started draining out of the bootstrap record, so
-// that new clients are no longer sent to the leaving broker. l is the draining lease;
-// the records are computed from the leases as stored.
-func (s *Syncer) SlotDraining(ctx context.Context, l lease.Lease) error {
-	_, err := s.sync(ctx, nil)
+// edit is the update of one slot's own records after a move that the caller knows
+// (launch's bind, terminate's drain): read the cluster's records (one listing), let
+// target say what the records it touches should be, and send only what differs, in
+// one change conditional on the records being exactly as read: a record that exists
+// is replaced by a DELETE with the values read and a CREATE, a missing one by a
+// CREATE, and one target leaves without values by a DELETE. Route 53 applies a batch
+// atomically and rejects it (InvalidChangeBatch) when a DELETE does not match the
+// record as it is or a CREATE finds the record there: so no concurrent update made
+// between the read and the change is lost, and a rejected change falls back to a full
+// sync, which reads the leases again. The caller's change only adds or removes its
+// own slot's address, which commutes with every other slot's; a concurrent full sync
+// whose write lands after it goes round again after its write (Sync) and restores it.
+// It returns the number of records changed.
+func (s *Syncer) edit(ctx context.Context, target func(have map[string]types.ResourceRecordSet) Records) (int, error) {
+	have, err := s.current(ctx)
 	if err != nil {
-		return fmt.Errorf("updating DNS for draining slot %d: %w", l.Slot, err)
+		return 0, err
 	}
-	return nil
+	var changes []types.Change
+	for name, w := range target(have) {
+		h, exists := have[name]
+		if len(w.IPs) == 0 {
+			if exists {
+				rrs := h
+				changes = append(changes, types.Change{Action: types.ChangeActionDelete, ResourceRecordSet: &rrs})
+			}
+			continue
+		}
+		if exists && matches(w, h) {
+			continue
+		}
+		if exists {
+			rrs := h // Route 53 deletes only a record given exactly as it is
+			changes = append(changes, types.Change{Action: types.ChangeActionDelete, ResourceRecordSet: &rrs})
+		}
+		changes = append(changes, types.Change{Action: types.ChangeActionCreate, ResourceRecordSet: w.set()})
+	}
+	if len(changes) == 0 {
+		return 0, nil
+	}
+	slices.SortStableFunc(changes, func(a, b types.Change) int {
+		return strings.Compare(aws.ToString(a.ResourceRecordSet.Name), aws.ToString(b.ResourceRecordSet.Name))
+	})
+	n, err := s.apply(ctx, changes)
+	if isConflict(err) {
+		s.log.InfoContext(ctx, "the records changed since they were read; syncing them in full", obs.KeyErr, err.Error())
+		return s.sync(ctx, nil)
+	}
+	return n, err
 }
 
 // Sync makes the records match the leases as stored and the holders' EC2 state. It is

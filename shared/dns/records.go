@@ -158,13 +158,7 @@ func Diff(want Records, have map[string]types.ResourceRecordSet) []types.Change 
 		if h, ok := have[name]; ok && matches(w, h) {
 			continue
 		}
-		rrs := make([]types.ResourceRecord, len(w.IPs))
-		for i, ip := range w.IPs {
-			rrs[i] = types.ResourceRecord{Value: aws.String(ip)}
-		}
-		changes = append(changes, types.Change{Action: types.ChangeActionUpsert, ResourceRecordSet: &types.ResourceRecordSet{
-			Name: aws.String(w.Name), Type: types.RRTypeA, TTL: aws.Int64(w.TTL), ResourceRecords: rrs,
-		}})
+		changes = append(changes, types.Change{Action: types.ChangeActionUpsert, ResourceRecordSet: w.set()})
 	}
 	for name, h := range have {
 		if _, ok := want[name]; !ok {
@@ -176,6 +170,15 @@ func Diff(want Records, have map[string]types.ResourceRecordSet) []types.Change 
 		return strings.Compare(aws.ToString(a.ResourceRecordSet.Name), aws.ToString(b.ResourceRecordSet.Name))
 	})
 	return changes
+}
+
+// set returns the record as a Route 53 record set.
+func (w Record) set() *types.ResourceRecordSet {
+	rrs := make([]types.ResourceRecord, len(w.IPs))
+	for i, ip := range w.IPs {
+		rrs[i] = types.ResourceRecord{Value: aws.String(ip)}
+	}
+	return &types.ResourceRecordSet{Name: aws.String(w.Name), Type: types.RRTypeA, TTL: aws.Int64(w.TTL), ResourceRecords: rrs}
 }
 
 // matches reports whether the record as read is the wanted one: a plain (not alias)

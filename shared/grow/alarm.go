@@ -106,9 +106,17 @@ func (a *Alarms) Name() string { return "alarm" }
 func (a *Alarms) enabled() bool { return a.cfg.Grow.FunctionARN != "" }
 
 // SlotBound implements launch.Follower: the slot's alarm now watches the new holder.
+// When the launch's own bind has just moved the slot to the holder (b.Moved), the
+// alarm cannot already watch it, so it is written without being read first (one
+// PutMetricAlarm, which replaces the whole alarm); a redelivery that found the slot
+// bound reads it and writes it only if it differs (Point).
 func (a *Alarms) SlotBound(ctx context.Context, b launch.Bound) error {
 	if !a.enabled() {
 		return nil
+	}
+	if b.Moved {
+		_, err := a.put(ctx, b.Lease.Slot, b.Lease.Holder, nil, false)
+		return err
 	}
 	_, err := a.Point(ctx, b.Lease.Slot, b.Lease.Holder)
 	return err
@@ -132,11 +140,12 @@ func (a *Alarms) Point(ctx context.Context, slot int, instance string) (changed 
 	if len(out.MetricAlarms) > 0 {
 		cur = &out.MetricAlarms[0]
 	}
-	return a.put(ctx, slot, instance, cur)
+	return a.put(ctx, slot, instance, cur, true)
 }
 
-// put writes slot's alarm for instance unless cur already is that alarm.
-func (a *Alarms) put(ctx context.Context, slot int, instance string, cur *types.MetricAlarm) (bool, error) {
+// put writes slot's alarm for instance unless cur already is that alarm. read says
+// whether the alarm was read (cur nil: there is none) or not (written blind).
+func (a *Alarms) put(ctx context.Context, slot int, instance string, cur *types.MetricAlarm, read bool) (bool, error) {
 	want := AlarmInput(a.cfg, slot, instance)
 	if cur != nil && alarmMatches(*cur, want) {
 		return false, nil
@@ -145,6 +154,9 @@ func (a *Alarms) put(ctx context.Context, slot int, instance string, cur *types.
 		return false, fmt.Errorf("pointing disk alarm %s at %s: %w", aws.ToString(want.AlarmName), instance, err)
 	}
 	from := "(new alarm)"
+	if !read {
+		from = "(not read: the slot has just moved to this holder)"
+	}
 	if cur != nil {
 		from = dimensions(cur.Dimensions)[DimensionInstance]
 	}
@@ -183,7 +195,7 @@ func (a *Alarms) Reconcile(ctx context.Context, leases []lease.Lease) (repairs i
 		if m, ok := existing[AlarmName(a.cfg.Cluster, l.Slot)]; ok {
 			cur = &m
 		}
-		changed, err := a.put(ctx, l.Slot, l.Holder, cur)
+		changed, err := a.put(ctx, l.Slot, l.Holder, cur, true)
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -83,6 +83,10 @@ type Bound struct {
 	NodeID   int
 	AZ       string
 	Instance resources.Instance
+	// Moved is true when this invocation's bind moved the slot to this holder: what
+	// follows the slot cannot point at the holder yet (a follower may skip reading
+	// what it would change). False for a redelivery that found the slot bound.
+	Moved bool
 }
 
 // A Follower is told when a slot is bound to a new holder, so that what follows the
@@ -178,14 +182,23 @@ func (h *Handler) Run(ctx context.Context, raw []byte) (res Result, err error) {
 func (inv *invocation) run(ctx context.Context) (Result, error) {
 	id := inv.actions.Action.EC2InstanceID
 
-	// 1. Describe the instance, waiting for it to be running (attachments need it).
+	// 1. Read the leases, and describe the instance together with the leases' holders
+	// (one request: the claim needs their state), waiting for the instance to be
+	// running (attachments need it).
 	var found bool
+	var first *slot.Read
 	err := inv.o.Step(ctx, "describe-instance", func(ctx context.Context) error {
-		var err error
-		inv.inst, found, err = inv.res.DescribeInstance(ctx, id)
-		if err != nil || !found || inv.inst.State != slot.Pending {
+		leases, err := inv.store.List(ctx)
+		if err != nil {
 			return err
 		}
+		var states map[string]string
+		inv.inst, found, states, err = inv.res.DescribeWith(ctx, id, slot.Holders(leases, id))
+		if err != nil || !found || inv.inst.State != slot.Pending {
+			first = &slot.Read{Leases: leases, States: states}
+			return err
+		}
+		// Still pending: by the time it runs, the leases are read again by the claim.
 		stop := inv.actions.KeepAlive(ctx, inv.HeartbeatInterval)
 		defer stop()
 		return inv.res.WaitInstance(ctx, id, func(i resources.Instance) bool { return i.State != slot.Pending }, &inv.inst)
@@ -211,7 +224,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 3. Claim a slot (or find the one this instance already holds).
 	claimer := &slot.Claimer{
-		Store: inv.store, States: inv.res.InstanceStates, Order: inv.Order,
+		Store: inv.store, States: inv.res.InstanceStates, Order: inv.Order, First: first,
 		Peers: func(ctx context.Context, az string) ([]string, error) {
 			return inv.res.GroupInstances(ctx, inv.cfg.ASGName, az)
 		},
@@ -239,13 +252,15 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 	// 4–6. Attach, tag, bind. Each step is idempotent; a redelivery resumes here.
 	claimed := l
-	if l, err = inv.becomeBroker(ctx, l); err != nil && (errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict)) {
+	var moved bool
+	if l, moved, err = inv.becomeBroker(ctx, l); err != nil && (errors.Is(err, lease.ErrFenced) || errors.Is(err, lease.ErrRecordConflict)) {
 		// A concurrent delivery of the same event may have bound the slot to this
-		// instance meanwhile: then only the followers and the completion are left.
+		// instance meanwhile: then only the tags, the followers and the completion are
+		// left.
 		if cur, gerr := inv.store.Get(ctx, claimed.Slot); gerr == nil && cur.State == lease.Bound &&
 			cur.Holder == claimed.Holder && cur.Version == claimed.Version {
 			inv.o.Log.InfoContext(ctx, "another delivery of this event bound the slot; carrying on", obs.KeyReason, err.Error())
-			l, err = cur, nil
+			l, err = cur, inv.tagInstance(ctx, cur)
 		}
 	}
 	if err != nil {
@@ -266,7 +281,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 	// the new holder's, and clients would be sent to the old one: it stays fatal.
 	for _, f := range inv.Followers {
 		err := inv.o.Step(ctx, "follow-"+f.Name(), func(ctx context.Context) error {
-			return f.SlotBound(ctx, Bound{Lease: l, NodeID: inv.cfg.NodeID(l.Slot), AZ: inv.inst.AZ, Instance: inv.inst})
+			return f.SlotBound(ctx, Bound{Lease: l, NodeID: inv.cfg.NodeID(l.Slot), AZ: inv.inst.AZ, Instance: inv.inst, Moved: moved})
 		})
 		if err != nil && inv.cfg.ENI {
 			inv.o.Metrics.Count(MetricFollowerFailures, 1, "Follower", f.Name())
@@ -331,11 +346,11 @@ func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSl
 			return c, fmt.Errorf("slot %v of %s: its holder is leaving but has not released it after %s (%s); the event will be retried",
 				leaving, inv.inst.AZ, time.Since(start).Round(time.Second), why)
 		}
-		jittered := delay/2 + rand.N(delay/2+1)
-		select {
-		case <-ctx.Done():
-			return c, fmt.Errorf("waiting for a handover: %w", ctx.Err())
-		case <-time.After(min(jittered, time.Until(deadline))):
+		// Until the next full round (the leases, the holders' EC2 and group state),
+		// watch the AZ's leases alone, once every Poll.Initial: a release (or any move
+		// of those leases) starts the next round at once.
+		if err := inv.watchLeases(ctx, c.Taken, delay, deadline); err != nil {
+			return c, err
 		}
 		delay = min(delay*3/2, max(inv.Poll.Max, 10*time.Millisecond))
 		err = inv.o.Step(ctx, "claim", func(ctx context.Context) error {
@@ -352,6 +367,41 @@ func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSl
 		}
 		if !errors.Is(err, slot.ErrNoFreeSlot) {
 			return c, err
+		}
+	}
+}
+
+// watchLeases waits about wait (jittered), or until deadline, reading the cluster's
+// leases every Poll.Initial (one consistent Query) meanwhile, and returns early once a
+// lease of taken (the AZ's slots a claim found taken) has moved: another version,
+// state or holder. The next claim round then follows at once instead of after a long
+// pause: a handover is noticed within about a second of the release, while EC2 and
+// Auto Scaling are still asked at most once per wait.
+func (inv *invocation) watchLeases(ctx context.Context, taken []lease.Lease, wait time.Duration, deadline time.Time) error {
+	until := time.Now().Add(wait/2 + rand.N(wait/2+1))
+	if until.After(deadline) {
+		until = deadline
+	}
+	tick := max(inv.Poll.Initial, 10*time.Millisecond)
+	for {
+		pause := min(tick/2+rand.N(tick/2+1), time.Until(until))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a handover: %w", ctx.Err())
+		case <-time.After(max(pause, 0)):
+		}
+		if !time.Now().Before(until) {
+			return nil
+		}
+		leases, err := inv.store.List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, was := range taken {
+			i := slices.IndexFunc(leases, func(l lease.Lease) bool { return l.Slot == was.Slot })
+			if i < 0 || leases[i].Version != was.Version || leases[i].State != was.State || leases[i].Holder != was.Holder {
+				return nil
+			}
 		}
 	}
 }
@@ -399,81 +449,106 @@ func (inv *invocation) leavingInstance(ctx context.Context, id string) (bool, st
 	return slot.LeavingGroup(g.LifecycleState, g.HealthStatus), fmt.Sprintf("%s is %s (%s) in group %s", id, g.LifecycleState, g.HealthStatus, g.Group), nil
 }
 
-// becomeBroker attaches the slot's ENI and volume, tags the instance and binds the
-// lease. On a fencing or permanent error it returns the lease it holds, for release.
-func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+// becomeBroker attaches the slot's ENI and volume, binds the lease and tags the
+// instance. It reports whether it moved the lease to bound itself (moved: nothing that
+// follows the slot can point at this holder yet). On a fencing or permanent error it
+// returns the lease it holds, for release.
+//
+// The claim has just read the lease (or written it): that is the check before the
+// first create or attach. A create is followed by the record of what it made (a fenced
+// write, the check before the attaches); a wait inside an attach (for a previous
+// holder to let the resource go, for a new volume to be available) is followed by a
+// fresh check (fence) before the attach. The tags follow the bind, itself a fenced
+// write.
+func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.Lease, bool, error) {
 	if l.State == lease.Bound {
-		return l, nil // a redelivery after the bind: only the completion is left
+		// A redelivery after the bind: only the tags (written after the bind) may be
+		// missing, then the followers and the completion.
+		return l, false, inv.tagInstance(ctx, l)
+	}
+	if l.State != lease.Claimed {
+		// The check the claim's read is: the lease must still be claimed by this
+		// instance. A redelivery whose slot is draining meanwhile (a termination is
+		// handing it back) creates and attaches nothing.
+		return l, false, fmt.Errorf("slot %d is %s at version %d held by %s, not claimed: %w", l.Slot, l.State, l.Version, l.Holder, lease.ErrFenced)
 	}
 	id, az, s := inv.inst.ID, inv.inst.AZ, l.Slot
 	stop := inv.actions.KeepAlive(ctx, inv.HeartbeatInterval)
 	defer stop()
 
-	var b lease.Binding
-	// A resource found or created for the slot is recorded in the lease at once (a
-	// fenced write); from then on it is the slot's by its id. A conflict comes with the
-	// lease as stored (another delivery recorded another id): it is ours to go on with.
-	record := func(kind string) resources.Record {
-		return func(ctx context.Context, id, ip string) (lease.Lease, error) {
-			what := fmt.Sprintf("recorded volume %s as the slot's", id)
-			if kind == lease.KindENI {
-				what = fmt.Sprintf("recorded ENI %s (%s) as the slot's", id, ip)
+	// The slot's ENI and volume: the recorded ones, described by id; on first use,
+	// found by their tags or created, and recorded at once, together.
+	var e resources.ENI
+	var v resources.Volume
+	err := inv.o.Step(ctx, "resources", func(ctx context.Context) error {
+		for {
+			var ids lease.IDs
+			if inv.cfg.ENI {
+				found, unrecorded, _, err := inv.res.FindENI(ctx, l, inv.cfg.SubnetOf(s))
+				if err != nil {
+					return err
+				}
+				e = found
+				if unrecorded {
+					ids.ENIID, ids.IP = e.ID, e.IP
+				}
 			}
-			rec, err := inv.store.Record(ctx, l, kind, id, ip, what)
-			if err == nil || (errors.Is(err, lease.ErrRecordConflict) && rec.Version == l.Version && rec.Holder == l.Holder) {
-				l = rec
-			}
-			return rec, err
-		}
-	}
-	if inv.cfg.ENI {
-		err := inv.o.Step(ctx, "attach-eni", func(ctx context.Context) error {
-			if err := inv.fence(ctx, l); err != nil {
-				return err
-			}
-			e, _, err := inv.res.EnsureENI(ctx, l, inv.cfg.SubnetOf(s), record(lease.KindENI))
+			found, unrecorded, _, err := inv.res.FindVolume(ctx, l, az)
 			if err != nil {
 				return err
 			}
-			if err := inv.fence(ctx, l); err != nil {
+			v = found
+			if unrecorded {
+				ids.VolumeID = v.ID
+			}
+			if ids == (lease.IDs{}) {
+				return nil
+			}
+			rec, err := inv.store.RecordIDs(ctx, l, ids, recordReason(ids))
+			if errors.Is(err, lease.ErrRecordConflict) && rec.Version == l.Version && rec.Holder == l.Holder {
+				// Another delivery of this event recorded other ids first: go on with those.
+				inv.o.Log.InfoContext(ctx, "another delivery recorded the slot's resources first: using them",
+					"recorded_eni", rec.ENIID, "recorded_volume", rec.VolumeID, "found_eni", ids.ENIID, "found_volume", ids.VolumeID)
+				l = rec
+				continue
+			}
+			if err != nil {
 				return err
 			}
-			e, err = inv.res.AttachENI(ctx, e, id, az)
+			l = rec
+			if ids.VolumeID != "" {
+				// A volume found by its tags may carry the mark of an earlier claim.
+				return inv.res.SettleMark(ctx, l, &v)
+			}
+			return nil
+		}
+	})
+	if err != nil {
+		return l, false, err
+	}
+
+	// Attach both, then wait for both attachments together.
+	inv.res.Recheck = func(ctx context.Context) error { return inv.fence(ctx, l) }
+	var b lease.Binding
+	err = inv.o.Step(ctx, "attach", func(ctx context.Context) error {
+		if inv.cfg.ENI {
+			var err error
+			if e, err = inv.res.StartAttachENI(ctx, e, id, az); err != nil {
+				return err
+			}
 			b.ENIID, b.IP = e.ID, e.IP
-			return err
-		})
-		if err != nil {
-			return l, err
+		} else {
+			b.IP = inv.inst.PrivateIP
 		}
-	} else {
-		b.IP = inv.inst.PrivateIP
-	}
-	err := inv.o.Step(ctx, "attach-volume", func(ctx context.Context) error {
-		if err := inv.fence(ctx, l); err != nil {
+		var err error
+		if v, err = inv.res.StartAttachVolume(ctx, v, id, az, inv.cfg.Volume.Device); err != nil {
 			return err
 		}
-		v, _, err := inv.res.EnsureVolume(ctx, l, az, record(lease.KindVolume))
-		if err != nil {
-			return err
-		}
-		if err := inv.fence(ctx, l); err != nil {
-			return err
-		}
-		v, err = inv.res.AttachVolume(ctx, v, id, az, inv.cfg.Volume.Device)
 		b.VolumeID = v.ID
-		return err
+		return inv.res.WaitAttached(ctx, id, b.ENIID, b.VolumeID)
 	})
 	if err != nil {
-		return l, err
-	}
-	err = inv.o.Step(ctx, "tag-instance", func(ctx context.Context) error {
-		if err := inv.fence(ctx, l); err != nil {
-			return err
-		}
-		return inv.res.TagInstance(ctx, id, s, inv.cfg.NodeID(s), l.Version)
-	})
-	if err != nil {
-		return l, err
+		return l, false, err
 	}
 	var bound lease.Lease
 	err = inv.o.Step(ctx, "bind", func(ctx context.Context) error {
@@ -482,9 +557,41 @@ func (inv *invocation) becomeBroker(ctx context.Context, l lease.Lease) (lease.L
 		return err
 	})
 	if err != nil {
-		return l, err
+		return l, false, err
 	}
-	return bound, nil
+	return bound, true, inv.tagInstance(ctx, bound)
+}
+
+// recordReason is the history entry of a record of ids.
+func recordReason(ids lease.IDs) string {
+	switch {
+	case ids.ENIID != "" && ids.VolumeID != "":
+		return fmt.Sprintf("recorded ENI %s (%s) and volume %s as the slot's", ids.ENIID, ids.IP, ids.VolumeID)
+	case ids.ENIID != "":
+		return fmt.Sprintf("recorded ENI %s (%s) as the slot's", ids.ENIID, ids.IP)
+	}
+	return fmt.Sprintf("recorded volume %s as the slot's", ids.VolumeID)
+}
+
+// tagInstance gives the instance its slot identity, the bound lease l's, unless its
+// description already shows exactly those tags (a redelivery).
+func (inv *invocation) tagInstance(ctx context.Context, l lease.Lease) error {
+	want := resources.IdentityTags(inv.cfg.Cluster, l.Slot, inv.cfg.NodeID(l.Slot), l.Version)
+	if resources.HasTags(inv.inst.Tags, want) {
+		return nil
+	}
+	return inv.o.Step(ctx, "tag-instance", func(ctx context.Context) error {
+		if err := inv.res.TagInstance(ctx, inv.inst.ID, l.Slot, inv.cfg.NodeID(l.Slot), l.Version); err != nil {
+			return err
+		}
+		if inv.inst.Tags == nil {
+			inv.inst.Tags = map[string]string{}
+		}
+		for k, v := range want {
+			inv.inst.Tags[k] = v
+		}
+		return nil
+	})
 }
 
 // identityAlert tells the operator that the slot's recorded volume or ENI is gone,

@@ -65,40 +65,87 @@ func (l Lease) UnboundSince(v int64) bool {
 
 // Record writes the id of the slot's volume (kind KindVolume) or ENI (kind KindENI,
 // with its private ip) into the lease as soon as the resource exists: from then on
-// every path uses the recorded id, and tags only cross-check it.
+// every path uses the recorded id, and tags only cross-check it. It is RecordIDs for
+// one kind.
+func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string) (Lease, error) {
+	ids := IDs{VolumeID: id}
+	if kind == KindENI {
+		ids = IDs{ENIID: id, IP: ip}
+	}
+	return s.RecordIDs(ctx, l, ids, reason)
+}
+
+// IDs are the resource ids RecordIDs writes: the ENI's (with its IP) and the
+// volume's; an empty id is left alone.
+type IDs struct {
+	ENIID, IP, VolumeID string
+}
+
+// kinds returns the kinds ids names, ENI first.
+func (ids IDs) kinds() []string {
+	var k []string
+	if ids.ENIID != "" {
+		k = append(k, KindENI)
+	}
+	if ids.VolumeID != "" {
+		k = append(k, KindVolume)
+	}
+	return k
+}
+
+func (ids IDs) of(kind string) string {
+	if kind == KindENI {
+		return ids.ENIID
+	}
+	return ids.VolumeID
+}
+
+// RecordIDs writes the ids of the slot's ENI (with its private IP) and volume that
+// ids names into the lease, in one write, as soon as the resources exist: from then on
+// every path uses the recorded ids, and tags only cross-check them.
 //
 // The write is fenced (the version and holder l has, state claimed: only the claimer
 // records) and never replaces a recorded id: it succeeds only while the lease records
-// none. It also records the claim (l.Version) that recorded the id (volume_claim,
-// eni_claim). A retry of a write that took effect (a lost response) finds the same id
-// recorded and returns the lease as stored; another id recorded is ErrRecordConflict,
-// returned with the lease as stored (the caller uses the id it records). The history
-// gets one entry per recorded resource.
-func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string) (Lease, error) {
-	attr, claimAttr := "volume_id", "volume_claim"
-	if kind == KindENI {
-		attr, claimAttr = "eni_id", "eni_claim"
+// none of the kinds written. It also records the claim (l.Version) that recorded each
+// id (volume_claim, eni_claim). A retry of a write that took effect (a lost response)
+// finds the same ids recorded and returns the lease as stored; another id recorded
+// for a kind is ErrRecordConflict, returned with the lease as stored (the caller uses
+// the ids it records). The history gets one entry, reason.
+func (s *Store) RecordIDs(ctx context.Context, l Lease, ids IDs, reason string) (Lease, error) {
+	kinds := ids.kinds()
+	if len(kinds) == 0 {
+		return Lease{}, fmt.Errorf("recording resources of slot %d: no id to record", l.Slot)
 	}
+	what := fmt.Sprintf("%v %s/%s", kinds, ids.ENIID, ids.VolumeID)
 	if l.State != Claimed {
-		return Lease{}, fmt.Errorf("recording %s %s for slot %d: the lease is %s, not claimed: %w", kind, id, l.Slot, l.State, ErrFenced)
+		return Lease{}, fmt.Errorf("recording %s for slot %d: the lease is %s, not claimed: %w", what, l.Slot, l.State, ErrFenced)
 	}
 	now := s.stamp()
 	entry, err := attributevalue.Marshal([]Transition{s.transition(l.State, l.State, l.Version, l.Holder, reason, now)})
 	if err != nil {
 		return Lease{}, fmt.Errorf("encoding history entry: %w", err)
 	}
-	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at", "#id": attr, "#claim": claimAttr}
+	names := map[string]string{"#v": "version", "#h": "holder", "#s": "state", "#hist": "history", "#u": "updated_at"}
 	values := map[string]types.AttributeValue{
-		":v": num(l.Version), ":h": str(l.Holder), ":s": str(string(Claimed)), ":now": str(now), ":id": str(id),
-		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}},
+		":v": num(l.Version), ":h": str(l.Holder), ":s": str(string(Claimed)), ":now": str(now),
+		":entry": entry, ":empty": &types.AttributeValueMemberL{Value: []types.AttributeValue{}}, ":blank": str(""),
 	}
-	update := "SET #id = :id, #claim = :v, #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
-	if kind == KindENI {
-		names["#ip"], values[":ip"] = "ip", str(ip)
+	update := "SET #u = :now, #hist = list_append(if_not_exists(#hist, :empty), :entry)"
+	cond := "#v = :v AND #h = :h AND #s = :s"
+	for _, kind := range kinds {
+		attr, claimAttr, p := "volume_id", "volume_claim", "vol"
+		if kind == KindENI {
+			attr, claimAttr, p = "eni_id", "eni_claim", "eni"
+		}
+		names["#"+p], names["#"+p+"c"] = attr, claimAttr
+		values[":"+p] = str(ids.of(kind))
+		update += fmt.Sprintf(", #%s = :%s, #%sc = :v", p, p, p)
+		cond += fmt.Sprintf(" AND (attribute_not_exists(#%s) OR #%s = :blank)", p, p)
+	}
+	if ids.ENIID != "" {
+		names["#ip"], values[":ip"] = "ip", str(ids.IP)
 		update += ", #ip = :ip"
 	}
-	cond := "#v = :v AND #h = :h AND #s = :s AND (attribute_not_exists(#id) OR #id = :blank)"
-	values[":blank"] = str("")
 	if s.Writes != nil {
 		s.Writes()
 	}
@@ -110,20 +157,22 @@ func (s *Store) Record(ctx context.Context, l Lease, kind, id, ip, reason string
 		return decode(out.Attributes)
 	}
 	if !awsapi.IsConditionFailed(err) {
-		return Lease{}, fmt.Errorf("recording %s %s for slot %d: %w", kind, id, l.Slot, err)
+		return Lease{}, fmt.Errorf("recording %s for slot %d: %w", what, l.Slot, err)
 	}
 	// Our own earlier attempt, or someone else: read what is there.
 	cur, gerr := s.Get(ctx, l.Slot)
-	switch {
-	case gerr != nil:
-		return Lease{}, fmt.Errorf("recording %s %s for slot %d: condition failed, and reading it back: %w", kind, id, l.Slot, gerr)
-	case cur.Version != l.Version || cur.Holder != l.Holder || cur.State != Claimed:
-		return Lease{}, fmt.Errorf("recording %s %s for slot %d (holder %s, version %d): %w", kind, id, l.Slot, l.Holder, l.Version, ErrFenced)
-	case cur.Recorded(kind) == id:
-		return cur, nil
-	default:
-		return cur, fmt.Errorf("recording %s %s for slot %d: it records %s %s: %w", kind, id, l.Slot, kind, cur.Recorded(kind), ErrRecordConflict)
+	if gerr != nil {
+		return Lease{}, fmt.Errorf("recording %s for slot %d: condition failed, and reading it back: %w", what, l.Slot, gerr)
 	}
+	if cur.Version != l.Version || cur.Holder != l.Holder || cur.State != Claimed {
+		return Lease{}, fmt.Errorf("recording %s for slot %d (holder %s, version %d): %w", what, l.Slot, l.Holder, l.Version, ErrFenced)
+	}
+	for _, kind := range kinds {
+		if cur.Recorded(kind) != ids.of(kind) {
+			return cur, fmt.Errorf("recording %s for slot %d: it records %s %s: %w", what, l.Slot, kind, cur.Recorded(kind), ErrRecordConflict)
+		}
+	}
+	return cur, nil
 }
 
 // Forget removes the recorded ids of kinds (KindVolume; KindENI also removes ip) from

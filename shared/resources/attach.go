@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -79,12 +82,31 @@ func (m *Manager) freeFromHolder(ctx context.Context, what, holder string) (stri
 }
 
 // AttachVolume makes v attached to instance at device, first detaching it from any
-// other instance (see detachMode) and waiting until it is available. Repeating it when
-// the volume is already attached to instance only waits for the attachment.
+// other instance (see StartAttachVolume), and waits until the attachment is complete.
+// Repeating it when the volume is already attached to instance only waits for the
+// attachment.
 func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, device string) (Volume, error) {
+	v, err := m.StartAttachVolume(ctx, v, instance, az, device)
+	if err != nil {
+		return v, err
+	}
+	return m.waitVolume(ctx, v.ID, "attached to "+instance, func(v Volume) bool {
+		return v.AttachedTo == instance && v.AttachmentState == "attached"
+	})
+}
+
+// StartAttachVolume asks EC2 to attach v, as just described, to instance at device,
+// and returns without waiting for the attachment to complete (WaitAttached waits for
+// it). A volume attached to another instance is first freed from it (freeFromHolder,
+// detachEscalating); one that is not available yet (creating, or detaching from that
+// instance) is waited for. When it had to wait, it calls Recheck before the attach. A
+// volume already attached (or attaching) to instance is left as it is: a concurrent
+// delivery of the same event attached it.
+func (m *Manager) StartAttachVolume(ctx context.Context, v Volume, instance, az, device string) (Volume, error) {
 	if v.AZ != az {
 		return v, fmt.Errorf("%w: volume %s is in %s, instance %s in %s", ErrPermanent, v.ID, v.AZ, instance, az)
 	}
+	waited := false
 	if v.AttachedTo != "" && v.AttachedTo != instance {
 		from := v.AttachedTo
 		st, err := m.freeFromHolder(ctx, "volume "+v.ID, from)
@@ -96,31 +118,57 @@ func (m *Manager) AttachVolume(ctx context.Context, v Volume, instance, az, devi
 		if err != nil {
 			return v, fmt.Errorf("detaching volume %s from %s: %w", v.ID, from, err)
 		}
+		waited = true
 	}
-	// Wait until the volume is free, or until a concurrent delivery of the same event
-	// has attached it to this instance already.
-	v, err := m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" || v.AttachedTo == instance })
-	if err != nil {
-		return v, err
+	if v.AttachedTo == instance {
+		return v, nil
 	}
-	if v.AttachedTo != instance {
-		_, err := m.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Device: &device})
-		if err != nil && !m.volumeOn(ctx, v.ID, instance) {
-			return v, fmt.Errorf("attaching volume %s to %s at %s: %w", v.ID, instance, device, permanentIf(err))
+	if waited || v.State != "available" {
+		// Wait until the volume is free, or until a concurrent delivery of the same
+		// event has attached it to this instance already.
+		var err error
+		v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" || v.AttachedTo == instance })
+		if err != nil || v.AttachedTo == instance {
+			return v, err
 		}
-		m.Log.InfoContext(ctx, "attached slot volume", "volume", v.ID, "to", instance, "device", device)
+		waited = true
 	}
-	return m.waitVolume(ctx, v.ID, "attached to "+instance, func(v Volume) bool {
-		return v.AttachedTo == instance && v.AttachmentState == "attached"
-	})
+	if waited && m.Recheck != nil {
+		if err := m.Recheck(ctx); err != nil {
+			return v, err
+		}
+	}
+	out, err := m.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &v.ID, InstanceId: &instance, Device: &device})
+	if err != nil && !m.volumeOn(ctx, v.ID, instance) {
+		return v, fmt.Errorf("attaching volume %s to %s at %s: %w", v.ID, instance, device, permanentIf(err))
+	}
+	v.AttachedTo, v.Device, v.AttachmentState = instance, device, "attaching"
+	if out != nil && out.State != "" {
+		v.AttachmentState = string(out.State)
+	}
+	m.Log.InfoContext(ctx, "attached slot volume", "volume", v.ID, "to", instance, "device", device)
+	return v, nil
 }
 
 // AttachENI makes e attached to instance at ENIDeviceIndex, first detaching it from any
-// other instance (see detachMode). Repeating it only waits for the attachment.
+// other instance (see StartAttachENI), and waits until the attachment is complete.
+// Repeating it only waits for the attachment.
 func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (ENI, error) {
+	e, err := m.StartAttachENI(ctx, e, instance, az)
+	if err != nil {
+		return e, err
+	}
+	return m.waitENI(ctx, e.ID, "attached to "+instance, func(e ENI) bool {
+		return e.AttachedTo == instance && e.AttachmentStatus == "attached"
+	})
+}
+
+// StartAttachENI is StartAttachVolume for the slot's ENI, at ENIDeviceIndex.
+func (m *Manager) StartAttachENI(ctx context.Context, e ENI, instance, az string) (ENI, error) {
 	if e.AZ != az {
 		return e, fmt.Errorf("%w: ENI %s is in %s, instance %s in %s", ErrPermanent, e.ID, e.AZ, instance, az)
 	}
+	waited := false
 	if e.AttachedTo != "" && e.AttachedTo != instance {
 		from := e.AttachedTo
 		st, err := m.freeFromHolder(ctx, "ENI "+e.ID, from)
@@ -132,22 +180,62 @@ func (m *Manager) AttachENI(ctx context.Context, e ENI, instance, az string) (EN
 		if err != nil {
 			return e, fmt.Errorf("detaching ENI %s from %s: %w", e.ID, from, err)
 		}
+		waited = true
 	}
-	e, err := m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" || e.AttachedTo == instance })
-	if err != nil {
-		return e, err
+	if e.AttachedTo == instance {
+		return e, nil
 	}
-	if e.AttachedTo != instance {
-		_, err := m.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
-			NetworkInterfaceId: &e.ID, InstanceId: &instance, DeviceIndex: aws.Int32(ENIDeviceIndex),
-		})
-		if err != nil && !m.eniOn(ctx, e.ID, instance) {
-			return e, fmt.Errorf("attaching ENI %s to %s at device index %d: %w", e.ID, instance, ENIDeviceIndex, permanentIf(err))
+	if waited || e.Status != "available" {
+		var err error
+		e, err = m.waitENI(ctx, e.ID, "available", func(e ENI) bool { return e.Status == "available" || e.AttachedTo == instance })
+		if err != nil || e.AttachedTo == instance {
+			return e, err
 		}
-		m.Log.InfoContext(ctx, "attached slot ENI", "eni", e.ID, "to", instance, "ip", e.IP)
+		waited = true
 	}
-	return m.waitENI(ctx, e.ID, "attached to "+instance, func(e ENI) bool {
-		return e.AttachedTo == instance && e.AttachmentStatus == "attached"
+	if waited && m.Recheck != nil {
+		if err := m.Recheck(ctx); err != nil {
+			return e, err
+		}
+	}
+	out, err := m.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+		NetworkInterfaceId: &e.ID, InstanceId: &instance, DeviceIndex: aws.Int32(ENIDeviceIndex),
+	})
+	if err != nil && !m.eniOn(ctx, e.ID, instance) {
+		return e, fmt.Errorf("attaching ENI %s to %s at device index %d: %w", e.ID, instance, ENIDeviceIndex, permanentIf(err))
+	}
+	e.AttachedTo, e.AttachmentStatus = instance, "attaching"
+	if out != nil && out.AttachmentId != nil {
+		e.AttachmentID = aws.ToString(out.AttachmentId)
+	}
+	m.Log.InfoContext(ctx, "attached slot ENI", "eni", e.ID, "to", instance, "ip", e.IP)
+	return e, nil
+}
+
+// WaitAttached polls instance, one DescribeInstances per round, until EC2 shows the
+// network interface eniID (unless "") and the volume volumeID (unless "") attached to
+// it: both attachments are waited for together.
+func (m *Manager) WaitAttached(ctx context.Context, instance, eniID, volumeID string) error {
+	what := "the attachment of " + strings.Join(slices.DeleteFunc([]string{eniID, volumeID}, func(s string) bool { return s == "" }), " and ") + " to " + instance
+	return m.wait(ctx, what, func(ctx context.Context) (bool, error) {
+		in, found, err := m.DescribeInstance(ctx, instance)
+		if err != nil {
+			return false, err
+		}
+		if !found {
+			return false, fmt.Errorf("instance %s vanished while %s was waited for", instance, what)
+		}
+		if eniID != "" {
+			if a, ok := in.ENI(eniID); !ok || a.Status != "attached" {
+				return false, nil
+			}
+		}
+		if volumeID != "" {
+			if a, ok := in.Volume(volumeID); !ok || a.Status != "attached" {
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 }
 
@@ -221,6 +309,45 @@ func (m *Manager) DetachFrom(ctx context.Context, l lease.Lease, instance string
 		detached++
 	}
 	return detached, nil
+}
+
+// DetachFromInstance is DetachFrom for an instance that EC2 describes as in (a fresh
+// description): which of the resources lease l records are attached to it, and its
+// state, are read from that description instead of describing each resource, and the
+// two detaches run at the same time, each as DetachFrom's. It reports how many it
+// detached.
+func (m *Manager) DetachFromInstance(ctx context.Context, l lease.Lease, in Instance, mode DetachMode) (int, error) {
+	type job struct {
+		what   string
+		detach func(context.Context, bool) error
+		free   func(context.Context) (bool, error)
+	}
+	var jobs []job
+	if a, ok := in.Volume(l.VolumeID); l.VolumeID != "" && ok && a.Status != "detached" {
+		jobs = append(jobs, job{"volume " + l.VolumeID, m.volumeDetacher(l.VolumeID, in.ID), m.volumeFree(l.VolumeID, "")})
+	}
+	if a, ok := in.ENI(l.ENIID); l.ENIID != "" && ok && a.AttachmentID != "" && a.Status != "detached" {
+		jobs = append(jobs, job{"ENI " + l.ENIID, m.eniDetacher(a.AttachmentID), m.eniFree(l.ENIID, "")})
+	}
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.detachEscalating(ctx, j.what, in.ID, in.State, mode, j.detach, j.free); err != nil {
+				errs[i] = fmt.Errorf("detaching %s from %s: %w", j.what, in.ID, err)
+			}
+		}()
+	}
+	wg.Wait()
+	detached := 0
+	for _, err := range errs {
+		if err == nil {
+			detached++
+		}
+	}
+	return detached, errors.Join(errs...)
 }
 
 // volumeDetacher and eniDetacher detach a resource from an instance, plainly or by

@@ -91,6 +91,11 @@ type Manager struct {
 	// (attach.go); its zero value never forces a detach from an instance that may
 	// still run Kafka.
 	Detach DetachPolicy
+	// Recheck, when set, is called right before an attach that follows a wait inside
+	// the Manager (for the resource to be free, or created): the caller checks there
+	// that it may still attach (the launch re-reads its lease). An error stops the
+	// attach.
+	Recheck func(ctx context.Context) error
 }
 
 // ENI is the part of a network interface slotkeeper looks at.
@@ -488,46 +493,59 @@ func unusableVolume(l lease.Lease, v *Volume, az string) error {
 // another delivery have recorded another one meanwhile, that one is used. Its private
 // IP is fixed for the ENI's life, which is the slot's life.
 func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, record Record) (ENI, bool, error) {
-	s := l.Slot
-	if l.ENIID != "" {
-		e, err := m.RecordedENI(ctx, l)
-		if err != nil {
-			return ENI{}, false, err
-		}
-		if err := unusableENI(l, e, subnet); err != nil {
-			return ENI{}, false, err
-		}
-		return *e, false, nil
-	}
-	e, err := m.unrecordedENI(ctx, s, subnet)
-	if err != nil {
-		return ENI{}, false, err
-	}
-	created := e == nil
-	if created {
-		out, err := m.EC2.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
-			SubnetId:    &subnet,
-			Groups:      m.SGs,
-			Description: aws.String(fmt.Sprintf("slotkeeper %s slot %d", m.Cluster, s)),
-			ClientToken: aws.String(m.clientToken("eni", s, l.Version)),
-			TagSpecifications: []types.TagSpecification{{
-				ResourceType: types.ResourceTypeNetworkInterface, Tags: slotTags(m.Cluster, s),
-			}},
-		})
-		if err != nil {
-			return ENI{}, false, fmt.Errorf("creating ENI of slot %d in %s: %w", s, subnet, permanentIf(err))
-		}
-		n := toENI(*out.NetworkInterface)
-		e = &n
-		m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
+	e, unrecorded, created, err := m.FindENI(ctx, l, subnet)
+	if err != nil || !unrecorded {
+		return e, false, err
 	}
 	if cur, err := record(ctx, e.ID, e.IP); errors.Is(err, lease.ErrRecordConflict) && cur.ENIID != "" {
-		m.Log.InfoContext(ctx, "another delivery recorded the slot's ENI first: using it", "slot", s, "recorded", cur.ENIID, "found", e.ID)
+		m.Log.InfoContext(ctx, "another delivery recorded the slot's ENI first: using it", "slot", l.Slot, "recorded", cur.ENIID, "found", e.ID)
 		return m.EnsureENI(ctx, cur, subnet, record)
 	} else if err != nil {
 		return ENI{}, false, err
 	}
-	return *e, created, nil
+	return e, created, nil
+}
+
+// FindENI returns the slot's ENI without recording it: the one l records (described by
+// id, its tags cross-checked, refused unless it is in subnet; unrecorded is false);
+// else, on the slot's first use, one created for it whose record a crash interrupted
+// (found by its tags, in subnet and free), else a new one in subnet (created true): for
+// these unrecorded is true, and the caller records the id (lease.Store.RecordIDs)
+// before it attaches the ENI.
+func (m *Manager) FindENI(ctx context.Context, l lease.Lease, subnet string) (e ENI, unrecorded, created bool, err error) {
+	s := l.Slot
+	if l.ENIID != "" {
+		e, err := m.RecordedENI(ctx, l)
+		if err != nil {
+			return ENI{}, false, false, err
+		}
+		if err := unusableENI(l, e, subnet); err != nil {
+			return ENI{}, false, false, err
+		}
+		return *e, false, false, nil
+	}
+	found, err := m.unrecordedENI(ctx, s, subnet)
+	if err != nil {
+		return ENI{}, false, false, err
+	}
+	if found != nil {
+		return *found, true, false, nil
+	}
+	out, err := m.EC2.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
+		SubnetId:    &subnet,
+		Groups:      m.SGs,
+		Description: aws.String(fmt.Sprintf("slotkeeper %s slot %d", m.Cluster, s)),
+		ClientToken: aws.String(m.clientToken("eni", s, l.Version)),
+		TagSpecifications: []types.TagSpecification{{
+			ResourceType: types.ResourceTypeNetworkInterface, Tags: slotTags(m.Cluster, s),
+		}},
+	})
+	if err != nil {
+		return ENI{}, false, false, fmt.Errorf("creating ENI of slot %d in %s: %w", s, subnet, permanentIf(err))
+	}
+	e = toENI(*out.NetworkInterface)
+	m.Log.InfoContext(ctx, "created slot ENI", "slot", s, "eni", e.ID, "ip", e.IP, "subnet", subnet)
+	return e, true, true, nil
 }
 
 // EnsureVolume returns the slot's data volume: the one l records (described by id,
@@ -539,39 +557,59 @@ func (m *Manager) EnsureENI(ctx context.Context, l lease.Lease, subnet string, r
 // have recorded another one meanwhile, that one is used.
 //
 // A volume still marked TagNeverFormatted for an earlier claim is settled for this
-// one (settleMark) before it is returned: a tag call, only then.
+// one (SettleMark) before it is returned: a tag call, only then.
 func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, record Record) (Volume, bool, error) {
+	v, unrecorded, created, err := m.FindVolume(ctx, l, az)
+	if err != nil || !unrecorded {
+		return v, false, err
+	}
+	cur, err := record(ctx, v.ID, "")
+	if errors.Is(err, lease.ErrRecordConflict) && cur.VolumeID != "" {
+		m.Log.InfoContext(ctx, "another delivery recorded the slot's volume first: using it", "slot", l.Slot, "recorded", cur.VolumeID, "found", v.ID)
+		return m.EnsureVolume(ctx, cur, az, record)
+	}
+	if err != nil {
+		return Volume{}, false, err
+	}
+	if err := m.SettleMark(ctx, cur, &v); err != nil {
+		return Volume{}, false, err
+	}
+	if created {
+		v, err = m.waitVolume(ctx, v.ID, "available", func(v Volume) bool { return v.State == "available" })
+	}
+	return v, created, err
+}
+
+// FindVolume returns the slot's data volume without recording it: the one l records
+// (described by id, its tags cross-checked, refused unless it is in az; a mark of an
+// earlier claim settled, see SettleMark; unrecorded is false); else, on the slot's
+// first use, a never-formatted one created for it whose record a crash interrupted
+// (see unrecordedVolume), else a new one in az, tagged TagNeverFormatted with l's
+// version (created true). For these unrecorded is true: the caller records the id
+// (lease.Store.RecordIDs), then settles the mark of a found one with the lease as
+// recorded (SettleMark), before it attaches the volume. A created volume may still be
+// "creating" (StartAttachVolume waits for it).
+func (m *Manager) FindVolume(ctx context.Context, l lease.Lease, az string) (v Volume, unrecorded, created bool, err error) {
 	s := l.Slot
 	if l.VolumeID != "" {
 		v, err := m.RecordedVolume(ctx, l)
 		if err != nil {
-			return Volume{}, false, err
+			return Volume{}, false, false, err
 		}
 		if err := unusableVolume(l, v, az); err != nil {
-			return Volume{}, false, err
+			return Volume{}, false, false, err
 		}
-		if err := m.settleMark(ctx, l, v); err != nil {
-			return Volume{}, false, err
+		if err := m.SettleMark(ctx, l, v); err != nil {
+			return Volume{}, false, false, err
 		}
-		return *v, false, nil
+		return *v, false, false, nil
 	}
-	v, err := m.unrecordedVolume(ctx, l, az)
+	found, err := m.unrecordedVolume(ctx, l, az)
 	if err != nil {
-		return Volume{}, false, err
+		return Volume{}, false, false, err
 	}
-	if v != nil {
-		cur, err := record(ctx, v.ID, "")
-		if errors.Is(err, lease.ErrRecordConflict) && cur.VolumeID != "" {
-			m.Log.InfoContext(ctx, "another delivery recorded the slot's volume first: using it", "slot", s, "recorded", cur.VolumeID, "found", v.ID)
-			return m.EnsureVolume(ctx, cur, az, record)
-		}
-		if err != nil {
-			return Volume{}, false, err
-		}
-		if err := m.settleMark(ctx, cur, v); err != nil {
-			return Volume{}, false, err
-		}
-		return *v, false, nil
+	if found != nil {
+		return *found, true, false, nil
 	}
 	tags := append(slotTags(m.Cluster, s), types.Tag{Key: aws.String(TagNeverFormatted), Value: aws.String(strconv.FormatInt(l.Version, 10))})
 	in := &ec2.CreateVolumeInput{
@@ -595,22 +633,20 @@ func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, re
 	}
 	out, err := m.EC2.CreateVolume(ctx, in)
 	if err != nil {
-		return Volume{}, false, fmt.Errorf("creating volume of slot %d in %s: %w", s, az, permanentIf(err))
+		return Volume{}, false, false, fmt.Errorf("creating volume of slot %d in %s: %w", s, az, permanentIf(err))
 	}
-	id := aws.ToString(out.VolumeId)
-	m.Log.InfoContext(ctx, "created slot volume", "slot", s, "volume", id, "az", az, "size_gib", m.Volume.SizeGiB)
-	if cur, err := record(ctx, id, ""); errors.Is(err, lease.ErrRecordConflict) && cur.VolumeID != "" {
-		m.Log.InfoContext(ctx, "another delivery recorded the slot's volume first: using it; the one created here is an orphan",
-			"slot", s, "recorded", cur.VolumeID, "created", id)
-		return m.EnsureVolume(ctx, cur, az, record)
-	} else if err != nil {
-		return Volume{}, false, err
+	v = Volume{
+		ID: aws.ToString(out.VolumeId), AZ: aws.ToString(out.AvailabilityZone), State: string(out.State), Type: string(out.VolumeType),
+		SizeGiB: aws.ToInt32(out.Size), SnapshotID: aws.ToString(out.SnapshotId), Tags: tagMap(out.Tags),
 	}
-	vol, err := m.waitVolume(ctx, id, "available", func(v Volume) bool { return v.State == "available" })
-	return vol, true, err
+	if v.AZ == "" {
+		v.AZ = az
+	}
+	m.Log.InfoContext(ctx, "created slot volume", "slot", s, "volume", v.ID, "az", az, "size_gib", m.Volume.SizeGiB, "state", v.State)
+	return v, true, true, nil
 }
 
-// settleMark makes the TagNeverFormatted mark of v, the volume lease l records, safe
+// SettleMark makes the TagNeverFormatted mark of v, the volume lease l records, safe
 // for l's claim. The broker user data formats a blank device only when the mark is
 // its own claim's version, so a mark left from an earlier claim must not survive a
 // use of the volume: by an instance whose user data never cleared the mark (an older
@@ -622,7 +658,7 @@ func (m *Manager) EnsureVolume(ctx context.Context, l lease.Lease, az string, re
 // bound since the claim that recorded the volume (lease.UnboundSince: no broker ever
 // used it); otherwise it is removed, and a blank device of the volume is then refused
 // rather than formatted.
-func (m *Manager) settleMark(ctx context.Context, l lease.Lease, v *Volume) error {
+func (m *Manager) SettleMark(ctx context.Context, l lease.Lease, v *Volume) error {
 	mark, ok := v.Tags[TagNeverFormatted]
 	want := strconv.FormatInt(l.Version, 10)
 	if !ok || mark == want {
@@ -672,6 +708,69 @@ func (m *Manager) InstanceStates(ctx context.Context, ids []string) (map[string]
 type Instance struct {
 	ID, AZ, SubnetID, State, PrivateIP string
 	Tags                               map[string]string
+	// Volumes are the EBS volumes EC2 shows attached (or attaching, detaching) to
+	// the instance, and ENIs its network interfaces, with their attachment status.
+	Volumes []InstanceVolume
+	ENIs    []InstanceENI
+}
+
+// InstanceVolume is a volume as its instance's description shows it.
+type InstanceVolume struct {
+	ID, Device string
+	Status     string // attaching, attached, detaching, detached
+}
+
+// InstanceENI is a network interface as its instance's description shows it.
+type InstanceENI struct {
+	ID, AttachmentID string
+	DeviceIndex      int32
+	Status           string // attaching, attached, detaching, detached
+}
+
+// Volume returns the instance's attachment of volume id, if EC2 shows one.
+func (in Instance) Volume(id string) (InstanceVolume, bool) {
+	for _, v := range in.Volumes {
+		if v.ID == id {
+			return v, true
+		}
+	}
+	return InstanceVolume{}, false
+}
+
+// ENI returns the instance's attachment of network interface id, if EC2 shows one.
+func (in Instance) ENI(id string) (InstanceENI, bool) {
+	for _, e := range in.ENIs {
+		if e.ID == id {
+			return e, true
+		}
+	}
+	return InstanceENI{}, false
+}
+
+func toInstance(i types.Instance) Instance {
+	in := Instance{
+		ID: aws.ToString(i.InstanceId), SubnetID: aws.ToString(i.SubnetId),
+		PrivateIP: aws.ToString(i.PrivateIpAddress), Tags: tagMap(i.Tags),
+	}
+	if i.Placement != nil {
+		in.AZ = aws.ToString(i.Placement.AvailabilityZone)
+	}
+	if i.State != nil {
+		in.State = string(i.State.Name)
+	}
+	for _, b := range i.BlockDeviceMappings {
+		if b.Ebs != nil {
+			in.Volumes = append(in.Volumes, InstanceVolume{ID: aws.ToString(b.Ebs.VolumeId), Device: aws.ToString(b.DeviceName), Status: string(b.Ebs.Status)})
+		}
+	}
+	for _, n := range i.NetworkInterfaces {
+		e := InstanceENI{ID: aws.ToString(n.NetworkInterfaceId)}
+		if a := n.Attachment; a != nil {
+			e.AttachmentID, e.DeviceIndex, e.Status = aws.ToString(a.AttachmentId), aws.ToInt32(a.DeviceIndex), string(a.Status)
+		}
+		in.ENIs = append(in.ENIs, e)
+	}
+	return in
 }
 
 // DescribeInstance returns one instance; found is false when EC2 does not know it.
@@ -686,21 +785,34 @@ func (m *Manager) DescribeInstance(ctx context.Context, id string) (in Instance,
 	if len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
 		return Instance{}, false, nil
 	}
-	i := out.Reservations[0].Instances[0]
-	in = Instance{
-		ID: aws.ToString(i.InstanceId), SubnetID: aws.ToString(i.SubnetId),
-		PrivateIP: aws.ToString(i.PrivateIpAddress), Tags: map[string]string{},
+	return toInstance(out.Reservations[0].Instances[0]), true, nil
+}
+
+// DescribeWith describes instance id and, in the same request, the instances others
+// (the holders of a cluster's leases, say): one read serves the launch's own
+// description and the claim's view of who still runs. found is false when EC2 does
+// not know id; states has the EC2 state of every instance of others that EC2 knows
+// (the unknown ones are absent: slot.Gone). Requests carry at most MaxFilterValues
+// ids (EachInstance).
+func (m *Manager) DescribeWith(ctx context.Context, id string, others []string) (in Instance, found bool, states map[string]string, err error) {
+	states = make(map[string]string, len(others))
+	other := make(map[string]bool, len(others))
+	for _, o := range others {
+		other[o] = true
 	}
-	if i.Placement != nil {
-		in.AZ = aws.ToString(i.Placement.AvailabilityZone)
+	err = EachInstance(ctx, m.EC2, append([]string{id}, others...), func(i types.Instance) {
+		got := toInstance(i)
+		if got.ID == id {
+			in, found = got, true
+		}
+		if other[got.ID] {
+			states[got.ID] = got.State
+		}
+	})
+	if err != nil {
+		return Instance{}, false, nil, err
 	}
-	if i.State != nil {
-		in.State = string(i.State.Name)
-	}
-	for _, t := range i.Tags {
-		in.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return in, true, nil
+	return in, found, states, nil
 }
 
 // SubnetAZs returns the AZ of each subnet.
@@ -721,18 +833,33 @@ func (m *Manager) SubnetAZs(ctx context.Context, subnets []string) (map[string]s
 	return azs, nil
 }
 
-// TagInstance gives instance its slot identity. CreateTags is idempotent.
+// IdentityTags are the tags that give an instance its slot identity: cluster, slot,
+// node id and the lease version of its claim.
+func IdentityTags(cluster string, s, nodeID int, version int64) map[string]string {
+	return map[string]string{
+		TagCluster: cluster, TagSlot: strconv.Itoa(s), TagNodeID: strconv.Itoa(nodeID), TagLease: strconv.FormatInt(version, 10),
+	}
+}
+
+// HasTags reports whether tags carries every key of want with its value.
+func HasTags(tags, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := tags[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TagInstance gives instance its slot identity (IdentityTags). CreateTags is
+// idempotent.
 func (m *Manager) TagInstance(ctx context.Context, id string, s, nodeID int, version int64) error {
-	_, err := m.EC2.CreateTags(ctx, &ec2.CreateTagsInput{
-		Resources: []string{id},
-		Tags: []types.Tag{
-			{Key: aws.String(TagCluster), Value: aws.String(m.Cluster)},
-			{Key: aws.String(TagSlot), Value: aws.String(strconv.Itoa(s))},
-			{Key: aws.String(TagNodeID), Value: aws.String(strconv.Itoa(nodeID))},
-			{Key: aws.String(TagLease), Value: aws.String(strconv.FormatInt(version, 10))},
-		},
-	})
-	if err != nil {
+	want := IdentityTags(m.Cluster, s, nodeID, version)
+	var tags []types.Tag
+	for _, k := range []string{TagCluster, TagSlot, TagNodeID, TagLease} {
+		tags = append(tags, types.Tag{Key: aws.String(k), Value: aws.String(want[k])})
+	}
+	if _, err := m.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{id}, Tags: tags}); err != nil {
 		return fmt.Errorf("tagging instance %s as slot %d: %w", id, s, err)
 	}
 	return nil

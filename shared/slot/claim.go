@@ -27,6 +27,29 @@ type Claimer struct {
 	// Rounds bounds how often the leases are re-read after a write was lost to a
 	// concurrent claimer; one more than the AZ's slot count when zero.
 	Rounds int
+	// First, when set, is the first round's read, made by the caller just before
+	// (the launch reads the leases and describes the holders together with its own
+	// instance): the first round does not read again. It is used once.
+	First *Read
+}
+
+// Read is one round's view: the cluster's leases and the EC2 state of their holders
+// (an instance EC2 does not know is absent: Gone).
+type Read struct {
+	Leases []lease.Lease
+	States map[string]string
+}
+
+// Holders returns the instances that hold the leases of list, other than instance,
+// each once: whose EC2 state a claim needs.
+func Holders(list []lease.Lease, instance string) []string {
+	var holders []string
+	for _, l := range list {
+		if l.State != lease.Free && l.Holder != instance && !slices.Contains(holders, l.Holder) {
+			holders = append(holders, l.Holder)
+		}
+	}
+	return holders
 }
 
 // Claimed is the outcome of a successful Claim.
@@ -64,13 +87,16 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		if err != nil {
 			return Claimed{}, err
 		}
-		var peers []string
-		if c.Peers != nil {
-			if peers, err = c.Peers(ctx, az); err != nil {
+		d := Decide(instance, azSlots, leases, states, nil, order)
+		if c.Peers != nil && d.Held == nil && len(d.Candidates) > 1 {
+			// The peers decide which of several claimable slots to try first; with one
+			// (or none) they change nothing, and are not asked for.
+			peers, err := c.Peers(ctx, az)
+			if err != nil {
 				return Claimed{}, fmt.Errorf("listing the group's instances in %s: %w", az, err)
 			}
+			d = Decide(instance, azSlots, leases, states, peers, order)
 		}
-		d := Decide(instance, azSlots, leases, states, peers, order)
 		if d.Held != nil {
 			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
 		}
@@ -119,22 +145,27 @@ func taken(azSlots []int, leases map[int]lease.Lease, states map[string]string) 
 	return out
 }
 
-// read returns the cluster's leases by slot and the EC2 state of their holders.
+// read returns the cluster's leases by slot and the EC2 state of their holders: First
+// the first time, if set.
 func (c *Claimer) read(ctx context.Context, instance string) (map[int]lease.Lease, map[string]string, error) {
+	if r := c.First; r != nil {
+		c.First = nil
+		leases := make(map[int]lease.Lease, len(r.Leases))
+		for _, l := range r.Leases {
+			leases[l.Slot] = l
+		}
+		return leases, r.States, nil
+	}
 	list, err := c.Store.List(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	leases := make(map[int]lease.Lease, len(list))
-	var holders []string
 	for _, l := range list {
 		leases[l.Slot] = l
-		if l.State != lease.Free && l.Holder != instance && !slices.Contains(holders, l.Holder) {
-			holders = append(holders, l.Holder)
-		}
 	}
 	states := map[string]string{}
-	if len(holders) > 0 {
+	if holders := Holders(list, instance); len(holders) > 0 {
 		if states, err = c.States(ctx, holders); err != nil {
 			return nil, nil, fmt.Errorf("describing lease holders: %w", err)
 		}
@@ -142,9 +173,11 @@ func (c *Claimer) read(ctx context.Context, instance string) (map[int]lease.Leas
 	return leases, states, nil
 }
 
-// dedupe handles a duplicate delivery racing with itself: if instance now holds more
-// than one slot, it keeps the bound one (else the lowest) and releases the other claims.
-// Both racers compute the same answer, so they converge.
+// dedupe reads the leases right after instance claimed mine, and returns the lease
+// instance holds as read (ErrFenced when it holds none any more). It handles a
+// duplicate delivery racing with itself: if instance now holds more than one slot, it
+// keeps the bound one (else the lowest) and releases the other claims. Both racers
+// compute the same answer, so they converge.
 func (c *Claimer) dedupe(ctx context.Context, instance string, mine lease.Lease) (lease.Lease, error) {
 	list, err := c.Store.List(ctx)
 	if err != nil {
@@ -156,8 +189,15 @@ func (c *Claimer) dedupe(ctx context.Context, instance string, mine lease.Lease)
 			held = append(held, l)
 		}
 	}
-	if len(held) <= 1 {
-		return mine, nil
+	switch len(held) {
+	case 0:
+		// The claim just written is no longer this instance's: nothing may be created
+		// or attached for it.
+		return lease.Lease{}, fmt.Errorf("slot %d, claimed by %s at version %d, is no longer held by it: %w", mine.Slot, instance, mine.Version, lease.ErrFenced)
+	case 1:
+		// The lease as this consistent read found it: the caller's check that it is
+		// still this instance's claim, right before its first create or attach.
+		return held[0], nil
 	}
 	keep := held[0]
 	for _, l := range held {

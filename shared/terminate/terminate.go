@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -193,7 +194,8 @@ type invocation struct {
 	res          *resources.Manager
 	actions      *lifecycle.Actions
 	invocationID string
-	forcedDetach bool
+	forcedDetach atomic.Bool
+	instance     resources.Instance // as classify described it
 	// started is when the invocation started; deadline its deadline (zero: none).
 	started, deadline time.Time
 	// tokMu orders this invocation's writes to the removal token (the stamp's
@@ -370,9 +372,21 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 			mode, inv.res.Detach.ForceAfter = resources.PlainThenForce, inv.Poll.Timeout
 		}
 		err = inv.o.Step(ctx, "detach", func(ctx context.Context) error {
-			n, err := inv.res.DetachFrom(ctx, *l, id, mode)
+			// One fresh description of the instance says what of the slot's is still
+			// attached to it and in which state it is; the volume and the ENI are then
+			// detached at the same time.
+			in, found, err := inv.res.DescribeInstance(ctx, id)
+			if err != nil {
+				return err
+			}
+			var n int
+			if found {
+				n, err = inv.res.DetachFromInstance(ctx, *l, in, mode)
+			} else {
+				n, err = inv.res.DetachFrom(ctx, *l, id, mode)
+			}
 			res.Detached = n
-			inv.o.Log.InfoContext(ctx, "detached slot resources", "detached", n, "forced", inv.forcedDetach)
+			inv.o.Log.InfoContext(ctx, "detached slot resources", "detached", n, "forced", inv.forcedDetach.Load())
 			return err
 		})
 		if err != nil {
@@ -536,7 +550,7 @@ func (inv *invocation) removalSafe(ctx context.Context, broker int32) (verdict, 
 
 // forced is the detach policy's report of a detach forced past its bound.
 func (inv *invocation) forced(ctx context.Context, what, instance, state string, waited time.Duration) {
-	inv.forcedDetach = true
+	inv.forcedDetach.Store(true)
 	inv.o.Metrics.Count("ForcedDetaches", 1)
 	msg := fmt.Sprintf("the plain detach of %s from %s (%s) did not finish in %s; it was forced although the instance may still run Kafka",
 		what, instance, state, waited.Round(time.Second))
@@ -603,16 +617,14 @@ func (inv *invocation) stopAndUnmount(ctx context.Context, l lease.Lease, broker
 	id := l.Holder
 	var ok bool
 	err := inv.o.Step(ctx, "stop-and-unmount", func(ctx context.Context) error {
+		// The instance's description (classify) says whether, and at which device,
+		// the volume the lease records is attached to it.
 		var volume, device string
 		if l.VolumeID != "" {
-			v, err := inv.res.VolumeByID(ctx, l.VolumeID)
-			if err != nil {
-				return err
-			}
-			if v != nil && v.AttachedTo == id {
-				volume = v.ID
-				if attachedDevice.MatchString(v.Device) {
-					device = v.Device
+			if a, ok := inv.instance.Volume(l.VolumeID); ok && inv.instance.ID == id && a.Status != "detached" {
+				volume = l.VolumeID
+				if attachedDevice.MatchString(a.Device) {
+					device = a.Device
 				}
 			} else {
 				inv.o.Log.InfoContext(ctx, "the slot's volume is not attached to the instance; the command checks the data mount only", "volume", l.VolumeID)
@@ -683,7 +695,7 @@ func (inv *invocation) classify(ctx context.Context, id string) (planned bool, s
 	}
 	state = slot.Gone
 	if found {
-		state = in.State
+		state, inv.instance = in.State, in
 	}
 	var health, cause string
 	out, err := inv.asg.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{id}})

@@ -8,13 +8,16 @@
 // AWS_ENDPOINT_URL in Env); set-up and assertions talk to moto directly (e.MotoURL,
 // via DirectConfig) so they are neither counted nor faulted. The proxy:
 //
-//   - counts every AWS call by action name (Calls, CallCounts, MutatingCalls);
+//   - counts every AWS call by action name (Calls, CallCounts, MutatingCalls,
+//     Sequence);
 //   - injects faults into chosen calls: throttling, 5xx, latency, or a "crash"
 //     after a call took effect (Inject);
 //   - answers the two Auto Scaling calls moto lacks, CompleteLifecycleAction
 //     and RecordLifecycleActionHeartbeat, and records them (Completions,
 //     Heartbeats), and DescribeInstanceRefreshes (refresh.go);
 //   - emulates EC2's ClientToken idempotency (idempotency.go);
+//   - checks Route 53 change batches against the records as they are, as Route 53
+//     does, which moto does not (route53.go);
 //   - models, where asked, the windows moto skips: an instance shutting down, a
 //     plain volume detach the OS has not released yet, an instance of a group in
 //     Terminating:Wait, an expired lifecycle action (windows.go);
@@ -97,11 +100,13 @@ type Emulator struct {
 
 	mu        sync.Mutex
 	counts    map[string]int
+	sequence  []string                    // every action since ResetCounts, in order
 	tokens    map[string]*idempotentEntry // EC2 ClientToken emulation (idempotency.go)
 	forbidden []string                    // forbidden calls received (never reset)
 	bodies    map[string][][]byte         // request bodies of mutating calls, by action
 
 	dynamoWrites sync.Mutex // serialises DynamoDB writes (see serveHTTP)
+	route53Mu    sync.Mutex // serialises Route 53 change batches (route53.go)
 	mutating     []string
 	faults       []*faultState
 	lifecycle    map[lifecycleKey]bool // true once the lifecycle action was completed

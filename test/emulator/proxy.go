@@ -87,6 +87,10 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			base(w, r)
 		}
 	}
+	if c.protocol == protocolRESTXML && c.action == "ChangeResourceRecordSets" {
+		base := next
+		next = func(w http.ResponseWriter, r *http.Request) { e.route53Change(w, r, c, body, base) }
+	}
 	if token := c.form.Get("ClientToken"); c.protocol == protocolQuery && c.service == "ec2" && token != "" {
 		base := next
 		next = func(w http.ResponseWriter, r *http.Request) { e.idempotent(w, r, c.action+"/"+token, base) }
@@ -128,6 +132,7 @@ func (e *Emulator) record(action string, body []byte) (Fault, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.counts[action]++
+	e.sequence = append(e.sequence, action)
 	if isMutating(action) {
 		if e.bodies == nil {
 			e.bodies = map[string][][]byte{}
@@ -274,12 +279,21 @@ func (e *Emulator) MutatingCalls() []string {
 	return append([]string(nil), e.mutating...)
 }
 
-// ResetCounts forgets all counted calls (Calls, CallCounts, MutatingCalls). Faults,
-// lifecycle state and recorded lifecycle calls are kept.
+// Sequence returns every action the proxy received since the last ResetCounts, in
+// arrival order, faulted ones and retries included.
+func (e *Emulator) Sequence() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.sequence...)
+}
+
+// ResetCounts forgets all counted calls (Calls, CallCounts, MutatingCalls, Sequence,
+// Bodies). Faults, lifecycle state and recorded lifecycle calls are kept.
 func (e *Emulator) ResetCounts() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.counts = map[string]int{}
+	e.sequence = nil
 	e.mutating = nil
 	e.bodies = nil
 }
