@@ -317,14 +317,14 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 		return rep, Refused("check SLOTKEEPER_ASG_NAME and the region", "group %s does not exist", cfg.ASGName)
 	}
 	cctx, cancel := context.WithTimeout(ctx, opt.CallTimeout)
-	_, term, err := Hooks(cctx, c, cfg.ASGName)
+	_, term, err := Hooks(cctx, c, cfg)
 	cancel()
 	if err != nil {
 		return rep, awsError(err, "")
 	}
 	if term == nil {
 		return rep, Refused("run 'slotctl preflight': the group needs the terminate lifecycle hook",
-			"group %s has no terminate lifecycle hook: brokers would leave without the safety wait and the controlled shutdown", cfg.ASGName)
+			"group %s has no terminate lifecycle hook named %s (SLOTKEEPER_TERMINATE_HOOK): brokers would leave without the safety wait and the controlled shutdown", cfg.ASGName, cfg.TerminateHook)
 	}
 	rep = RollReport{Cluster: cfg.Cluster, Group: cfg.ASGName, DryRun: opt.DryRun, Plan: []RollSlot{}, Steps: []RollStep{}, Log: []string{}}
 	r.rep = &rep
