@@ -73,6 +73,13 @@ type rollRig struct {
 
 func newRollRig(t *testing.T, cluster string) *rollRig {
 	t.Helper()
+	return newRollRigSlots(t, cluster, 0)
+}
+
+// newRollRigSlots is newRollRig with a slot count of slots (0: the fixture's; above
+// it, the slots past the three brokers' are spare and free).
+func newRollRigSlots(t *testing.T, cluster string, slots int) *rollRig {
+	t.Helper()
 	h := harness.Start(t)
 	rig := &rollRig{t: t, h: h, node: map[string]int32{}, caughtUp: map[int32][]time.Time{}, stopped: map[int32][]time.Time{}, lagLooks: 4}
 	// moto runs no command: the proxy tells the Kafka model of each stop command.
@@ -82,6 +89,14 @@ func newRollRig(t *testing.T, cluster string) *rollRig {
 	}})
 	rig.f = newFixture(t, h, cluster)
 	rig.st = rig.f.st
+	if slots > 0 {
+		rig.st.Config.SlotCount = slots
+		rig.st.Vars["SLOT_COUNT"] = fmt.Sprint(slots)
+		if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(context.Background(), &autoscaling.UpdateAutoScalingGroupInput{
+			AutoScalingGroupName: aws.String(rig.st.Config.ASGName), MaxSize: aws.Int32(int32(slots))}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	join(t, rig.st, rig.f.ids...)
 	for i, id := range rig.f.ids {
 		rig.node[id] = int32(i)
@@ -498,4 +513,36 @@ func TestRoll(t *testing.T) {
 			float64(st.InSyncAtMS)/1000, st.Waits, st.SyncWaits)
 	}
 	t.Logf("3 brokers rolled in %s (killed mid-step, once slot 1's replacement was launching; resumed)", elapsed.Round(100*time.Millisecond))
+}
+
+// slotctl roll in a cluster with a spare (never used) slot in the evicted holder's
+// AZ: the replacement takes over the evicted broker's slot (same node id, same
+// volume), not the spare one, and the roll goes on; the spare slot stays free.
+func TestRollWithSpareSlot(t *testing.T) {
+	rig := newRollRigSlots(t, "rs", 6) // slot 5 shares slot 2's AZ
+	ctx := context.Background()
+	before, err := rig.f.store.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rig.roll(ctx, "--launched-before", "now", "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	rep := decode[slotctl.RollReport](t, r)
+	l2, err := rig.f.store.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l5, err := rig.f.store.Get(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("roll exit %d (%s); slot 2: %s by %s → %s by %s, volume %s → %s; slot 5: %s (version %d)",
+		r.code, rep.Error, before.State, before.Holder, l2.State, l2.Holder, before.VolumeID, l2.VolumeID, l5.State, l5.Version)
+	if r.code != slotctl.ExitOK || l2.State != lease.Bound || l2.Holder == before.Holder || l2.VolumeID != before.VolumeID {
+		t.Errorf("roll exit %d: slot 2 is %s by %s with volume %s; want bound to a new holder with volume %s\n%s",
+			r.code, l2.State, l2.Holder, l2.VolumeID, before.VolumeID, r.stderr)
+	}
+	if l5.State != lease.Free || l5.Version != 0 {
+		t.Errorf("spare slot 5 is %s at version %d: the replacement took it", l5.State, l5.Version)
+	}
 }
