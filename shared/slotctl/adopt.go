@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -47,6 +50,13 @@ It checks, and refuses (exit code 4, nothing changed) with the reason otherwise:
     non-root volume (two or more: give --volume); not the root volume, not tagged for
     another cluster or slot, no other volume tagged for the slot, and no slotkeeper mark
     saying it was never formatted (it holds the broker's data);
+  - Kafka's metadata (a fresh request through SLOTKEEPER_KAFKA_BOOTSTRAP) lists node
+    NODE_ID_BASE + slot at an address of the instance (a private IP of one of its network
+    interfaces, its private DNS name, or a name resolving to one of its IPs): refused when
+    the broker there is another node, when the node is elsewhere or not registered, and
+    when no Kafka bootstrap is configured; when Kafka does not answer, exit code 3.
+    --no-kafka-check skips this check (for a Kafka adopt cannot reach: check node.id in
+    the broker's server.properties yourself);
   - with SLOTKEEPER_ENI=true the ENI: --eni-id, else the only secondary ENI (device index 1
     or more; the primary ENI cannot move), its private IP becoming the slot's address;
     with SLOTKEEPER_ENI=false the slot's address is the holder's primary IP.
@@ -73,6 +83,7 @@ nothing.`,
 			fs.StringVar(&opt.Volume, "volume", "", "the broker's data volume (default: the one at SLOTKEEPER_VOLUME_DEVICE, else the only non-root one)")
 			fs.StringVar(&opt.ENI, "eni-id", "", "with SLOTKEEPER_ENI=true: the broker's secondary ENI (default: the only one; --eni is SLOTKEEPER_ENI itself)")
 			fs.BoolVar(&opt.Yes, "yes", false, "really adopt (without it, only show the plan)")
+			fs.BoolVar(&opt.NoKafkaCheck, "no-kafka-check", false, "adopt without checking in Kafka's metadata that the instance's broker is node NODE_ID_BASE + slot (when Kafka cannot be reached; check node.id yourself)")
 		},
 		Run: func(ctx context.Context, r *Run) error { return runAdopt(ctx, r, opt) },
 	}
@@ -80,9 +91,10 @@ nothing.`,
 
 // AdoptOptions are adopt's flags.
 type AdoptOptions struct {
-	Slot        int
-	Volume, ENI string
-	Yes         bool
+	Slot         int
+	Volume, ENI  string
+	Yes          bool
+	NoKafkaCheck bool
 }
 
 // Adoption is what adopt found, planned and did.
@@ -96,6 +108,10 @@ type Adoption struct {
 	Device   string `json:"device"`
 	ENI      string `json:"eni,omitempty"`
 	IP       string `json:"ip"`
+	// KafkaVerified is true when Kafka's metadata listed node NodeID at one of the
+	// instance's addresses (KafkaAddress); false with --no-kafka-check.
+	KafkaVerified bool   `json:"kafka_verified"`
+	KafkaAddress  string `json:"kafka_address,omitempty"`
 	// LeaseVersion is the slot's lease version once claimed (0 before).
 	LeaseVersion int64 `json:"lease_version,omitempty"`
 	// Plan lists the changes --yes makes (made, once Done), in order; empty when there is
@@ -166,6 +182,11 @@ func runAdopt(ctx context.Context, r *Run, opt AdoptOptions) error {
 		o.Printf(" · ENI %s", a.doc.ENI)
 	}
 	o.Printf(" · IP %s\n", a.doc.IP)
+	if a.doc.KafkaVerified {
+		o.Printf("Kafka lists node %d at %s, an address of %s\n", a.doc.NodeID, a.doc.KafkaAddress, id)
+	} else {
+		o.Printf("%s that the broker on %s is node %d was NOT checked in Kafka (--no-kafka-check)\n", o.Paint("warning:", Warn), id, a.doc.NodeID)
+	}
 	if !opt.Yes {
 		a.doc.DryRun = true
 		if len(a.doc.Plan) == 0 {
@@ -293,9 +314,85 @@ func (a *adoption) check(ctx context.Context, opt AdoptOptions) error {
 			s, id, a.cur.VolumeID, a.cur.ENIID, a.doc.Volume, a.doc.ENI)
 	}
 	a.doc.LeaseVersion = a.cur.Version
+	if err := a.checkKafka(ctx, opt.NoKafkaCheck); err != nil {
+		return err
+	}
 	a.instTags = !hasTags(a.inst.Tags, map[string]string{resources.TagCluster: cfg.Cluster, resources.TagSlot: strconv.Itoa(s),
 		resources.TagNodeID: strconv.Itoa(a.doc.NodeID)}) || (a.cur.State != lease.Free && tagValue(a.inst.Tags, resources.TagLease) != strconv.FormatInt(a.cur.Version, 10))
 	return nil
+}
+
+// checkKafka refuses unless Kafka's metadata lists node NodeID (NODE_ID_BASE + slot)
+// at one of the instance's addresses (a private IP of any of its network interfaces,
+// its private DNS name, or a name that resolves to one of its IPs): adopting another
+// broker's instance into the slot would give the slot's identity to the wrong node.
+// Without SLOTKEEPER_KAFKA_BOOTSTRAP it refuses (exit 4); when Kafka does not answer it
+// fails (exit 3); --no-kafka-check skips the check.
+func (a *adoption) checkKafka(ctx context.Context, skip bool) error {
+	d := &a.doc
+	if skip {
+		return nil
+	}
+	k, err := a.c.Kafka()
+	if err != nil {
+		return err
+	}
+	noCheck := fmt.Sprintf("set SLOTKEEPER_KAFKA_BOOTSTRAP (or --kafka-bootstrap) so that adopt can check it; or, having checked node.id=%d in the broker's server.properties yourself, add --no-kafka-check", d.NodeID)
+	if k == nil {
+		return Refused(noCheck, "cannot check that the broker on %s is node %d: no Kafka bootstrap configured", d.Instance, d.NodeID)
+	}
+	brokers, err := k.Brokers(ctx)
+	if err != nil {
+		return &Error{Code: ExitUnreachable, Err: fmt.Errorf("checking that the broker on %s is node %d: %w", d.Instance, d.NodeID, err),
+			Hint: "check SLOTKEEPER_KAFKA_* and that Kafka answers; or, having checked node.id=" + strconv.Itoa(d.NodeID) + " in the broker's server.properties yourself, add --no-kafka-check"}
+	}
+	mine := map[string]bool{}
+	for _, n := range a.inst.NetworkInterfaces {
+		for _, ip := range n.PrivateIpAddresses {
+			mine[aws.ToString(ip.PrivateIpAddress)] = true
+		}
+		mine[aws.ToString(n.PrivateIpAddress)] = true
+	}
+	mine[aws.ToString(a.inst.PrivateIpAddress)] = true
+	names := map[string]bool{strings.ToLower(aws.ToString(a.inst.PrivateDnsName)): true}
+	delete(mine, "")
+	delete(names, "")
+	at := func(addr string) bool {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		if mine[host] || names[strings.ToLower(strings.TrimSuffix(host, "."))] {
+			return true
+		}
+		if net.ParseIP(host) != nil {
+			return false
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		ips, err := net.DefaultResolver.LookupHost(rctx, host)
+		return err == nil && slices.ContainsFunc(ips, func(ip string) bool { return mine[ip] })
+	}
+	var here []string
+	for _, id := range slices.Sorted(maps.Keys(brokers)) {
+		if at(brokers[id]) {
+			here = append(here, fmt.Sprintf("node %d (%s)", id, brokers[id]))
+		}
+	}
+	want, registered := brokers[int32(d.NodeID)]
+	switch {
+	case registered && at(want):
+		d.KafkaVerified, d.KafkaAddress = true, want
+		return nil
+	case len(here) > 0:
+		return Refused(fmt.Sprintf("a slot's broker is node NODE_ID_BASE + slot: adopt the instance into the slot of its node id, or check SLOTKEEPER_NODE_ID_BASE (%d)", a.cfg.NodeIDBase),
+			"the broker on %s is %s, not node %d (slot %d)", d.Instance, strings.Join(here, ", "), d.NodeID, d.Slot)
+	case registered:
+		return Refused("adopt the instance that runs node "+strconv.Itoa(d.NodeID),
+			"node %d is registered at %s, which is not an address of %s; no registered broker is on %s", d.NodeID, want, d.Instance, d.Instance)
+	}
+	return Refused("adopt a broker that runs and is registered (it must be node NODE_ID_BASE + slot); or, having checked node.id yourself, add --no-kafka-check",
+		"Kafka lists no broker on %s and no node %d (registered: %d brokers)", d.Instance, d.NodeID, len(brokers))
 }
 
 // checkMark refuses a slot whose lease item carries a never-formatted mark: the lease

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -133,6 +134,9 @@ func TestAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The broker on a is node 1 (slot 1's), and advertises its ENI's address.
+	st.Kafka.Advertise(1, a.ip)
+
 	vars := map[string]string{}
 	for k, v := range st.Vars {
 		vars[config.Prefix+k] = v
@@ -142,6 +146,21 @@ func TestAdopt(t *testing.T) {
 		code := slotctl.Main(ctx, append([]string{"adopt"}, args...), slotctl.IO{Stdout: &out, Stderr: &errOut,
 			Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
 		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	setVar := func(k, v string) func() {
+		old, had := vars[config.Prefix+k]
+		if v == "" {
+			delete(vars, config.Prefix+k)
+		} else {
+			vars[config.Prefix+k] = v
+		}
+		return func() {
+			if had {
+				vars[config.Prefix+k] = old
+			} else {
+				delete(vars, config.Prefix+k)
+			}
+		}
 	}
 	mark := func(on bool) {
 		tags := []ec2types.Tag{{Key: aws.String("slotkeeper:never-formatted"), Value: aws.String("true")}}
@@ -173,6 +192,26 @@ func TestAdopt(t *testing.T) {
 				slotctl.ExitRefused, "carries the never-formatted mark slotkeeper:never-formatted=true"},
 			{"the root volume", []string{a.id, "--slot", "1", "--volume", a.root, "--yes"}, nil, slotctl.ExitRefused, "is the root volume"},
 			{"an instance that does not exist", []string{"i-0123456789abcdef0", "--slot", "1", "--yes"}, nil, slotctl.ExitRefused, "does not exist"},
+			// Kafka's metadata must show the slot's node on the instance.
+			{"the broker is another node", []string{a.id, "--slot", "1", "--yes"},
+				func() func() {
+					st.Kafka.Advertise(1, "127.0.0.1")
+					st.Kafka.Advertise(4, a.ip)
+					return func() { st.Kafka.Reset(); st.Kafka.Advertise(1, a.ip) }
+				},
+				slotctl.ExitRefused, "the broker on " + a.id + " is node 4 (" + a.ip + ":9092), not node 1 (slot 1)"},
+			{"the node is elsewhere", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { st.Kafka.Advertise(1, "10.9.9.9"); return func() { st.Kafka.Advertise(1, a.ip) } },
+				slotctl.ExitRefused, "node 1 is registered at 10.9.9.9:"},
+			{"the node is not registered", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { st.Kafka.Unregister(1); return func() { st.Kafka.Register(1) } },
+				slotctl.ExitRefused, "Kafka lists no broker on " + a.id + " and no node 1"},
+			{"no Kafka bootstrap", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { return setVar("KAFKA_BOOTSTRAP", "") },
+				slotctl.ExitRefused, "cannot check that the broker on " + a.id + " is node 1: no Kafka bootstrap configured"},
+			{"Kafka unreachable", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { return setVar("KAFKA_BOOTSTRAP", closedAddr(t)) },
+				slotctl.ExitUnreachable, "checking that the broker on " + a.id + " is node 1"},
 			{"no slot given", []string{a.id}, nil, slotctl.ExitUsage, "adopt needs --slot"},
 			{"not an instance id", []string{"vol-1", "--slot", "1"}, nil, slotctl.ExitUsage, `"vol-1" is not an instance id`},
 		}
@@ -202,7 +241,8 @@ func TestAdopt(t *testing.T) {
 		h.ResetCounts()
 		r := run(a.id, "--slot", "1", "--json")
 		doc := decode[slotctl.Adoption](t, r)
-		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Done || doc.Volume != vol || doc.ENI != a.eni || doc.IP != a.ip || len(doc.Plan) != 6 {
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Done || doc.Volume != vol || doc.ENI != a.eni || doc.IP != a.ip || len(doc.Plan) != 6 ||
+			!doc.KafkaVerified || !strings.HasPrefix(doc.KafkaAddress, a.ip+":") {
 			t.Errorf("dry run: exit %d, %+v", r.code, doc)
 		}
 		if m := h.MutatingCalls(); len(m) > 0 {
@@ -213,6 +253,24 @@ func TestAdopt(t *testing.T) {
 			t.Errorf("the dry run for people: exit %d, mutating calls %v", human.code, m)
 		}
 		t.Logf("slotctl adopt %s --slot 1 (exit %d):\n%s%s", a.id, human.code, human.stdout, human.stderr)
+	})
+
+	t.Run("--no-kafka-check", func(t *testing.T) {
+		// With Kafka out of reach, the explicit flag lets the plan through, unverified.
+		defer setVar("KAFKA_BOOTSTRAP", closedAddr(t))()
+		h.ResetCounts()
+		r := run(a.id, "--slot", "1", "--no-kafka-check", "--json")
+		doc := decode[slotctl.Adoption](t, r)
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.KafkaVerified || len(doc.Plan) != 6 {
+			t.Errorf("dry run with --no-kafka-check: exit %d, %+v", r.code, doc)
+		}
+		human := run(a.id, "--slot", "1", "--no-kafka-check")
+		if !strings.Contains(human.stdout, "was NOT checked in Kafka (--no-kafka-check)") {
+			t.Errorf("the plan does not say the node id was not checked:\n%s", human.stdout)
+		}
+		if m := h.MutatingCalls(); len(m) > 0 {
+			t.Errorf("the dry run made mutating calls %v", m)
+		}
 	})
 
 	t.Run("--yes binds the slot", func(t *testing.T) {
@@ -371,6 +429,7 @@ func TestAdoptCrashSweep(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			b := runBroker(t, st, s%3, []string{"/dev/sdf"}, true, true)
+			st.Kafka.Advertise(int32(s), b.ip)
 			h.ResetCounts()
 			if point >= 0 {
 				skip := 0
@@ -442,4 +501,18 @@ func TestAdoptCrashSweep(t *testing.T) {
 			}
 		})
 	}
+}
+
+// closedAddr is a 127.0.0.1 address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
