@@ -58,7 +58,8 @@ It checks, and refuses (exit code 4, nothing changed) with the reason otherwise:
     --no-kafka-check skips this check (for a Kafka adopt cannot reach: check node.id in
     the broker's server.properties yourself);
   - with SLOTKEEPER_ENI=true the ENI: --eni-id, else the only secondary ENI (device index 1
-    or more; the primary ENI cannot move), its private IP becoming the slot's address;
+    or more; the primary ENI cannot move), in the slot's subnet (subnet[slot mod n]: the
+    launch attaches only an ENI of that subnet), its private IP becoming the slot's address;
     with SLOTKEEPER_ENI=false the slot's address is the holder's primary IP.
 
 Without --yes it shows the plan and changes nothing (exit code 4). With --yes, in this
@@ -575,6 +576,10 @@ func (a *adoption) findENI(ctx context.Context, want string, leases []lease.Leas
 		return awsError(fmt.Errorf("ENI %s: %w", eniID, errors.Join(err, errNotFoundIf(err == nil))), "describing the ENI")
 	}
 	tags := out.NetworkInterfaces[0].TagSet
+	if sn, want := aws.ToString(out.NetworkInterfaces[0].SubnetId), cfg.SubnetOf(s); sn != want {
+		return Refused(fmt.Sprintf("a slot's ENI lives in the slot's subnet (subnet[slot mod n] of SLOTKEEPER_SUBNETS: %s), where its replacements launch; a launch can never attach an ENI of another subnet, and would abandon every replacement. Adopt the broker with SLOTKEEPER_ENI=false, or move its address to an ENI in %s", want, want),
+			"ENI %s is in subnet %s, not slot %d's subnet %s", eniID, sn, s, want)
+	}
 	if err := foreignTags(tags, cfg.Cluster, s, "ENI "+eniID); err != nil {
 		return err
 	}

@@ -516,3 +516,51 @@ func closedAddr(t *testing.T) string {
 	}
 	return addr
 }
+
+// In ENI mode the ENI must be in the slot's subnet, not merely its AZ: the launch of
+// a replacement attaches only an ENI of the slot's subnet (resources.unusableENI),
+// so an ENI of another subnet would abandon every replacement. adopt refuses it,
+// and changes nothing.
+func TestAdoptENIInAnotherSubnet(t *testing.T) {
+	h := harness.Start(t)
+	st := newStage(t, h, "as", demo.StageOptions{})
+	ctx := context.Background()
+	direct := ec2.NewFromConfig(h.DirectConfig())
+	if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(st.Config.ASGName), MaxSize: aws.Int32(6)}); err != nil {
+		t.Fatal(err)
+	}
+	b := runBroker(t, st, 1, []string{"/dev/sdf"}, false, true)
+	sn, err := direct.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: aws.String(st.World.VPCID), CidrBlock: aws.String("10.0.12.0/24"),
+		AvailabilityZone: aws.String(st.World.Subnets[1].AZ)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eni, err := direct.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: sn.Subnet.SubnetId, Groups: []string{st.World.SecurityGroupID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eniID, ip := aws.ToString(eni.NetworkInterface.NetworkInterfaceId), aws.ToString(eni.NetworkInterface.PrivateIpAddress)
+	if _, err := direct.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(eniID), InstanceId: aws.String(b.id), DeviceIndex: aws.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Kafka.Advertise(1, ip)
+	vars := map[string]string{}
+	for k, v := range st.Vars {
+		vars[config.Prefix+k] = v
+	}
+	h.ResetCounts()
+	var out, errOut bytes.Buffer
+	code := slotctl.Main(ctx, []string{"adopt", b.id, "--slot", "1", "--yes", "--json"}, slotctl.IO{Stdout: &out, Stderr: &errOut,
+		Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
+	doc := decode[map[string]any](t, result{code: code, stdout: out.String(), stderr: errOut.String()})
+	msg, _ := doc["error"].(string)
+	want := fmt.Sprintf("ENI %s is in subnet %s, not slot 1's subnet %s", eniID, aws.ToString(sn.Subnet.SubnetId), st.World.Subnets[1].ID)
+	t.Logf("exit %d: %s (hint: %v)", code, msg, doc["hint"])
+	if code != slotctl.ExitRefused || !strings.Contains(msg, want) {
+		t.Errorf("exit %d, %v; want exit %d and %q", code, doc, slotctl.ExitRefused, want)
+	}
+	if m := h.MutatingCalls(); len(m) > 0 {
+		t.Errorf("a refused adopt made mutating calls %v", m)
+	}
+}
