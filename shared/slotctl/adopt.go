@@ -49,7 +49,11 @@ It checks, and refuses (exit code 4, nothing changed) with the reason otherwise:
   - the data volume: --volume, else the one at SLOTKEEPER_VOLUME_DEVICE, else the only
     non-root volume (two or more: give --volume); not the root volume, not tagged for
     another cluster or slot, no other volume tagged for the slot, and no slotkeeper mark
-    saying it was never formatted (it holds the broker's data);
+    saying it was never formatted (it holds the broker's data); and the instance has no
+    other non-root volume with DeleteOnTermination=true (a second log dir: AWS deletes it
+    with the instance, and a replacement gets only the slot's volume) unless --volume
+    names the slot's and --ack-other-volumes acknowledges the others (the plan lists
+    them);
   - Kafka's metadata (a fresh request through SLOTKEEPER_KAFKA_BOOTSTRAP) lists node
     NODE_ID_BASE + slot at an address of the instance (a private IP of one of its network
     interfaces, its private DNS name, or a name resolving to one of its IPs): refused when
@@ -84,6 +88,7 @@ nothing.`,
 			fs.StringVar(&opt.Volume, "volume", "", "the broker's data volume (default: the one at SLOTKEEPER_VOLUME_DEVICE, else the only non-root one)")
 			fs.StringVar(&opt.ENI, "eni-id", "", "with SLOTKEEPER_ENI=true: the broker's secondary ENI (default: the only one; --eni is SLOTKEEPER_ENI itself)")
 			fs.BoolVar(&opt.Yes, "yes", false, "really adopt (without it, only show the plan)")
+			fs.BoolVar(&opt.AckOtherVolumes, "ack-other-volumes", false, "with --volume: acknowledge that the instance's other non-root volumes with DeleteOnTermination=true are not the slot's and are deleted with the instance")
 			fs.BoolVar(&opt.NoKafkaCheck, "no-kafka-check", false, "adopt without checking in Kafka's metadata that the instance's broker is node NODE_ID_BASE + slot (when Kafka cannot be reached; check node.id yourself)")
 		},
 		Run: func(ctx context.Context, r *Run) error { return runAdopt(ctx, r, opt) },
@@ -96,6 +101,9 @@ type AdoptOptions struct {
 	Volume, ENI  string
 	Yes          bool
 	NoKafkaCheck bool
+	// AckOtherVolumes lets adopt go ahead, with Volume given, although the instance
+	// has other non-root volumes that are deleted with it.
+	AckOtherVolumes bool
 }
 
 // Adoption is what adopt found, planned and did.
@@ -113,6 +121,10 @@ type Adoption struct {
 	// instance's addresses (KafkaAddress); false with --no-kafka-check.
 	KafkaVerified bool   `json:"kafka_verified"`
 	KafkaAddress  string `json:"kafka_address,omitempty"`
+	// OtherVolumes are the instance's other non-root EBS volumes (not the slot's: a
+	// replacement does not get them), each with what happens to it when the instance
+	// goes.
+	OtherVolumes []string `json:"other_volumes,omitempty"`
 	// LeaseVersion is the slot's lease version once claimed (0 before).
 	LeaseVersion int64 `json:"lease_version,omitempty"`
 	// Plan lists the changes --yes makes (made, once Done), in order; empty when there is
@@ -162,6 +174,9 @@ func runAdopt(ctx context.Context, r *Run, opt AdoptOptions) error {
 	if err != nil {
 		return err
 	}
+	if opt.AckOtherVolumes && opt.Volume == "" {
+		return Usage(fmt.Sprintf("name the broker's data volume: slotctl adopt %s --slot %d --volume <vol-id> --ack-other-volumes", id, opt.Slot), "--ack-other-volumes needs --volume")
+	}
 	if opt.ENI != "" && !cfg.ENI {
 		return Usage("with SLOTKEEPER_ENI=false a slot's address is its holder's primary IP: leave --eni-id out", "--eni-id is given but SLOTKEEPER_ENI is false")
 	}
@@ -183,6 +198,9 @@ func runAdopt(ctx context.Context, r *Run, opt AdoptOptions) error {
 		o.Printf(" · ENI %s", a.doc.ENI)
 	}
 	o.Printf(" · IP %s\n", a.doc.IP)
+	for _, v := range a.doc.OtherVolumes {
+		o.Printf("%s other volume %s is not the slot's: a replacement does not get it\n", o.Paint("note:", Warn), v)
+	}
 	if a.doc.KafkaVerified {
 		o.Printf("Kafka lists node %d at %s, an address of %s\n", a.doc.NodeID, a.doc.KafkaAddress, id)
 	} else {
@@ -301,7 +319,7 @@ func (a *adoption) check(ctx context.Context, opt AdoptOptions) error {
 		return err
 	}
 
-	if err := a.findVolume(ctx, opt.Volume, leases); err != nil {
+	if err := a.findVolume(ctx, opt.Volume, opt.AckOtherVolumes, leases); err != nil {
 		return err
 	}
 	a.doc.IP = aws.ToString(a.inst.PrivateIpAddress)
@@ -432,7 +450,7 @@ func sameDevice(a, b string) bool {
 }
 
 // findVolume chooses the data volume and checks that it may become the slot's.
-func (a *adoption) findVolume(ctx context.Context, want string, leases []lease.Lease) error {
+func (a *adoption) findVolume(ctx context.Context, want string, ackOthers bool, leases []lease.Lease) error {
 	cfg, id, s := a.cfg, a.doc.Instance, a.doc.Slot
 	root := aws.ToString(a.inst.RootDeviceName)
 	var cands []dataVolume
@@ -484,6 +502,25 @@ func (a *adoption) findVolume(ctx context.Context, want string, leases []lease.L
 		}
 	}
 	a.doc.Volume, a.doc.Device, a.volDT = pick.id, pick.device, pick.deleteOnTermination
+	// The instance's other data volumes (a second log dir, JBOD) are not the slot's: a
+	// replacement gets only the slot's volume, and AWS deletes those with
+	// DeleteOnTermination=true together with the instance.
+	var deleted []string
+	for _, v := range cands {
+		switch {
+		case v.id == pick.id:
+		case v.deleteOnTermination:
+			deleted = append(deleted, v.id+" at "+v.device)
+			a.doc.OtherVolumes = append(a.doc.OtherVolumes, v.id+" at "+v.device+" (DeleteOnTermination=true: deleted with the instance)")
+		default:
+			a.doc.OtherVolumes = append(a.doc.OtherVolumes, v.id+" at "+v.device+" (DeleteOnTermination=false: left behind, detached, when the instance goes)")
+		}
+	}
+	if len(deleted) > 0 && (want == "" || !ackOthers) {
+		return Refused(fmt.Sprintf("a slot has one data volume, which its replacements get; a broker with several log dirs (JBOD) cannot be adopted as is. If %s holds no broker data you need, confirm: slotctl adopt %s --slot %d --volume %s --ack-other-volumes",
+			strings.Join(deleted, ", "), id, s, pick.id),
+			"instance %s has other data volumes besides %s that are deleted with the instance (DeleteOnTermination=true): %s", id, pick.id, strings.Join(deleted, ", "))
+	}
 
 	out, err := a.c.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{pick.id}})
 	if err != nil || len(out.Volumes) == 0 {

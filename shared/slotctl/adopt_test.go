@@ -564,3 +564,72 @@ func TestAdoptENIInAnotherSubnet(t *testing.T) {
 		t.Errorf("a refused adopt made mutating calls %v", m)
 	}
 }
+
+// A broker with a second data volume (a second log dir, JBOD) that AWS deletes with
+// the instance (DeleteOnTermination=true): adopt refuses and names it; --volume alone
+// does not do; with --volume and --ack-other-volumes the plan goes ahead and lists it.
+func TestAdoptSecondDataVolume(t *testing.T) {
+	h := harness.Start(t)
+	st := newStage(t, h, "a2", demo.StageOptions{})
+	ctx := context.Background()
+	if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(st.Config.ASGName), MaxSize: aws.Int32(6)}); err != nil {
+		t.Fatal(err)
+	}
+	b := runBroker(t, st, 1, []string{"/dev/sdf", "/dev/sdg"}, true, true)
+	st.Kafka.Advertise(1, b.ip)
+	main, second := b.volumes["/dev/sdf"], b.volumes["/dev/sdg"]
+	vars := map[string]string{}
+	for k, v := range st.Vars {
+		vars[config.Prefix+k] = v
+	}
+	run := func(args ...string) result {
+		var out, errOut bytes.Buffer
+		code := slotctl.Main(ctx, append([]string{"adopt", b.id, "--slot", "1"}, args...), slotctl.IO{Stdout: &out, Stderr: &errOut,
+			Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
+		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	refusal := "instance " + b.id + " has other data volumes besides " + main + " that are deleted with the instance (DeleteOnTermination=true): " + second + " at /dev/sdg"
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"the volume at the device, another one deleted with the instance", []string{"--yes", "--json"}, slotctl.ExitRefused, refusal},
+		{"--volume alone", []string{"--volume", main, "--yes", "--json"}, slotctl.ExitRefused, refusal},
+		{"--ack-other-volumes without --volume", []string{"--ack-other-volumes", "--yes", "--json"}, slotctl.ExitUsage, "--ack-other-volumes needs --volume"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h.ResetCounts()
+			r := run(tt.args...)
+			doc := decode[map[string]any](t, r)
+			msg, _ := doc["error"].(string)
+			t.Logf("exit %d: %s (hint: %v)", r.code, msg, doc["hint"])
+			if r.code != tt.wantCode || !strings.Contains(msg, tt.wantErr) {
+				t.Errorf("exit %d, %v; want exit %d and %q", r.code, doc, tt.wantCode, tt.wantErr)
+			}
+			if m := h.MutatingCalls(); len(m) > 0 {
+				t.Errorf("a refused adopt made mutating calls %v", m)
+			}
+		})
+	}
+	t.Run("--volume and --ack-other-volumes", func(t *testing.T) {
+		h.ResetCounts()
+		r := run("--volume", main, "--ack-other-volumes", "--json")
+		doc := decode[slotctl.Adoption](t, r)
+		want := second + " at /dev/sdg (DeleteOnTermination=true: deleted with the instance)"
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Volume != main || !slices.Equal(doc.OtherVolumes, []string{want}) {
+			t.Errorf("dry run: exit %d, %+v; want the plan for %s, other volumes [%s]", r.code, doc, main, want)
+		}
+		human := run("--volume", main, "--ack-other-volumes")
+		if !strings.Contains(human.stdout, "other volume "+want+" is not the slot's") {
+			t.Errorf("the plan does not name the other volume:\n%s", human.stdout)
+		}
+		if m := h.MutatingCalls(); len(m) > 0 {
+			t.Errorf("the dry run made mutating calls %v", m)
+		}
+		t.Logf("%s", human.stdout)
+	})
+}
