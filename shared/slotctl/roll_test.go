@@ -546,3 +546,26 @@ func TestRollWithSpareSlot(t *testing.T) {
 		t.Errorf("spare slot 5 is %s at version %d: the replacement took it", l5.State, l5.Version)
 	}
 }
+
+// A roll never evicts a holder it put in place itself, even when its judge of old and
+// new calls the replacement old: here --launched-before lies an hour ahead (as a
+// local clock an hour ahead of AWS's would with "now"), so every replacement looks
+// launched before it. The roll replaces slot 2 once, says the replacement does not
+// look new, and ends; it does not evict the replacement again.
+func TestRollDoesNotEvictItsOwnReplacement(t *testing.T) {
+	rig := newRollRig(t, "rr")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	rep := decode[slotctl.RollReport](t, r)
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d, done %v, %d step(s), evictions %+v\n%s", r.code, rep.Done, len(rep.Steps), ev, r.stderr)
+	if r.code != slotctl.ExitOK || !rep.Done || len(rep.Steps) != 1 || len(ev) != 1 {
+		t.Errorf("roll exit %d, done %v, %d steps, %d evictions; want exit 0, done, one step, one eviction", r.code, rep.Done, len(rep.Steps), len(ev))
+	}
+	if !strings.Contains(r.stderr, "does not look new") || !strings.Contains(r.stderr, "this roll does not evict it again") {
+		t.Errorf("the progress does not say the replacement looks old but is kept:\n%s", r.stderr)
+	}
+}
