@@ -17,8 +17,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
@@ -139,11 +137,6 @@ type Adoption struct {
 }
 
 var instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
-
-// neverFormattedRE matches the slotkeeper marks of a volume that was created blank and
-// never formatted: such a volume holds no broker's data and must never be adopted as
-// one (its mark would let the broker bootstrap format it).
-var neverFormattedRE = regexp.MustCompile(`(?i)never[-_]?formatted|unformatted|blank`)
 
 // adoption is one run of adopt: the facts it gathered and the changes it plans.
 type adoption struct {
@@ -315,9 +308,6 @@ func (a *adoption) check(ctx context.Context, opt AdoptOptions) error {
 		return Refused(fmt.Sprintf("'slotctl history %d' shows who holds it; adopt the instance into a free slot", s),
 			"slot %d is held: %s by %s (lease version %d)", s, a.cur.State, a.cur.Holder, a.cur.Version)
 	}
-	if err := a.checkMark(ctx); err != nil {
-		return err
-	}
 
 	if err := a.findVolume(ctx, opt.Volume, opt.AckOtherVolumes, leases); err != nil {
 		return err
@@ -412,28 +402,6 @@ func (a *adoption) checkKafka(ctx context.Context, skip bool) error {
 	}
 	return Refused("adopt a broker that runs and is registered (it must be node NODE_ID_BASE + slot); or, having checked node.id yourself, add --no-kafka-check",
 		"Kafka lists no broker on %s and no node %d (registered: %d brokers)", d.Instance, d.NodeID, len(brokers))
-}
-
-// checkMark refuses a slot whose lease item carries a never-formatted mark: the lease
-// then describes a blank volume slotkeeper created, not the broker's data.
-func (a *adoption) checkMark(ctx context.Context) error {
-	out, err := a.c.DynamoDB.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName: aws.String(a.cfg.Table), ConsistentRead: aws.Bool(true),
-		Key: map[string]ddbtypes.AttributeValue{
-			"cluster": &ddbtypes.AttributeValueMemberS{Value: a.cfg.Cluster},
-			"slot":    &ddbtypes.AttributeValueMemberN{Value: strconv.Itoa(a.doc.Slot)},
-		},
-	})
-	if err != nil {
-		return awsError(err, "reading the lease of slot "+strconv.Itoa(a.doc.Slot))
-	}
-	for k := range out.Item {
-		if neverFormattedRE.MatchString(k) {
-			return Refused("the slot's lease marks its volume as never formatted (slotkeeper created it blank): adopting a broker's data into it would let that mark format the data; adopt into another free slot, or see 'slotctl history'",
-				"slot %d's lease carries the never-formatted mark %q", a.doc.Slot, k)
-		}
-	}
-	return nil
 }
 
 // dataVolume is a non-root EBS volume attached to the instance.
@@ -669,11 +637,11 @@ func (a *adoption) taggedForSlot(ctx context.Context, kind string) ([]string, er
 	return ids, nil
 }
 
-// neverFormatted returns the slotkeeper tag that marks a volume as never formatted.
+// neverFormatted returns the never-formatted mark (resources.TagNeverFormatted) of a
+// volume slotkeeper created blank, if it carries one.
 func neverFormatted(tags []ec2types.Tag) (string, bool) {
 	for _, t := range tags {
-		k := aws.ToString(t.Key)
-		if strings.HasPrefix(k, "slotkeeper:") && neverFormattedRE.MatchString(k) {
+		if k := aws.ToString(t.Key); k == resources.TagNeverFormatted {
 			return k + "=" + aws.ToString(t.Value), true
 		}
 	}
