@@ -330,9 +330,10 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 	if w.group == nil {
 		return rep, Refused("check SLOTKEEPER_ASG_NAME and the region", "group %s does not exist", cfg.ASGName)
 	}
-	if opt.LaunchedBeforeNow && !w.serverTime.IsZero() && w.serverTime.Before(r.opt.LaunchedBefore) {
-		r.opt.LaunchedBefore = w.serverTime
-		opt.LaunchedBefore = w.serverTime
+	// The Date header counts whole seconds: AWS's clock is within a second after it.
+	if awsNow := w.serverTime.Add(time.Second); opt.LaunchedBeforeNow && !w.serverTime.IsZero() && awsNow.Before(r.opt.LaunchedBefore) {
+		r.opt.LaunchedBefore = awsNow
+		opt.LaunchedBefore = awsNow
 	}
 	cctx, cancel := context.WithTimeout(ctx, opt.CallTimeout)
 	_, term, err := Hooks(cctx, c, cfg)
