@@ -284,6 +284,9 @@ type roller struct {
 	lastWait string
 	// roles are the slots' roles as last seen (progress lines name them).
 	roles map[int]string
+	// restQuorum is the KRaft quorum the last readiness check read (nil: Kafka has
+	// none); the roll's order comes from it.
+	restQuorum *kafka.Quorum
 	// replaced are the holders this run bound to a slot (slot → instance): never
 	// evicted again by this run, whatever the judge of new and old says of them (a
 	// clock skew, a launch template version that moved during the roll).
@@ -429,7 +432,9 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 		if err != nil {
 			return rep, err
 		}
-		q, _ := r.quorum(ctx)
+		// The order comes from the quorum the at-rest look read: a failed second read
+		// would leave no quorum and make every node a broker, the leader first.
+		q := r.restQuorum
 		next := -1
 		for _, s := range r.order(q, func(s int) bool { return !r.isNew(w, s) && !r.rolled(w, s) }) {
 			next = s
@@ -583,7 +588,9 @@ func (r *roller) until(ctx context.Context, s int, what string, check func(conte
 			if errors.As(err, &e) && e.Code != ExitUnreachable {
 				return 0, err
 			}
-			why = "cannot look: " + err.Error() // AWS or Kafka answered badly: look again
+			// AWS or Kafka answered badly: not done, whatever the check said (a look
+			// that failed proves nothing), look again.
+			done, why = false, "cannot look: "+err.Error()
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
@@ -760,6 +767,10 @@ func (r *roller) readiness(ctx context.Context, w world, s int) (string, error) 
 		return fmt.Sprintf("Kafka: %d under-replicated partition(s)", h.UnderReplicated), nil
 	}
 	q, err := r.k.Quorum(ctx)
+	r.restQuorum = nil
+	if err == nil {
+		r.restQuorum = &q
+	}
 	switch {
 	case err != nil && noQuorum(err):
 		q = kafka.Quorum{Leader: -1}

@@ -21,6 +21,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -567,5 +568,46 @@ func TestRollDoesNotEvictItsOwnReplacement(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "does not look new") || !strings.Contains(r.stderr, "this roll does not evict it again") {
 		t.Errorf("the progress does not say the replacement looks old but is kept:\n%s", r.stderr)
+	}
+}
+
+// While Kafka answers DescribeQuorum with an error, the roll does not take the cluster
+// for at rest (a look that failed proves nothing) and evicts nobody; once the quorum
+// answers again it goes on, in its order: broker 2 first (neither a controller nor the
+// leader), not slot 0, the quorum leader, as a roll that took the failure for "no
+// quorum" would.
+func TestRollWaitsOutAFailingQuorumRead(t *testing.T) {
+	rig := newRollRig(t, "rq")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	failing := rig.quorum
+	failing.ErrorCode = kerr.UnknownServerError.Code
+	rig.st.Kafka.SetQuorum(failing)
+	var during []demo.Eviction
+	go func() {
+		time.Sleep(2 * time.Second)
+		during = rig.g.Evictions()
+		rig.st.Kafka.SetQuorum(rig.quorum)
+		for ctx.Err() == nil && len(rig.g.Evictions()) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel() // one eviction tells the order
+	}()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d; evictions while DescribeQuorum failed: %d; after: %+v\n%s", r.code, len(during), ev, r.stderr)
+	if len(during) > 0 {
+		t.Errorf("the roll evicted %s while it could not read the quorum", during[0].Instance)
+	}
+	if !strings.Contains(r.stderr, "waiting: cannot look: describing the KRaft quorum") {
+		t.Errorf("the progress does not say the roll waits because it cannot read the quorum")
+	}
+	if len(ev) == 0 {
+		t.Fatalf("no eviction once the quorum answered: %s", r.stderr)
+	}
+	if ev[0].Instance != rig.f.ids[2] {
+		t.Errorf("the first eviction is %s, want slot 2's holder %s (brokers first, the quorum leader, slot 0, last)", ev[0].Instance, rig.f.ids[2])
 	}
 }
