@@ -35,7 +35,8 @@ paths, so that each replacement comes back as the same broker with the same volu
 
 For each slot, in turn:
   1. wait until the cluster is at rest: every instance of the group InService and as many
-     as the desired capacity, no slot claimed or draining, every partition fully in sync
+     as the desired capacity, no slot claimed or draining, the removal token free (no
+     termination between its safety wait and its release), every partition fully in sync
      (none under-replicated or offline), every bound slot's broker registered, the KRaft
      quorum with a leader and every voter caught up, and the slot's broker safe to remove
      (the removal-safety and quorum rules the terminate function applies);
@@ -748,6 +749,15 @@ func (r *roller) readiness(ctx context.Context, w world, s int) (string, error) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opt.CallTimeout)
 	defer cancel()
+	// A removal holds the cluster's removal token from before its safety wait until its
+	// broker was seen stopped and its slot released: none may be under way.
+	tok, err := lease.NewStore(r.c.DynamoDB, r.cfg.Table, r.cfg.Cluster).GetRemoval(ctx)
+	if err != nil {
+		return "", awsError(err, "reading the cluster's removal token")
+	}
+	if tok.Held() {
+		return fmt.Sprintf("the removal token is held: a removal of slot %d (%s) is under way", tok.HolderSlot, tok.Holder), nil
+	}
 	h, err := r.k.Health(ctx)
 	if err != nil {
 		return "", kafkaError(err, "asking Kafka for its health")

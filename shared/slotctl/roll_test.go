@@ -611,3 +611,52 @@ func TestRollWaitsOutAFailingQuorumRead(t *testing.T) {
 		t.Errorf("the first eviction is %s, want slot 2's holder %s (brokers first, the quorum leader, slot 0, last)", ev[0].Instance, rig.f.ids[2])
 	}
 }
+
+// While a removal holds the cluster's removal token (a termination between its safety
+// wait and its release: another roll's eviction, a scale-in, an instance refresh), the
+// roll evicts nobody; once the token is given back it goes on.
+func TestRollWaitsForTheRemovalToken(t *testing.T) {
+	rig := newRollRig(t, "rt")
+	bg := context.Background()
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	l1, err := rig.f.store.Get(bg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := rig.f.store.GetRemoval(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := rig.f.store.TakeRemoval(bg, free, lease.Remover{Slot: 1, Instance: l1.Holder, LeaseVersion: l1.Version,
+		Invocation: "another-removal", Until: time.Now().Add(time.Hour)}, "a removal under way")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var during []demo.Eviction
+	go func() {
+		time.Sleep(2 * time.Second)
+		during = rig.g.Evictions()
+		if _, err := rig.f.store.GiveBackRemoval(bg, held, "the removal is over"); err != nil {
+			t.Error(err)
+		}
+		for ctx.Err() == nil && len(rig.g.Evictions()) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+	}()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d; evictions while the token was held: %d; after: %d\n%s", r.code, len(during), len(ev), r.stderr)
+	if len(during) > 0 {
+		t.Errorf("the roll evicted %s while another removal held the token", during[0].Instance)
+	}
+	if !strings.Contains(r.stderr, "waiting: the removal token is held: a removal of slot 1 ("+l1.Holder+") is under way") {
+		t.Errorf("the progress does not say the roll waits for the removal token")
+	}
+	if len(ev) == 0 {
+		t.Errorf("no eviction once the token was given back")
+	}
+}
