@@ -65,8 +65,10 @@ It checks, and refuses (exit code 4, nothing changed) with the reason otherwise:
     with SLOTKEEPER_ENI=false the slot's address is the holder's primary IP.
 
 Without --yes it shows the plan and changes nothing (exit code 4). With --yes, in this
-order: claims the slot for the instance (a conditional write: it never overwrites a held
-slot); sets DeleteOnTermination=false on the volume (and the ENI's attachment); tags the
+order: sets DeleteOnTermination=false on the volume (and the ENI's attachment), first, so
+that the data is kept whatever happens next; claims the slot for the instance (a
+conditional write: it never overwrites a held slot) and records the volume and ENI in
+the lease; tags the
 volume and ENI with slotkeeper:cluster and slotkeeper:slot; tags the instance with its
 identity (slotkeeper:cluster, :slot, :node-id, :lease); binds the lease, recording
 volume_id, eni_id and ip (conditional on the claim); then makes the same repairs as the
@@ -680,18 +682,18 @@ func instanceState(i ec2types.Instance) string {
 func (a *adoption) plan() {
 	d, cfg := &a.doc, a.cfg
 	add := func(format string, args ...any) { d.Plan = append(d.Plan, fmt.Sprintf(format, args...)) }
+	if a.volDT {
+		add("keep volume %s when the instance goes: DeleteOnTermination=false at %s", d.Volume, d.Device)
+	}
+	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
+		add("keep ENI %s when the instance goes: DeleteOnTermination=false on attachment %s", d.ENI, aws.ToString(a.eni.Attachment.AttachmentId))
+	}
 	switch a.cur.State {
 	case lease.Free:
 		add("claim slot %d for %s (conditional write on the free lease, version %d → %d), and record volume %s%s in it",
 			d.Slot, d.Instance, a.cur.Version, a.cur.Version+1, d.Volume, map[bool]string{true: " and ENI " + d.ENI, false: ""}[d.ENI != ""])
 	case lease.Bound:
 		d.Already = true
-	}
-	if a.volDT {
-		add("keep volume %s when the instance goes: DeleteOnTermination=false at %s", d.Volume, d.Device)
-	}
-	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
-		add("keep ENI %s when the instance goes: DeleteOnTermination=false on attachment %s", d.ENI, aws.ToString(a.eni.Attachment.AttachmentId))
 	}
 	if a.volTags {
 		add("tag volume %s: %s=%s, %s=%d", d.Volume, resources.TagCluster, cfg.Cluster, resources.TagSlot, d.Slot)
@@ -723,11 +725,34 @@ func (a *adoption) apply(ctx context.Context, o *Output) error {
 	why := fmt.Sprintf("adopted by slotctl: %s with volume %s", d.Instance, d.Volume)
 	step := func(what string) { o.Printf("  %s %s\n", o.Paint("✓", Good), what) }
 
+	// First what protects the data whatever happens next: the volume (and the ENI)
+	// stays when the instance goes. A crash, or a claim lost to a race, after it
+	// leaves nothing worse than a volume kept.
+	if a.volDT {
+		if _, err := a.c.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{
+			InstanceId: aws.String(d.Instance),
+			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{
+				DeviceName: aws.String(d.Device), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)},
+			}},
+		}); err != nil {
+			return awsError(err, "keeping volume "+d.Volume+" (DeleteOnTermination=false)")
+		}
+		step("volume " + d.Volume + " is kept when the instance goes")
+	}
+	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
+		if _, err := a.c.EC2.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
+			NetworkInterfaceId: aws.String(d.ENI),
+			Attachment:         &ec2types.NetworkInterfaceAttachmentChanges{AttachmentId: a.eni.Attachment.AttachmentId, DeleteOnTermination: aws.Bool(false)},
+		}); err != nil {
+			return awsError(err, "keeping ENI "+d.ENI+" (DeleteOnTermination=false)")
+		}
+		step("ENI " + d.ENI + " is kept when the instance goes")
+	}
 	l := a.cur
 	if l.State == lease.Free {
 		claimed, err := store.Claim(ctx, l, d.Instance, d.AZ, why)
 		if errors.Is(err, lease.ErrFenced) {
-			return Refused(fmt.Sprintf("'slotctl history %d' shows who took it", d.Slot), "slot %d changed while adopting (another claim won it): nothing was changed", d.Slot)
+			return Refused(fmt.Sprintf("'slotctl history %d' shows who took it", d.Slot), "slot %d changed while adopting (another claim won it): nothing was changed but DeleteOnTermination=false", d.Slot)
 		}
 		if err != nil {
 			return awsError(err, "claiming slot "+strconv.Itoa(d.Slot))
@@ -753,26 +778,6 @@ func (a *adoption) apply(ctx context.Context, o *Output) error {
 			l = rec
 			step(fmt.Sprintf("recorded %s %s in slot %d's lease", r.kind, r.id, d.Slot))
 		}
-	}
-	if a.volDT {
-		if _, err := a.c.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{
-			InstanceId: aws.String(d.Instance),
-			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{
-				DeviceName: aws.String(d.Device), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)},
-			}},
-		}); err != nil {
-			return awsError(err, "keeping volume "+d.Volume+" (DeleteOnTermination=false)")
-		}
-		step("volume " + d.Volume + " is kept when the instance goes")
-	}
-	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
-		if _, err := a.c.EC2.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
-			NetworkInterfaceId: aws.String(d.ENI),
-			Attachment:         &ec2types.NetworkInterfaceAttachmentChanges{AttachmentId: a.eni.Attachment.AttachmentId, DeleteOnTermination: aws.Bool(false)},
-		}); err != nil {
-			return awsError(err, "keeping ENI "+d.ENI+" (DeleteOnTermination=false)")
-		}
-		step("ENI " + d.ENI + " is kept when the instance goes")
 	}
 	slotTags := []ec2types.Tag{{Key: aws.String(resources.TagCluster), Value: aws.String(cfg.Cluster)}, {Key: aws.String(resources.TagSlot), Value: aws.String(strconv.Itoa(d.Slot))}}
 	for _, r := range []struct {

@@ -281,7 +281,7 @@ func TestAdopt(t *testing.T) {
 			t.Fatalf("adopt: exit %d, %+v\nstderr %s", r.code, doc, r.stderr)
 		}
 		t.Logf("mutating calls: %v", h.MutatingCalls())
-		want := []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyInstanceAttribute", "CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
+		want := []string{"ModifyInstanceAttribute", "UpdateItem", "UpdateItem", "UpdateItem", "CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
 		if m := h.MutatingCalls(); !slices.Equal(m, want) {
 			t.Errorf("mutating calls %v, want %v", m, want)
 		}
@@ -387,10 +387,11 @@ func TestAdopt(t *testing.T) {
 	})
 }
 
-// adoptSequence is the mutating calls of one adoption with --yes, in order: the
-// claim, the records of the volume and the ENI, DeleteOnTermination, the tags of the
-// volume, the ENI and the instance, the bind, the disk alarm and the DNS records.
-var adoptSequence = []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyInstanceAttribute",
+// adoptSequence is the mutating calls of one adoption with --yes, in order:
+// DeleteOnTermination (first: the data is kept whatever follows), the claim, the
+// records of the volume and the ENI, the tags of the volume, the ENI and the instance,
+// the bind, the disk alarm and the DNS records.
+var adoptSequence = []string{"ModifyInstanceAttribute", "UpdateItem", "UpdateItem", "UpdateItem",
 	"CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
 
 // An adoption that dies right after any one of its mutating calls took effect (its
@@ -446,6 +447,17 @@ func TestAdoptCrashSweep(t *testing.T) {
 				}
 				if m := h.MutatingCalls(); len(m) != point+1 || m[point] != adoptSequence[point] {
 					t.Fatalf("the crashed run made %v; want the first %d of %v", m, point+1, adoptSequence)
+				}
+				// Wherever it stopped, the broker's volume is already kept when the
+				// instance goes.
+				inst, err := direct.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{b.id}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range inst.Reservations[0].Instances[0].BlockDeviceMappings {
+					if aws.ToString(m.DeviceName) == "/dev/sdf" && aws.ToBool(m.Ebs.DeleteOnTermination) {
+						t.Errorf("after a crash at call %d (%s) the volume still goes with the instance (DeleteOnTermination=true)", point+1, adoptSequence[point])
+					}
 				}
 			}
 			again := run(b.id, "--slot", fmt.Sprint(s), "--yes", "--json")
