@@ -101,6 +101,11 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		if err != nil {
 			return Claimed{Writes: writes}, err
 		}
+		if c.Group != nil && len(d.Candidates) > 0 {
+			// Match only the peers being launched: a leaving holder whose slot was just
+			// released still runs and holds no lease, but it is no launch.
+			d = Decide(instance, azSlots, leases, states, append(slices.Clone(lv.launching), instance), order)
+		}
 		d = Await(instance, d, lv.slots, lv.launching)
 		if len(d.Candidates) == 0 {
 			out := Claimed{Writes: writes, Taken: lv.taken, States: states, Leaving: lv.slots, Why: lv.why}
