@@ -526,7 +526,10 @@ func TestRollWithSpareSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := rig.roll(ctx, "--launched-before", "now", "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
+	// The next second, not "now": EC2 gives launch times to the second, and the
+	// fixture's holders were launched in this one.
+	stamp := nextSecond().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", stamp, "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
 	rig.g.Wait()
 	rep := decode[slotctl.RollReport](t, r)
 	l2, err := rig.f.store.Get(ctx, 2)
