@@ -355,6 +355,18 @@ func (c *Client) Registered(ctx context.Context, broker int32) (bool, error) {
 	return slices.Contains(brokersOf(meta), broker), nil
 }
 
+// Brokers returns the registered brokers' advertised host:port by node id, from a
+// fresh Metadata response.
+func (c *Client) Brokers(ctx context.Context) (map[int32]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	_, meta, err := c.metadata(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("listing the registered brokers: %w", err)
+	}
+	return brokerAddrs(meta), nil
+}
+
 // Health is a snapshot of the cluster's brokers and partitions.
 type Health struct {
 	// Brokers are the registered brokers' node ids, ascending.

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -228,6 +227,7 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 		Peers: func(ctx context.Context, az string) ([]string, error) {
 			return inv.res.GroupInstances(ctx, inv.cfg.ASGName, az)
 		},
+		Group: inv.membership,
 	}
 	var c slot.Claimed
 	err = inv.o.Step(ctx, "claim", func(ctx context.Context) error {
@@ -236,8 +236,9 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 		return err
 	})
 	inv.o.Metrics.Count("ClaimWrites", float64(c.Writes))
-	if errors.Is(err, slot.ErrNoFreeSlot) {
-		// No claimable slot: wait for one whose holder is leaving (a handover).
+	if errors.Is(err, slot.ErrNoFreeSlot) || errors.Is(err, slot.ErrHandover) {
+		// No claimable slot, or a slot whose holder is leaving is this instance's to
+		// take: wait for it (a handover).
 		c, err = inv.handover(ctx, claimer, azSlots, c, err)
 	}
 	if errors.Is(err, slot.ErrNoFreeSlot) {
@@ -304,13 +305,19 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 
 // handover waits for a slot of azSlots whose holder is leaving (slot.Leaving: its
 // lease is draining, or its instance is stopping, shutting down or being terminated
-// by its group) to be released, and claims it. It sends heartbeats while it waits,
-// and waits at most HandoverMaxWait, and never into the HandoverReserve before the
-// invocation's deadline. It returns slot.ErrNoFreeSlot at once when no holder is
-// leaving: every slot of the AZ is held by a healthy broker in service, or being
-// claimed by another launch (the caller abandons). When the wait ends without a
-// release, it returns a retryable error: Lambda delivers the event again and the
-// wait goes on while the lifecycle action is alive.
+// by its group) to be released, and claims it. The claimer decides: it answers
+// slot.ErrHandover while this instance is to wait for a leaving holder although a
+// free slot exists (a free slot is another broker's identity, or a new empty broker:
+// the replacement of a leaving broker takes the leaving broker's slot), and claims a
+// free slot once the leaving slots are spoken for by other launches. It sends
+// heartbeats while it waits, and waits at most HandoverMaxWait, and never into the
+// HandoverReserve before the invocation's deadline. It returns slot.ErrNoFreeSlot at
+// once when no holder is leaving and no slot is free: every slot of the AZ is held by
+// a healthy broker in service, or being claimed by another launch (the caller
+// abandons). When the wait ends without a release, it returns a retryable error, and
+// never falls back to a free slot: Lambda delivers the event again and the wait goes
+// on while the lifecycle action is alive (when it expires, the hook's default result,
+// ABANDON, ends it and the group launches another instance).
 func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSlots []int, c slot.Claimed, err error) (slot.Claimed, error) {
 	id := inv.inst.ID
 	start := time.Now()
@@ -329,16 +336,16 @@ func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSl
 	}()
 	var logged string
 	for {
-		leaving, why, lerr := inv.leaving(ctx, c)
-		if lerr != nil {
-			return c, lerr
-		}
+		leaving, why := c.Leaving, c.Why
 		if len(leaving) == 0 {
 			return c, fmt.Errorf("%w; no holder is leaving: %s", err, why)
 		}
 		if why != logged {
-			inv.o.Log.InfoContext(ctx, "no free slot; waiting for a leaving holder to hand its slot over",
-				"slots", leaving, obs.KeyReason, why, "until", deadline.UTC().Format(time.RFC3339))
+			msg := "no free slot; waiting for a leaving holder to hand its slot over"
+			if errors.Is(err, slot.ErrHandover) {
+				msg = "a holder of the AZ is leaving; waiting for its slot rather than claiming a free one"
+			}
+			inv.o.Log.InfoContext(ctx, msg, "slots", leaving, obs.KeyReason, why, "until", deadline.UTC().Format(time.RFC3339))
 			logged = why
 		}
 		waited = true
@@ -365,7 +372,7 @@ func (inv *invocation) handover(ctx context.Context, claimer *slot.Claimer, azSl
 				"waited_ms", time.Since(start).Milliseconds())
 			return c, nil
 		}
-		if !errors.Is(err, slot.ErrNoFreeSlot) {
+		if !errors.Is(err, slot.ErrNoFreeSlot) && !errors.Is(err, slot.ErrHandover) {
 			return c, err
 		}
 	}
@@ -406,33 +413,18 @@ func (inv *invocation) watchLeases(ctx context.Context, taken []lease.Lease, wai
 	}
 }
 
-// leaving returns the slots among the ones a claim found taken whose holder is
-// leaving, and a summary of every taken slot's holder.
-func (inv *invocation) leaving(ctx context.Context, c slot.Claimed) ([]int, string, error) {
-	var ids []string
-	for _, l := range c.Taken {
-		if l.Holder != "" && !slices.Contains(ids, l.Holder) {
-			ids = append(ids, l.Holder)
-		}
+// membership describes instances in their Auto Scaling group, for the claim (which
+// holders are leaving, which peers are being launched).
+func (inv *invocation) membership(ctx context.Context, ids []string) (map[string]slot.Membership, error) {
+	group, err := lifecycle.DescribeGroupInstances(ctx, inv.asg, ids)
+	if err != nil {
+		return nil, err
 	}
-	group := map[string]lifecycle.GroupInstance{}
-	if len(ids) > 0 {
-		var err error
-		if group, err = lifecycle.DescribeGroupInstances(ctx, inv.asg, ids); err != nil {
-			return nil, "", err
-		}
+	out := make(map[string]slot.Membership, len(group))
+	for id, g := range group {
+		out[id] = slot.Membership{Lifecycle: g.LifecycleState, Health: g.HealthStatus}
 	}
-	var slots []int
-	var whys []string
-	for _, l := range c.Taken {
-		g := group[l.Holder]
-		ok, why := slot.Leaving(l, slot.Holder{State: c.States[l.Holder], Lifecycle: g.LifecycleState, Health: g.HealthStatus})
-		whys = append(whys, fmt.Sprintf("slot %d: %s", l.Slot, why))
-		if ok {
-			slots = append(slots, l.Slot)
-		}
-	}
-	return slots, strings.Join(whys, "; "), nil
+	return out, nil
 }
 
 // leavingInstance tells the attach of a slot resource whether the running instance

@@ -5,12 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 )
 
 // ErrNoFreeSlot means no slot of the instance's AZ can be claimed now.
 var ErrNoFreeSlot = errors.New("no claimable slot in the availability zone")
+
+// ErrHandover means a slot of the AZ could be claimed, but a slot whose holder is
+// leaving is this instance's to wait for (see Await): Claimed.Leaving names them.
+var ErrHandover = errors.New("waiting for a leaving holder's slot rather than claiming a free one")
+
+// Membership is an instance's lifecycle state and health status in its Auto Scaling
+// group.
+type Membership struct{ Lifecycle, Health string }
 
 // Claimer claims a slot for an instance: read the leases, decide, and try the
 // candidates with conditional writes until one succeeds.
@@ -22,6 +31,12 @@ type Claimer struct {
 	// Peers returns the instances of the Auto Scaling group that are pending or
 	// running in an AZ; they are matched to free slots (see Decide). Nil: no matching.
 	Peers func(ctx context.Context, az string) ([]string, error)
+	// Group returns the group membership of the instances it knows (ids absent from
+	// the map are in no group). It tells which holders of the AZ are leaving (their
+	// group is terminating them, or found them unhealthy) and which peers are being
+	// launched. Nil: only the leases and the EC2 states tell who is leaving, and every
+	// peer counts as launching.
+	Group func(ctx context.Context, ids []string) (map[string]Membership, error)
 	// Order ranks candidates after the matched one; Rendezvous when nil.
 	Order Order
 	// Rounds bounds how often the leases are re-read after a write was lost to a
@@ -67,12 +82,20 @@ type Claimed struct {
 	// wait for (see Leaving).
 	Taken  []lease.Lease
 	States map[string]string
+	// Leaving are, when no slot was claimed, the slots of Taken whose holder is
+	// leaving (see Leaving), and Why says, slot by slot, what each taken slot's holder
+	// is doing. With ErrNoFreeSlot and no Leaving, every slot of the AZ is held by a
+	// holder in service or claimed by another launch.
+	Leaving []int
+	Why     string
 }
 
 // Claim returns the slot lease instance holds after claiming one of azSlots, or
-// ErrNoFreeSlot. It is idempotent: an instance that already holds a slot gets it back
-// without a write. Two concurrent claims for one instance (a duplicate delivery) both
-// end with the same single slot: the extra claim is released.
+// ErrNoFreeSlot, or ErrHandover when a slot of the AZ whose holder is leaving is the
+// instance's to wait for, although another could be claimed (Await). It is
+// idempotent: an instance that already holds a slot gets it back without a write. Two
+// concurrent claims for one instance (a duplicate delivery) both end with the same
+// single slot: the extra claim is released.
 func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int, reason string) (Claimed, error) {
 	order, rounds := c.Order, c.Rounds
 	if order == nil {
@@ -88,11 +111,14 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 			return Claimed{}, err
 		}
 		d := Decide(instance, azSlots, leases, states, nil, order)
-		if c.Peers != nil && d.Held == nil && len(d.Candidates) > 1 {
-			// The peers decide which of several claimable slots to try first; with one
-			// (or none) they change nothing, and are not asked for.
-			peers, err := c.Peers(ctx, az)
-			if err != nil {
+		tk := taken(azSlots, leases, states)
+		var peers []string
+		if c.Peers != nil && d.Held == nil && (len(d.Candidates) > 1 || (len(d.Candidates) > 0 && len(tk) > 0)) {
+			// The peers decide which of several claimable slots to try first, and, while
+			// a slot of the AZ is taken (its holder may be leaving), which launches share
+			// the leaving slots and the free ones (Await). Otherwise (one claimable slot
+			// and none taken, or none claimable) they change nothing, and are not asked for.
+			if peers, err = c.Peers(ctx, az); err != nil {
 				return Claimed{}, fmt.Errorf("listing the group's instances in %s: %w", az, err)
 			}
 			d = Decide(instance, azSlots, leases, states, peers, order)
@@ -100,8 +126,22 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 		if d.Held != nil {
 			return Claimed{Lease: *d.Held, Reused: true, Writes: writes, Reason: "instance already holds the slot"}, nil
 		}
+		lv, err := c.leaving(ctx, instance, tk, leases, states, peers, len(d.Candidates) > 0)
+		if err != nil {
+			return Claimed{Writes: writes}, err
+		}
+		if c.Group != nil && len(d.Candidates) > 0 {
+			// Match only the peers being launched: a leaving holder whose slot was just
+			// released still runs and holds no lease, but it is no launch.
+			d = Decide(instance, azSlots, leases, states, append(slices.Clone(lv.launching), instance), order)
+		}
+		d = Await(instance, d, lv.slots, lv.launching)
 		if len(d.Candidates) == 0 {
-			return Claimed{Writes: writes, Taken: taken(azSlots, leases, states), States: states}, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
+			out := Claimed{Writes: writes, Taken: lv.taken, States: states, Leaving: lv.slots, Why: lv.why}
+			if len(d.Wait) > 0 {
+				return out, fmt.Errorf("%w: slot(s) %v of %s (%s)", ErrHandover, d.Wait, az, lv.why)
+			}
+			return out, fmt.Errorf("%w %s (slots %v)", ErrNoFreeSlot, az, azSlots)
 		}
 		// Try the first candidate. When another claimer was faster, the rest of this
 		// read is stale too: read again rather than racing down a stale list.
@@ -127,8 +167,75 @@ func (c *Claimer) Claim(ctx context.Context, instance, az string, azSlots []int,
 	if err != nil {
 		return Claimed{Writes: writes}, err
 	}
-	return Claimed{Writes: writes, Taken: taken(azSlots, leases, states), States: states},
+	lv, err := c.leaving(ctx, instance, taken(azSlots, leases, states), leases, states, nil, false)
+	if err != nil {
+		return Claimed{Writes: writes}, err
+	}
+	return Claimed{Writes: writes, Taken: lv.taken, States: states, Leaving: lv.slots, Why: lv.why},
 		fmt.Errorf("%w %s: lost to concurrent claims %d times", ErrNoFreeSlot, az, rounds)
+}
+
+// leavingView is what leaving found.
+type leavingView struct {
+	taken     []lease.Lease
+	slots     []int    // the taken slots whose holder is leaving
+	why       string   // each taken slot's holder, in words
+	launching []string // the lease-less peers being launched into the group
+}
+
+// leaving finds which of the taken slots' holders are leaving, and, when claim is
+// set (a slot could be claimed), which lease-less peers are being launched (the
+// instances that share the leaving slots and the free ones: see Await). One Group
+// lookup serves both; holders whose lease or EC2 state already says they are
+// leaving are not looked up.
+func (c *Claimer) leaving(ctx context.Context, instance string, tk []lease.Lease, leases map[int]lease.Lease,
+	states map[string]string, peers []string, claim bool) (leavingView, error) {
+	v := leavingView{taken: tk}
+	if len(tk) == 0 {
+		return v, nil
+	}
+	held := map[string]bool{}
+	for _, l := range leases {
+		if l.State != lease.Free {
+			held[l.Holder] = true
+		}
+	}
+	var ids, others []string
+	for _, l := range tk {
+		if ok, _ := Leaving(l, Holder{State: states[l.Holder]}); !ok && !slices.Contains(ids, l.Holder) {
+			ids = append(ids, l.Holder)
+		}
+	}
+	if claim {
+		for _, p := range peers {
+			if p != instance && !held[p] && !slices.Contains(others, p) {
+				others = append(others, p)
+			}
+		}
+	}
+	members := map[string]Membership{}
+	if c.Group != nil && len(ids)+len(others) > 0 {
+		var err error
+		if members, err = c.Group(ctx, append(ids, others...)); err != nil {
+			return v, fmt.Errorf("describing the AZ's holders and launches in their group: %w", err)
+		}
+	}
+	var whys []string
+	for _, l := range tk {
+		m := members[l.Holder]
+		ok, why := Leaving(l, Holder{State: states[l.Holder], Lifecycle: m.Lifecycle, Health: m.Health})
+		whys = append(whys, fmt.Sprintf("slot %d: %s", l.Slot, why))
+		if ok {
+			v.slots = append(v.slots, l.Slot)
+		}
+	}
+	v.why = strings.Join(whys, "; ")
+	for _, p := range others {
+		if m, ok := members[p]; c.Group == nil || (ok && Launching(m.Lifecycle)) {
+			v.launching = append(v.launching, p)
+		}
+	}
+	return v, nil
 }
 
 // taken returns the leases of azSlots that another instance may not claim now (given

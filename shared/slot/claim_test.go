@@ -73,6 +73,11 @@ func TestClaimLostToConcurrentClaimsNamesTheTakenSlots(t *testing.T) {
 			}
 			return m, nil
 		},
+		// Another instance, launching with this one, is matched to the leaving slot
+		// 0 (it ranks first): this one claims the free slot 1 rather than wait.
+		Peers: func(context.Context, string) ([]string, error) {
+			return []string{"i-000000000000000aa", "i-000000000000000cc"}, nil
+		},
 		Rounds: 1,
 	}
 	got, err := c.Claim(ctx, "i-000000000000000cc", "us-east-1a", []int{0, 1}, "launch")

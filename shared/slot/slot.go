@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 )
@@ -132,12 +133,16 @@ func LowestFirst(_ string, slots []int) []int {
 	return out
 }
 
-// Decision is the outcome of Decide.
+// Decision is the outcome of Decide (and of Await).
 type Decision struct {
 	// Held is set when the instance already holds a slot: reuse it, claim nothing.
 	Held *lease.Lease
 	// Candidates are the claimable slots' leases, in the order to try them.
 	Candidates []lease.Lease
+	// Wait, set by Await instead of Candidates, are the slots of the AZ whose holder
+	// is leaving: the instance waits for one of them to be handed over rather than
+	// claim a candidate.
+	Wait []int
 }
 
 // Claimable reports whether l may be claimed by another instance, given the EC2 state
@@ -179,10 +184,13 @@ func stateName(s string) string {
 //
 // Candidate order: when instance is among the peers that hold no lease, the peers are
 // matched to the claimable slots by rank: the r-th such peer (by id) tries the r-th
-// claimable slot (by number) first. Every launching instance computes the same
+// claimable slot (in preferred order: a slot whose holder is gone, then free slots
+// that have a volume, most recently released first, then slots that never had one,
+// by number) first. Every launching instance computes the same
 // matching from the same table, and the matching is stable while claims land (a peer
 // that claimed leaves the peers together with the slot it took), so concurrent
-// launches rarely collide. The remaining candidates follow order.
+// launches rarely collide. The remaining candidates follow the preference class, and
+// order within it.
 func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states map[string]string, peers []string, order Order) Decision {
 	// Reuse wins over everything: a redelivered event must not claim a second slot.
 	// Look at every slot, not only this AZ's, so a reuse is found whatever the config.
@@ -216,13 +224,17 @@ func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states m
 	if len(free) == 0 {
 		return Decision{}
 	}
-	slices.Sort(free)
+	free = preferred(claimable, free)
 	var d Decision
 	if first, ok := matched(instance, peers, holders, free); ok {
 		d.Candidates = append(d.Candidates, claimable[first])
 		delete(claimable, first)
 	}
-	for _, s := range order(instance, free) {
+	// The rest: by preference class (see preferred), and by order within a class.
+	class := func(s int) int { return preference(claimable[s]) }
+	rest := order(instance, free)
+	slices.SortStableFunc(rest, func(a, b int) int { return cmp.Compare(class(a), class(b)) })
+	for _, s := range rest {
 		if l, ok := claimable[s]; ok {
 			d.Candidates = append(d.Candidates, l)
 		}
@@ -230,8 +242,97 @@ func Decide(instance string, azSlots []int, leases map[int]lease.Lease, states m
 	return d
 }
 
-// matched returns the slot of free (sorted) that instance's rank among the lease-less
-// peers gives it.
+// preference is the class of a claimable lease in the order slots are matched to
+// launching instances: 0 for a slot held by a holder that is gone (its broker went
+// missing just now), 1 for a free slot that has a volume (a broker that is away),
+// 2 for a slot that never had one (taking it makes a new, empty broker).
+func preference(l lease.Lease) int {
+	switch {
+	case l.VolumeID != "" && l.State != lease.Free:
+		return 0
+	case l.VolumeID != "":
+		return 1
+	}
+	return 2
+}
+
+// preferred returns slots (claimable, keyed by slot) in the order launching instances
+// are matched to them: by preference class; within class 1 the most recently
+// released first (the broker that has been away the shortest); else by number. Every
+// launch computes the same order from the same table.
+func preferred(claimable map[int]lease.Lease, slots []int) []int {
+	out := slices.Clone(slots)
+	released := func(l lease.Lease) time.Time {
+		t, _ := time.Parse(time.RFC3339Nano, l.UpdatedAt)
+		return t
+	}
+	slices.SortFunc(out, func(a, b int) int {
+		la, lb := claimable[a], claimable[b]
+		if c := cmp.Compare(preference(la), preference(lb)); c != 0 {
+			return c
+		}
+		if preference(la) == 1 {
+			if c := released(lb).Compare(released(la)); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a, b)
+	})
+	return out
+}
+
+// Launching reports whether an instance in this lifecycle state of its group is being
+// launched into it (Pending, Pending:Wait, Pending:Proceed).
+func Launching(lifecycle string) bool { return strings.HasPrefix(lifecycle, "Pending") }
+
+// Await decides, for an instance with claimable candidates (d, from Decide), between
+// claiming one and waiting for a slot of its AZ whose holder is leaving (leaving: those
+// slots). A leaving holder is being replaced, most likely by one of the instances
+// launching now: the replacement must take its slot (same node id, same volume), not a
+// free one, where it would become another broker (a free slot that has a volume is
+// another broker's identity; one that never had one makes a new, empty broker).
+//
+// launching are the instances of the AZ being launched into the group that hold no
+// lease (instance counts whether listed or not). They are matched, by id, first to
+// the leaving slots and then to the candidates (in preferred order): the instance
+// waits when its rank is below the number of leaving slots (Decision.Wait), and
+// otherwise claims, its matched candidate first. Every launching instance computes
+// the same matching from the same view, so with two launches and one leaving slot
+// (a replacement and a scale-out) one waits and the other claims the free slot; once
+// the leaving slot is released or claimed it no longer counts, and the wait ends.
+func Await(instance string, d Decision, leaving []int, launching []string) Decision {
+	if d.Held != nil || len(d.Candidates) == 0 || len(leaving) == 0 {
+		return d
+	}
+	ranked := []string{instance}
+	for _, p := range launching {
+		if !slices.Contains(ranked, p) {
+			ranked = append(ranked, p)
+		}
+	}
+	slices.Sort(ranked)
+	r := slices.Index(ranked, instance)
+	if r < len(leaving) {
+		return Decision{Wait: slices.Sorted(slices.Values(leaving))}
+	}
+	claimable := map[int]lease.Lease{}
+	var slots []int
+	for _, l := range d.Candidates {
+		claimable[l.Slot] = l
+		slots = append(slots, l.Slot)
+	}
+	first := preferred(claimable, slots)[(r-len(leaving))%len(slots)]
+	out := Decision{Candidates: []lease.Lease{claimable[first]}}
+	for _, l := range d.Candidates {
+		if l.Slot != first {
+			out.Candidates = append(out.Candidates, l)
+		}
+	}
+	return out
+}
+
+// matched returns the slot of free (in preferred order) that instance's rank among
+// the lease-less peers gives it.
 func matched(instance string, peers []string, holders map[string]bool, free []int) (int, bool) {
 	var waiting []string
 	for _, p := range peers {

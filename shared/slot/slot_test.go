@@ -255,3 +255,44 @@ func TestHalted(t *testing.T) {
 		}
 	}
 }
+
+// Await: a launching instance whose AZ has a leaving holder waits for that slot rather
+// than take a free one, unless another launching instance ranks before it for the
+// leaving slots (a scale-out beside a replacement: one waits, the other claims).
+func TestAwait(t *testing.T) {
+	spare := lease.Lease{Slot: 4, State: lease.Free}
+	away := lease.Lease{Slot: 7, State: lease.Free, VolumeID: "vol-7", UpdatedAt: "2026-01-01T00:00:00Z"}
+	held := lease.Lease{Slot: 1, State: lease.Bound, Holder: "i-b"}
+	tests := []struct {
+		name      string
+		instance  string
+		d         Decision
+		leaving   []int
+		launching []string
+		wait      []int
+		first     int // first candidate when not waiting; -1: none
+	}{
+		{"a leaving holder, no other launch: wait", "i-b", Decision{Candidates: []lease.Lease{spare}}, []int{1}, nil, []int{1}, -1},
+		{"no leaving holder: claim", "i-b", Decision{Candidates: []lease.Lease{spare}}, nil, nil, nil, 4},
+		{"already holds a slot: reuse", "i-b", Decision{Held: &held}, []int{1}, nil, nil, -1},
+		{"ranks first of two launches: wait", "i-a", Decision{Candidates: []lease.Lease{spare}}, []int{1}, []string{"i-c"}, []int{1}, -1},
+		{"ranks second of two launches: claim", "i-c", Decision{Candidates: []lease.Lease{spare}}, []int{1}, []string{"i-a"}, nil, 4},
+		{"two leaving, two launches: both wait", "i-c", Decision{Candidates: []lease.Lease{spare}}, []int{2, 1}, []string{"i-a"}, []int{1, 2}, -1},
+		{"claims the slot with a volume before a never-used one", "i-c", Decision{Candidates: []lease.Lease{spare, away}}, []int{1}, []string{"i-a"}, nil, 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Await(tt.instance, tt.d, tt.leaving, tt.launching)
+			first := -1
+			if len(got.Candidates) > 0 {
+				first = got.Candidates[0].Slot
+			}
+			if !slices.Equal(got.Wait, tt.wait) || first != tt.first || (tt.d.Held != nil) != (got.Held != nil) {
+				t.Errorf("Await = wait %v, first candidate %d, held %v; want wait %v, first %d", got.Wait, first, got.Held, tt.wait, tt.first)
+			}
+			if len(got.Wait) > 0 && len(got.Candidates) > 0 {
+				t.Errorf("both waits and claims: %+v", got)
+			}
+		})
+	}
+}

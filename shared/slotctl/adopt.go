@@ -7,15 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
@@ -46,14 +47,28 @@ It checks, and refuses (exit code 4, nothing changed) with the reason otherwise:
   - the data volume: --volume, else the one at SLOTKEEPER_VOLUME_DEVICE, else the only
     non-root volume (two or more: give --volume); not the root volume, not tagged for
     another cluster or slot, no other volume tagged for the slot, and no slotkeeper mark
-    saying it was never formatted (it holds the broker's data);
+    saying it was never formatted (it holds the broker's data); and the instance has no
+    other non-root volume with DeleteOnTermination=true (a second log dir: AWS deletes it
+    with the instance, and a replacement gets only the slot's volume) unless --volume
+    names the slot's and --ack-other-volumes acknowledges the others (the plan lists
+    them);
+  - Kafka's metadata (a fresh request through SLOTKEEPER_KAFKA_BOOTSTRAP) lists node
+    NODE_ID_BASE + slot at an address of the instance (a private IP of one of its network
+    interfaces, its private DNS name, or a name resolving to one of its IPs): refused when
+    the broker there is another node, when the node is elsewhere or not registered, and
+    when no Kafka bootstrap is configured; when Kafka does not answer, exit code 3.
+    --no-kafka-check skips this check (for a Kafka adopt cannot reach: check node.id in
+    the broker's server.properties yourself);
   - with SLOTKEEPER_ENI=true the ENI: --eni-id, else the only secondary ENI (device index 1
-    or more; the primary ENI cannot move), its private IP becoming the slot's address;
+    or more; the primary ENI cannot move), in the slot's subnet (subnet[slot mod n]: the
+    launch attaches only an ENI of that subnet), its private IP becoming the slot's address;
     with SLOTKEEPER_ENI=false the slot's address is the holder's primary IP.
 
 Without --yes it shows the plan and changes nothing (exit code 4). With --yes, in this
-order: claims the slot for the instance (a conditional write: it never overwrites a held
-slot); sets DeleteOnTermination=false on the volume (and the ENI's attachment); tags the
+order: sets DeleteOnTermination=false on the volume (and the ENI's attachment), first, so
+that the data is kept whatever happens next; claims the slot for the instance (a
+conditional write: it never overwrites a held slot) and records the volume and ENI in
+the lease; tags the
 volume and ENI with slotkeeper:cluster and slotkeeper:slot; tags the instance with its
 identity (slotkeeper:cluster, :slot, :node-id, :lease); binds the lease, recording
 volume_id, eni_id and ip (conditional on the claim); then makes the same repairs as the
@@ -73,6 +88,8 @@ nothing.`,
 			fs.StringVar(&opt.Volume, "volume", "", "the broker's data volume (default: the one at SLOTKEEPER_VOLUME_DEVICE, else the only non-root one)")
 			fs.StringVar(&opt.ENI, "eni-id", "", "with SLOTKEEPER_ENI=true: the broker's secondary ENI (default: the only one; --eni is SLOTKEEPER_ENI itself)")
 			fs.BoolVar(&opt.Yes, "yes", false, "really adopt (without it, only show the plan)")
+			fs.BoolVar(&opt.AckOtherVolumes, "ack-other-volumes", false, "with --volume: acknowledge that the instance's other non-root volumes with DeleteOnTermination=true are not the slot's and are deleted with the instance")
+			fs.BoolVar(&opt.NoKafkaCheck, "no-kafka-check", false, "adopt without checking in Kafka's metadata that the instance's broker is node NODE_ID_BASE + slot (when Kafka cannot be reached; check node.id yourself)")
 		},
 		Run: func(ctx context.Context, r *Run) error { return runAdopt(ctx, r, opt) },
 	}
@@ -80,9 +97,13 @@ nothing.`,
 
 // AdoptOptions are adopt's flags.
 type AdoptOptions struct {
-	Slot        int
-	Volume, ENI string
-	Yes         bool
+	Slot         int
+	Volume, ENI  string
+	Yes          bool
+	NoKafkaCheck bool
+	// AckOtherVolumes lets adopt go ahead, with Volume given, although the instance
+	// has other non-root volumes that are deleted with it.
+	AckOtherVolumes bool
 }
 
 // Adoption is what adopt found, planned and did.
@@ -96,6 +117,14 @@ type Adoption struct {
 	Device   string `json:"device"`
 	ENI      string `json:"eni,omitempty"`
 	IP       string `json:"ip"`
+	// KafkaVerified is true when Kafka's metadata listed node NodeID at one of the
+	// instance's addresses (KafkaAddress); false with --no-kafka-check.
+	KafkaVerified bool   `json:"kafka_verified"`
+	KafkaAddress  string `json:"kafka_address,omitempty"`
+	// OtherVolumes are the instance's other non-root EBS volumes (not the slot's: a
+	// replacement does not get them), each with what happens to it when the instance
+	// goes.
+	OtherVolumes []string `json:"other_volumes,omitempty"`
 	// LeaseVersion is the slot's lease version once claimed (0 before).
 	LeaseVersion int64 `json:"lease_version,omitempty"`
 	// Plan lists the changes --yes makes (made, once Done), in order; empty when there is
@@ -110,11 +139,6 @@ type Adoption struct {
 }
 
 var instanceIDRE = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
-
-// neverFormattedRE matches the slotkeeper marks of a volume that was created blank and
-// never formatted: such a volume holds no broker's data and must never be adopted as
-// one (its mark would let the broker bootstrap format it).
-var neverFormattedRE = regexp.MustCompile(`(?i)never[-_]?formatted|unformatted|blank`)
 
 // adoption is one run of adopt: the facts it gathered and the changes it plans.
 type adoption struct {
@@ -145,6 +169,9 @@ func runAdopt(ctx context.Context, r *Run, opt AdoptOptions) error {
 	if err != nil {
 		return err
 	}
+	if opt.AckOtherVolumes && opt.Volume == "" {
+		return Usage(fmt.Sprintf("name the broker's data volume: slotctl adopt %s --slot %d --volume <vol-id> --ack-other-volumes", id, opt.Slot), "--ack-other-volumes needs --volume")
+	}
 	if opt.ENI != "" && !cfg.ENI {
 		return Usage("with SLOTKEEPER_ENI=false a slot's address is its holder's primary IP: leave --eni-id out", "--eni-id is given but SLOTKEEPER_ENI is false")
 	}
@@ -166,6 +193,14 @@ func runAdopt(ctx context.Context, r *Run, opt AdoptOptions) error {
 		o.Printf(" · ENI %s", a.doc.ENI)
 	}
 	o.Printf(" · IP %s\n", a.doc.IP)
+	for _, v := range a.doc.OtherVolumes {
+		o.Printf("%s other volume %s is not the slot's: a replacement does not get it\n", o.Paint("note:", Warn), v)
+	}
+	if a.doc.KafkaVerified {
+		o.Printf("Kafka lists node %d at %s, an address of %s\n", a.doc.NodeID, a.doc.KafkaAddress, id)
+	} else {
+		o.Printf("%s that the broker on %s is node %d was NOT checked in Kafka (--no-kafka-check)\n", o.Paint("warning:", Warn), id, a.doc.NodeID)
+	}
 	if !opt.Yes {
 		a.doc.DryRun = true
 		if len(a.doc.Plan) == 0 {
@@ -275,11 +310,8 @@ func (a *adoption) check(ctx context.Context, opt AdoptOptions) error {
 		return Refused(fmt.Sprintf("'slotctl history %d' shows who holds it; adopt the instance into a free slot", s),
 			"slot %d is held: %s by %s (lease version %d)", s, a.cur.State, a.cur.Holder, a.cur.Version)
 	}
-	if err := a.checkMark(ctx); err != nil {
-		return err
-	}
 
-	if err := a.findVolume(ctx, opt.Volume, leases); err != nil {
+	if err := a.findVolume(ctx, opt.Volume, opt.AckOtherVolumes, leases); err != nil {
 		return err
 	}
 	a.doc.IP = aws.ToString(a.inst.PrivateIpAddress)
@@ -293,31 +325,85 @@ func (a *adoption) check(ctx context.Context, opt AdoptOptions) error {
 			s, id, a.cur.VolumeID, a.cur.ENIID, a.doc.Volume, a.doc.ENI)
 	}
 	a.doc.LeaseVersion = a.cur.Version
+	if err := a.checkKafka(ctx, opt.NoKafkaCheck); err != nil {
+		return err
+	}
 	a.instTags = !hasTags(a.inst.Tags, map[string]string{resources.TagCluster: cfg.Cluster, resources.TagSlot: strconv.Itoa(s),
 		resources.TagNodeID: strconv.Itoa(a.doc.NodeID)}) || (a.cur.State != lease.Free && tagValue(a.inst.Tags, resources.TagLease) != strconv.FormatInt(a.cur.Version, 10))
 	return nil
 }
 
-// checkMark refuses a slot whose lease item carries a never-formatted mark: the lease
-// then describes a blank volume slotkeeper created, not the broker's data.
-func (a *adoption) checkMark(ctx context.Context) error {
-	out, err := a.c.DynamoDB.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName: aws.String(a.cfg.Table), ConsistentRead: aws.Bool(true),
-		Key: map[string]ddbtypes.AttributeValue{
-			"cluster": &ddbtypes.AttributeValueMemberS{Value: a.cfg.Cluster},
-			"slot":    &ddbtypes.AttributeValueMemberN{Value: strconv.Itoa(a.doc.Slot)},
-		},
-	})
-	if err != nil {
-		return awsError(err, "reading the lease of slot "+strconv.Itoa(a.doc.Slot))
+// checkKafka refuses unless Kafka's metadata lists node NodeID (NODE_ID_BASE + slot)
+// at one of the instance's addresses (a private IP of any of its network interfaces,
+// its private DNS name, or a name that resolves to one of its IPs): adopting another
+// broker's instance into the slot would give the slot's identity to the wrong node.
+// Without SLOTKEEPER_KAFKA_BOOTSTRAP it refuses (exit 4); when Kafka does not answer it
+// fails (exit 3); --no-kafka-check skips the check.
+func (a *adoption) checkKafka(ctx context.Context, skip bool) error {
+	d := &a.doc
+	if skip {
+		return nil
 	}
-	for k := range out.Item {
-		if neverFormattedRE.MatchString(k) {
-			return Refused("the slot's lease marks its volume as never formatted (slotkeeper created it blank): adopting a broker's data into it would let that mark format the data; adopt into another free slot, or see 'slotctl history'",
-				"slot %d's lease carries the never-formatted mark %q", a.doc.Slot, k)
+	k, err := a.c.Kafka()
+	if err != nil {
+		return err
+	}
+	noCheck := fmt.Sprintf("set SLOTKEEPER_KAFKA_BOOTSTRAP (or --kafka-bootstrap) so that adopt can check it; or, having checked node.id=%d in the broker's server.properties yourself, add --no-kafka-check", d.NodeID)
+	if k == nil {
+		return Refused(noCheck, "cannot check that the broker on %s is node %d: no Kafka bootstrap configured", d.Instance, d.NodeID)
+	}
+	brokers, err := k.Brokers(ctx)
+	if err != nil {
+		return &Error{Code: ExitUnreachable, Err: fmt.Errorf("checking that the broker on %s is node %d: %w", d.Instance, d.NodeID, err),
+			Hint: "check SLOTKEEPER_KAFKA_* and that Kafka answers; or, having checked node.id=" + strconv.Itoa(d.NodeID) + " in the broker's server.properties yourself, add --no-kafka-check"}
+	}
+	mine := map[string]bool{}
+	for _, n := range a.inst.NetworkInterfaces {
+		for _, ip := range n.PrivateIpAddresses {
+			mine[aws.ToString(ip.PrivateIpAddress)] = true
+		}
+		mine[aws.ToString(n.PrivateIpAddress)] = true
+	}
+	mine[aws.ToString(a.inst.PrivateIpAddress)] = true
+	names := map[string]bool{strings.ToLower(aws.ToString(a.inst.PrivateDnsName)): true}
+	delete(mine, "")
+	delete(names, "")
+	at := func(addr string) bool {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		if mine[host] || names[strings.ToLower(strings.TrimSuffix(host, "."))] {
+			return true
+		}
+		if net.ParseIP(host) != nil {
+			return false
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		ips, err := net.DefaultResolver.LookupHost(rctx, host)
+		return err == nil && slices.ContainsFunc(ips, func(ip string) bool { return mine[ip] })
+	}
+	var here []string
+	for _, id := range slices.Sorted(maps.Keys(brokers)) {
+		if at(brokers[id]) {
+			here = append(here, fmt.Sprintf("node %d (%s)", id, brokers[id]))
 		}
 	}
-	return nil
+	want, registered := brokers[int32(d.NodeID)]
+	switch {
+	case registered && at(want):
+		d.KafkaVerified, d.KafkaAddress = true, want
+		return nil
+	case len(here) > 0:
+		return Refused(fmt.Sprintf("a slot's broker is node NODE_ID_BASE + slot: adopt the instance into the slot of its node id, or check SLOTKEEPER_NODE_ID_BASE (%d)", a.cfg.NodeIDBase),
+			"the broker on %s is %s, not node %d (slot %d)", d.Instance, strings.Join(here, ", "), d.NodeID, d.Slot)
+	case registered:
+		return Refused("adopt the instance that runs node "+strconv.Itoa(d.NodeID),
+			"node %d is registered at %s, which is not an address of %s; no registered broker is on %s", d.NodeID, want, d.Instance, d.Instance)
+	}
+	return Refused("adopt a broker that runs and is registered (it must be node NODE_ID_BASE + slot); or, having checked node.id yourself, add --no-kafka-check",
+		"Kafka lists no broker on %s and no node %d (registered: %d brokers)", d.Instance, d.NodeID, len(brokers))
 }
 
 // dataVolume is a non-root EBS volume attached to the instance.
@@ -334,7 +420,7 @@ func sameDevice(a, b string) bool {
 }
 
 // findVolume chooses the data volume and checks that it may become the slot's.
-func (a *adoption) findVolume(ctx context.Context, want string, leases []lease.Lease) error {
+func (a *adoption) findVolume(ctx context.Context, want string, ackOthers bool, leases []lease.Lease) error {
 	cfg, id, s := a.cfg, a.doc.Instance, a.doc.Slot
 	root := aws.ToString(a.inst.RootDeviceName)
 	var cands []dataVolume
@@ -386,6 +472,25 @@ func (a *adoption) findVolume(ctx context.Context, want string, leases []lease.L
 		}
 	}
 	a.doc.Volume, a.doc.Device, a.volDT = pick.id, pick.device, pick.deleteOnTermination
+	// The instance's other data volumes (a second log dir, JBOD) are not the slot's: a
+	// replacement gets only the slot's volume, and AWS deletes those with
+	// DeleteOnTermination=true together with the instance.
+	var deleted []string
+	for _, v := range cands {
+		switch {
+		case v.id == pick.id:
+		case v.deleteOnTermination:
+			deleted = append(deleted, v.id+" at "+v.device)
+			a.doc.OtherVolumes = append(a.doc.OtherVolumes, v.id+" at "+v.device+" (DeleteOnTermination=true: deleted with the instance)")
+		default:
+			a.doc.OtherVolumes = append(a.doc.OtherVolumes, v.id+" at "+v.device+" (DeleteOnTermination=false: left behind, detached, when the instance goes)")
+		}
+	}
+	if len(deleted) > 0 && (want == "" || !ackOthers) {
+		return Refused(fmt.Sprintf("a slot has one data volume, which its replacements get; a broker with several log dirs (JBOD) cannot be adopted as is. If %s holds no broker data you need, confirm: slotctl adopt %s --slot %d --volume %s --ack-other-volumes",
+			strings.Join(deleted, ", "), id, s, pick.id),
+			"instance %s has other data volumes besides %s that are deleted with the instance (DeleteOnTermination=true): %s", id, pick.id, strings.Join(deleted, ", "))
+	}
 
 	out, err := a.c.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{pick.id}})
 	if err != nil || len(out.Volumes) == 0 {
@@ -478,6 +583,10 @@ func (a *adoption) findENI(ctx context.Context, want string, leases []lease.Leas
 		return awsError(fmt.Errorf("ENI %s: %w", eniID, errors.Join(err, errNotFoundIf(err == nil))), "describing the ENI")
 	}
 	tags := out.NetworkInterfaces[0].TagSet
+	if sn, want := aws.ToString(out.NetworkInterfaces[0].SubnetId), cfg.SubnetOf(s); sn != want {
+		return Refused(fmt.Sprintf("a slot's ENI lives in the slot's subnet (subnet[slot mod n] of SLOTKEEPER_SUBNETS: %s), where its replacements launch; a launch can never attach an ENI of another subnet, and would abandon every replacement. Adopt the broker with SLOTKEEPER_ENI=false, or move its address to an ENI in %s", want, want),
+			"ENI %s is in subnet %s, not slot %d's subnet %s", eniID, sn, s, want)
+	}
 	if err := foreignTags(tags, cfg.Cluster, s, "ENI "+eniID); err != nil {
 		return err
 	}
@@ -530,11 +639,11 @@ func (a *adoption) taggedForSlot(ctx context.Context, kind string) ([]string, er
 	return ids, nil
 }
 
-// neverFormatted returns the slotkeeper tag that marks a volume as never formatted.
+// neverFormatted returns the never-formatted mark (resources.TagNeverFormatted) of a
+// volume slotkeeper created blank, if it carries one.
 func neverFormatted(tags []ec2types.Tag) (string, bool) {
 	for _, t := range tags {
-		k := aws.ToString(t.Key)
-		if strings.HasPrefix(k, "slotkeeper:") && neverFormattedRE.MatchString(k) {
+		if k := aws.ToString(t.Key); k == resources.TagNeverFormatted {
 			return k + "=" + aws.ToString(t.Value), true
 		}
 	}
@@ -573,18 +682,18 @@ func instanceState(i ec2types.Instance) string {
 func (a *adoption) plan() {
 	d, cfg := &a.doc, a.cfg
 	add := func(format string, args ...any) { d.Plan = append(d.Plan, fmt.Sprintf(format, args...)) }
+	if a.volDT {
+		add("keep volume %s when the instance goes: DeleteOnTermination=false at %s", d.Volume, d.Device)
+	}
+	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
+		add("keep ENI %s when the instance goes: DeleteOnTermination=false on attachment %s", d.ENI, aws.ToString(a.eni.Attachment.AttachmentId))
+	}
 	switch a.cur.State {
 	case lease.Free:
 		add("claim slot %d for %s (conditional write on the free lease, version %d → %d), and record volume %s%s in it",
 			d.Slot, d.Instance, a.cur.Version, a.cur.Version+1, d.Volume, map[bool]string{true: " and ENI " + d.ENI, false: ""}[d.ENI != ""])
 	case lease.Bound:
 		d.Already = true
-	}
-	if a.volDT {
-		add("keep volume %s when the instance goes: DeleteOnTermination=false at %s", d.Volume, d.Device)
-	}
-	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
-		add("keep ENI %s when the instance goes: DeleteOnTermination=false on attachment %s", d.ENI, aws.ToString(a.eni.Attachment.AttachmentId))
 	}
 	if a.volTags {
 		add("tag volume %s: %s=%s, %s=%d", d.Volume, resources.TagCluster, cfg.Cluster, resources.TagSlot, d.Slot)
@@ -616,11 +725,34 @@ func (a *adoption) apply(ctx context.Context, o *Output) error {
 	why := fmt.Sprintf("adopted by slotctl: %s with volume %s", d.Instance, d.Volume)
 	step := func(what string) { o.Printf("  %s %s\n", o.Paint("✓", Good), what) }
 
+	// First what protects the data whatever happens next: the volume (and the ENI)
+	// stays when the instance goes. A crash, or a claim lost to a race, after it
+	// leaves nothing worse than a volume kept.
+	if a.volDT {
+		if _, err := a.c.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{
+			InstanceId: aws.String(d.Instance),
+			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{
+				DeviceName: aws.String(d.Device), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)},
+			}},
+		}); err != nil {
+			return awsError(err, "keeping volume "+d.Volume+" (DeleteOnTermination=false)")
+		}
+		step("volume " + d.Volume + " is kept when the instance goes")
+	}
+	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
+		if _, err := a.c.EC2.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
+			NetworkInterfaceId: aws.String(d.ENI),
+			Attachment:         &ec2types.NetworkInterfaceAttachmentChanges{AttachmentId: a.eni.Attachment.AttachmentId, DeleteOnTermination: aws.Bool(false)},
+		}); err != nil {
+			return awsError(err, "keeping ENI "+d.ENI+" (DeleteOnTermination=false)")
+		}
+		step("ENI " + d.ENI + " is kept when the instance goes")
+	}
 	l := a.cur
 	if l.State == lease.Free {
 		claimed, err := store.Claim(ctx, l, d.Instance, d.AZ, why)
 		if errors.Is(err, lease.ErrFenced) {
-			return Refused(fmt.Sprintf("'slotctl history %d' shows who took it", d.Slot), "slot %d changed while adopting (another claim won it): nothing was changed", d.Slot)
+			return Refused(fmt.Sprintf("'slotctl history %d' shows who took it", d.Slot), "slot %d changed while adopting (another claim won it): nothing was changed but DeleteOnTermination=false", d.Slot)
 		}
 		if err != nil {
 			return awsError(err, "claiming slot "+strconv.Itoa(d.Slot))
@@ -646,26 +778,6 @@ func (a *adoption) apply(ctx context.Context, o *Output) error {
 			l = rec
 			step(fmt.Sprintf("recorded %s %s in slot %d's lease", r.kind, r.id, d.Slot))
 		}
-	}
-	if a.volDT {
-		if _, err := a.c.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{
-			InstanceId: aws.String(d.Instance),
-			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{
-				DeviceName: aws.String(d.Device), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)},
-			}},
-		}); err != nil {
-			return awsError(err, "keeping volume "+d.Volume+" (DeleteOnTermination=false)")
-		}
-		step("volume " + d.Volume + " is kept when the instance goes")
-	}
-	if a.eni != nil && a.eni.Attachment != nil && aws.ToBool(a.eni.Attachment.DeleteOnTermination) {
-		if _, err := a.c.EC2.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
-			NetworkInterfaceId: aws.String(d.ENI),
-			Attachment:         &ec2types.NetworkInterfaceAttachmentChanges{AttachmentId: a.eni.Attachment.AttachmentId, DeleteOnTermination: aws.Bool(false)},
-		}); err != nil {
-			return awsError(err, "keeping ENI "+d.ENI+" (DeleteOnTermination=false)")
-		}
-		step("ENI " + d.ENI + " is kept when the instance goes")
 	}
 	slotTags := []ec2types.Tag{{Key: aws.String(resources.TagCluster), Value: aws.String(cfg.Cluster)}, {Key: aws.String(resources.TagSlot), Value: aws.String(strconv.Itoa(d.Slot))}}
 	for _, r := range []struct {

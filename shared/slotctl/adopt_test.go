@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -133,6 +134,9 @@ func TestAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The broker on a is node 1 (slot 1's), and advertises its ENI's address.
+	st.Kafka.Advertise(1, a.ip)
+
 	vars := map[string]string{}
 	for k, v := range st.Vars {
 		vars[config.Prefix+k] = v
@@ -142,6 +146,21 @@ func TestAdopt(t *testing.T) {
 		code := slotctl.Main(ctx, append([]string{"adopt"}, args...), slotctl.IO{Stdout: &out, Stderr: &errOut,
 			Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
 		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	setVar := func(k, v string) func() {
+		old, had := vars[config.Prefix+k]
+		if v == "" {
+			delete(vars, config.Prefix+k)
+		} else {
+			vars[config.Prefix+k] = v
+		}
+		return func() {
+			if had {
+				vars[config.Prefix+k] = old
+			} else {
+				delete(vars, config.Prefix+k)
+			}
+		}
 	}
 	mark := func(on bool) {
 		tags := []ec2types.Tag{{Key: aws.String("slotkeeper:never-formatted"), Value: aws.String("true")}}
@@ -173,6 +192,26 @@ func TestAdopt(t *testing.T) {
 				slotctl.ExitRefused, "carries the never-formatted mark slotkeeper:never-formatted=true"},
 			{"the root volume", []string{a.id, "--slot", "1", "--volume", a.root, "--yes"}, nil, slotctl.ExitRefused, "is the root volume"},
 			{"an instance that does not exist", []string{"i-0123456789abcdef0", "--slot", "1", "--yes"}, nil, slotctl.ExitRefused, "does not exist"},
+			// Kafka's metadata must show the slot's node on the instance.
+			{"the broker is another node", []string{a.id, "--slot", "1", "--yes"},
+				func() func() {
+					st.Kafka.Advertise(1, "127.0.0.1")
+					st.Kafka.Advertise(4, a.ip)
+					return func() { st.Kafka.Reset(); st.Kafka.Advertise(1, a.ip) }
+				},
+				slotctl.ExitRefused, "the broker on " + a.id + " is node 4 (" + a.ip + ":9092), not node 1 (slot 1)"},
+			{"the node is elsewhere", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { st.Kafka.Advertise(1, "10.9.9.9"); return func() { st.Kafka.Advertise(1, a.ip) } },
+				slotctl.ExitRefused, "node 1 is registered at 10.9.9.9:"},
+			{"the node is not registered", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { st.Kafka.Unregister(1); return func() { st.Kafka.Register(1) } },
+				slotctl.ExitRefused, "Kafka lists no broker on " + a.id + " and no node 1"},
+			{"no Kafka bootstrap", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { return setVar("KAFKA_BOOTSTRAP", "") },
+				slotctl.ExitRefused, "cannot check that the broker on " + a.id + " is node 1: no Kafka bootstrap configured"},
+			{"Kafka unreachable", []string{a.id, "--slot", "1", "--yes"},
+				func() func() { return setVar("KAFKA_BOOTSTRAP", closedAddr(t)) },
+				slotctl.ExitUnreachable, "checking that the broker on " + a.id + " is node 1"},
 			{"no slot given", []string{a.id}, nil, slotctl.ExitUsage, "adopt needs --slot"},
 			{"not an instance id", []string{"vol-1", "--slot", "1"}, nil, slotctl.ExitUsage, `"vol-1" is not an instance id`},
 		}
@@ -202,7 +241,8 @@ func TestAdopt(t *testing.T) {
 		h.ResetCounts()
 		r := run(a.id, "--slot", "1", "--json")
 		doc := decode[slotctl.Adoption](t, r)
-		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Done || doc.Volume != vol || doc.ENI != a.eni || doc.IP != a.ip || len(doc.Plan) != 6 {
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Done || doc.Volume != vol || doc.ENI != a.eni || doc.IP != a.ip || len(doc.Plan) != 6 ||
+			!doc.KafkaVerified || !strings.HasPrefix(doc.KafkaAddress, a.ip+":") {
 			t.Errorf("dry run: exit %d, %+v", r.code, doc)
 		}
 		if m := h.MutatingCalls(); len(m) > 0 {
@@ -215,6 +255,24 @@ func TestAdopt(t *testing.T) {
 		t.Logf("slotctl adopt %s --slot 1 (exit %d):\n%s%s", a.id, human.code, human.stdout, human.stderr)
 	})
 
+	t.Run("--no-kafka-check", func(t *testing.T) {
+		// With Kafka out of reach, the explicit flag lets the plan through, unverified.
+		defer setVar("KAFKA_BOOTSTRAP", closedAddr(t))()
+		h.ResetCounts()
+		r := run(a.id, "--slot", "1", "--no-kafka-check", "--json")
+		doc := decode[slotctl.Adoption](t, r)
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.KafkaVerified || len(doc.Plan) != 6 {
+			t.Errorf("dry run with --no-kafka-check: exit %d, %+v", r.code, doc)
+		}
+		human := run(a.id, "--slot", "1", "--no-kafka-check")
+		if !strings.Contains(human.stdout, "was NOT checked in Kafka (--no-kafka-check)") {
+			t.Errorf("the plan does not say the node id was not checked:\n%s", human.stdout)
+		}
+		if m := h.MutatingCalls(); len(m) > 0 {
+			t.Errorf("the dry run made mutating calls %v", m)
+		}
+	})
+
 	t.Run("--yes binds the slot", func(t *testing.T) {
 		h.ResetCounts()
 		r := run(a.id, "--slot", "1", "--yes", "--json")
@@ -223,7 +281,7 @@ func TestAdopt(t *testing.T) {
 			t.Fatalf("adopt: exit %d, %+v\nstderr %s", r.code, doc, r.stderr)
 		}
 		t.Logf("mutating calls: %v", h.MutatingCalls())
-		want := []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyInstanceAttribute", "CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
+		want := []string{"ModifyInstanceAttribute", "UpdateItem", "UpdateItem", "UpdateItem", "CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
 		if m := h.MutatingCalls(); !slices.Equal(m, want) {
 			t.Errorf("mutating calls %v, want %v", m, want)
 		}
@@ -329,10 +387,11 @@ func TestAdopt(t *testing.T) {
 	})
 }
 
-// adoptSequence is the mutating calls of one adoption with --yes, in order: the
-// claim, the records of the volume and the ENI, DeleteOnTermination, the tags of the
-// volume, the ENI and the instance, the bind, the disk alarm and the DNS records.
-var adoptSequence = []string{"UpdateItem", "UpdateItem", "UpdateItem", "ModifyInstanceAttribute",
+// adoptSequence is the mutating calls of one adoption with --yes, in order:
+// DeleteOnTermination (first: the data is kept whatever follows), the claim, the
+// records of the volume and the ENI, the tags of the volume, the ENI and the instance,
+// the bind, the disk alarm and the DNS records.
+var adoptSequence = []string{"ModifyInstanceAttribute", "UpdateItem", "UpdateItem", "UpdateItem",
 	"CreateTags", "CreateTags", "CreateTags", "UpdateItem", "PutMetricAlarm", "ChangeResourceRecordSets"}
 
 // An adoption that dies right after any one of its mutating calls took effect (its
@@ -371,6 +430,7 @@ func TestAdoptCrashSweep(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			b := runBroker(t, st, s%3, []string{"/dev/sdf"}, true, true)
+			st.Kafka.Advertise(int32(s), b.ip)
 			h.ResetCounts()
 			if point >= 0 {
 				skip := 0
@@ -387,6 +447,17 @@ func TestAdoptCrashSweep(t *testing.T) {
 				}
 				if m := h.MutatingCalls(); len(m) != point+1 || m[point] != adoptSequence[point] {
 					t.Fatalf("the crashed run made %v; want the first %d of %v", m, point+1, adoptSequence)
+				}
+				// Wherever it stopped, the broker's volume is already kept when the
+				// instance goes.
+				inst, err := direct.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{b.id}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range inst.Reservations[0].Instances[0].BlockDeviceMappings {
+					if aws.ToString(m.DeviceName) == "/dev/sdf" && aws.ToBool(m.Ebs.DeleteOnTermination) {
+						t.Errorf("after a crash at call %d (%s) the volume still goes with the instance (DeleteOnTermination=true)", point+1, adoptSequence[point])
+					}
 				}
 			}
 			again := run(b.id, "--slot", fmt.Sprint(s), "--yes", "--json")
@@ -442,4 +513,135 @@ func TestAdoptCrashSweep(t *testing.T) {
 			}
 		})
 	}
+}
+
+// closedAddr is a 127.0.0.1 address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// In ENI mode the ENI must be in the slot's subnet, not merely its AZ: the launch of
+// a replacement attaches only an ENI of the slot's subnet (resources.unusableENI),
+// so an ENI of another subnet would abandon every replacement. adopt refuses it,
+// and changes nothing.
+func TestAdoptENIInAnotherSubnet(t *testing.T) {
+	h := harness.Start(t)
+	st := newStage(t, h, "as", demo.StageOptions{})
+	ctx := context.Background()
+	direct := ec2.NewFromConfig(h.DirectConfig())
+	if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(st.Config.ASGName), MaxSize: aws.Int32(6)}); err != nil {
+		t.Fatal(err)
+	}
+	b := runBroker(t, st, 1, []string{"/dev/sdf"}, false, true)
+	sn, err := direct.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: aws.String(st.World.VPCID), CidrBlock: aws.String("10.0.12.0/24"),
+		AvailabilityZone: aws.String(st.World.Subnets[1].AZ)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eni, err := direct.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: sn.Subnet.SubnetId, Groups: []string{st.World.SecurityGroupID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eniID, ip := aws.ToString(eni.NetworkInterface.NetworkInterfaceId), aws.ToString(eni.NetworkInterface.PrivateIpAddress)
+	if _, err := direct.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(eniID), InstanceId: aws.String(b.id), DeviceIndex: aws.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Kafka.Advertise(1, ip)
+	vars := map[string]string{}
+	for k, v := range st.Vars {
+		vars[config.Prefix+k] = v
+	}
+	h.ResetCounts()
+	var out, errOut bytes.Buffer
+	code := slotctl.Main(ctx, []string{"adopt", b.id, "--slot", "1", "--yes", "--json"}, slotctl.IO{Stdout: &out, Stderr: &errOut,
+		Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
+	doc := decode[map[string]any](t, result{code: code, stdout: out.String(), stderr: errOut.String()})
+	msg, _ := doc["error"].(string)
+	want := fmt.Sprintf("ENI %s is in subnet %s, not slot 1's subnet %s", eniID, aws.ToString(sn.Subnet.SubnetId), st.World.Subnets[1].ID)
+	t.Logf("exit %d: %s (hint: %v)", code, msg, doc["hint"])
+	if code != slotctl.ExitRefused || !strings.Contains(msg, want) {
+		t.Errorf("exit %d, %v; want exit %d and %q", code, doc, slotctl.ExitRefused, want)
+	}
+	if m := h.MutatingCalls(); len(m) > 0 {
+		t.Errorf("a refused adopt made mutating calls %v", m)
+	}
+}
+
+// A broker with a second data volume (a second log dir, JBOD) that AWS deletes with
+// the instance (DeleteOnTermination=true): adopt refuses and names it; --volume alone
+// does not do; with --volume and --ack-other-volumes the plan goes ahead and lists it.
+func TestAdoptSecondDataVolume(t *testing.T) {
+	h := harness.Start(t)
+	st := newStage(t, h, "a2", demo.StageOptions{})
+	ctx := context.Background()
+	if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(ctx, &autoscaling.UpdateAutoScalingGroupInput{
+		AutoScalingGroupName: aws.String(st.Config.ASGName), MaxSize: aws.Int32(6)}); err != nil {
+		t.Fatal(err)
+	}
+	b := runBroker(t, st, 1, []string{"/dev/sdf", "/dev/sdg"}, true, true)
+	st.Kafka.Advertise(1, b.ip)
+	main, second := b.volumes["/dev/sdf"], b.volumes["/dev/sdg"]
+	vars := map[string]string{}
+	for k, v := range st.Vars {
+		vars[config.Prefix+k] = v
+	}
+	run := func(args ...string) result {
+		var out, errOut bytes.Buffer
+		code := slotctl.Main(ctx, append([]string{"adopt", b.id, "--slot", "1"}, args...), slotctl.IO{Stdout: &out, Stderr: &errOut,
+			Getenv: func(k string) string { return vars[k] }, Clients: slotctl.NewClients(h.AWSConfig())})
+		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	refusal := "instance " + b.id + " has other data volumes besides " + main + " that are deleted with the instance (DeleteOnTermination=true): " + second + " at /dev/sdg"
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"the volume at the device, another one deleted with the instance", []string{"--yes", "--json"}, slotctl.ExitRefused, refusal},
+		{"--volume alone", []string{"--volume", main, "--yes", "--json"}, slotctl.ExitRefused, refusal},
+		{"--ack-other-volumes without --volume", []string{"--ack-other-volumes", "--yes", "--json"}, slotctl.ExitUsage, "--ack-other-volumes needs --volume"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h.ResetCounts()
+			r := run(tt.args...)
+			doc := decode[map[string]any](t, r)
+			msg, _ := doc["error"].(string)
+			t.Logf("exit %d: %s (hint: %v)", r.code, msg, doc["hint"])
+			if r.code != tt.wantCode || !strings.Contains(msg, tt.wantErr) {
+				t.Errorf("exit %d, %v; want exit %d and %q", r.code, doc, tt.wantCode, tt.wantErr)
+			}
+			if m := h.MutatingCalls(); len(m) > 0 {
+				t.Errorf("a refused adopt made mutating calls %v", m)
+			}
+		})
+	}
+	t.Run("--volume and --ack-other-volumes", func(t *testing.T) {
+		h.ResetCounts()
+		r := run("--volume", main, "--ack-other-volumes", "--json")
+		doc := decode[slotctl.Adoption](t, r)
+		want := second + " at /dev/sdg (DeleteOnTermination=true: deleted with the instance)"
+		if r.code != slotctl.ExitRefused || !doc.DryRun || doc.Volume != main || !slices.Equal(doc.OtherVolumes, []string{want}) {
+			t.Errorf("dry run: exit %d, %+v; want the plan for %s, other volumes [%s]", r.code, doc, main, want)
+		}
+		human := run("--volume", main, "--ack-other-volumes")
+		if !strings.Contains(human.stdout, "other volume "+want+" is not the slot's") {
+			t.Errorf("the plan does not name the other volume:\n%s", human.stdout)
+		}
+		if m := h.MutatingCalls(); len(m) > 0 {
+			t.Errorf("the dry run made mutating calls %v", m)
+		}
+		t.Logf("%s", human.stdout)
+	})
 }

@@ -145,7 +145,10 @@ func testRollRefusals(t *testing.T, f *fixture) {
 				tt.setup()
 			}
 			f.h.ResetCounts()
-			r := f.run(nil, append([]string{"roll", "--launched-before", "now", "--poll", "100ms", "--step-timeout", "20s", "--json"}, tt.args...)...)
+			// Every holder old, whatever the second it was launched in: "now" would race
+			// the fixture's launch times, which EC2 gives to the second.
+			old := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+			r := f.run(nil, append([]string{"roll", "--launched-before", old, "--poll", "100ms", "--step-timeout", "20s", "--json"}, tt.args...)...)
 			doc := decode[map[string]any](t, r)
 			if r.code != slotctl.ExitRefused || !strings.Contains(fmt.Sprint(doc["error"]), tt.wantErr) || doc["hint"] == "" {
 				t.Errorf("exit %d, document %v; want exit %d and an error with %q", r.code, doc, slotctl.ExitRefused, tt.wantErr)

@@ -92,13 +92,13 @@ func runEvict(ctx context.Context, r *Run, yes bool) error {
 	if st := aws.ToString(out.AutoScalingInstances[0].LifecycleState); st != "InService" {
 		return Refused("evict only an instance in service; a lifecycle change is already under way", "%s is %s, not InService", l.Holder, st)
 	}
-	_, term, err := Hooks(ctx, c, cfg.ASGName)
+	_, term, err := Hooks(ctx, c, cfg)
 	if err != nil {
 		return awsError(err, "")
 	}
 	if term == nil {
 		return Refused("run 'slotctl preflight': the group needs the terminate lifecycle hook",
-			"group %s has no terminate lifecycle hook: the instance would die without the safety check and the controlled shutdown", cfg.ASGName)
+			"group %s has no terminate lifecycle hook named %s (SLOTKEEPER_TERMINATE_HOOK): the instance would die without the safety check and the controlled shutdown", cfg.ASGName, cfg.TerminateHook)
 	}
 
 	k, err := c.Kafka()

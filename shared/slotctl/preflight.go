@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,7 +33,8 @@ func preflightCommand() Command {
   subnets          every slot subnet exists; AZs and slot count fit (one rack per AZ, even spread)
   lease table      exists, with key cluster (S) + slot (N)
   auto scaling     the group exists; its AZs are the slots' AZs; it cannot outgrow the slots
-  lifecycle hooks  the group has a launch and a terminate hook whose heartbeat timeout
+  lifecycle hooks  the group has the hooks SLOTKEEPER_LAUNCH_HOOK (launching) and
+                   SLOTKEEPER_TERMINATE_HOOK (terminating), by name, whose heartbeat timeout
                    outlasts the launch and terminate functions (900 s) and two
                    SLOTKEEPER_HEARTBEAT_INTERVALs
   az rebalance     the AZRebalance process is suspended (it launches in one AZ before it
@@ -42,6 +44,8 @@ func preflightCommand() Command {
   warm pool        the group has none (a warm instance runs its user data with no slot)
   instance refresh no active instance refresh, and not the group's instance maintenance
                    policy, has MaxHealthyPercentage above 100 (launch before terminate)
+                   or MinHealthyPercentage below 100 x (slots - 1) / slots, rounded up
+                   (several brokers replaced at once)
   health check grace  the group's grace period covers a broker's start (--broker-start)
   topics           every topic's replication factor is above its min.insync.replicas (else
                    one broker down blocks acks=all producers: NOT_ENOUGH_REPLICAS) and not
@@ -332,21 +336,34 @@ const (
 	transitionTerminate = "autoscaling:EC2_INSTANCE_TERMINATING"
 )
 
-// Hooks returns the group's launch and terminate hooks (nil when absent).
-func Hooks(ctx context.Context, c *Clients, asg string) (launchHook, terminateHook *astypes.LifecycleHook, err error) {
-	out, err := c.AutoScaling.DescribeLifecycleHooks(ctx, &autoscaling.DescribeLifecycleHooksInput{AutoScalingGroupName: aws.String(asg)})
+// Hooks returns the group's hooks the functions act on: the one named
+// cfg.LaunchHook (SLOTKEEPER_LAUNCH_HOOK) with the launching transition and the one
+// named cfg.TerminateHook with the terminating transition (nil when absent). Hooks of
+// other names do not count: the functions ignore their actions.
+func Hooks(ctx context.Context, c *Clients, cfg config.Config) (launchHook, terminateHook *astypes.LifecycleHook, err error) {
+	launchHook, terminateHook, _, err = hooks(ctx, c, cfg)
+	return launchHook, terminateHook, err
+}
+
+// hooks is Hooks, and also names the group's other hooks (the ones the functions
+// ignore), for the messages.
+func hooks(ctx context.Context, c *Clients, cfg config.Config) (launchHook, terminateHook *astypes.LifecycleHook, others []string, err error) {
+	out, err := c.AutoScaling.DescribeLifecycleHooks(ctx, &autoscaling.DescribeLifecycleHooksInput{AutoScalingGroupName: aws.String(cfg.ASGName)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("describing the lifecycle hooks of %s: %w", asg, err)
+		return nil, nil, nil, fmt.Errorf("describing the lifecycle hooks of %s: %w", cfg.ASGName, err)
 	}
 	for i, h := range out.LifecycleHooks {
-		switch aws.ToString(h.LifecycleTransition) {
-		case transitionLaunch:
+		name, tr := aws.ToString(h.LifecycleHookName), aws.ToString(h.LifecycleTransition)
+		switch {
+		case name == cfg.LaunchHook && tr == transitionLaunch:
 			launchHook = &out.LifecycleHooks[i]
-		case transitionTerminate:
+		case name == cfg.TerminateHook && tr == transitionTerminate:
 			terminateHook = &out.LifecycleHooks[i]
+		default:
+			others = append(others, fmt.Sprintf("%s (%s)", name, tr))
 		}
 	}
-	return launchHook, terminateHook, nil
+	return launchHook, terminateHook, others, nil
 }
 
 // FunctionTimeout is the Lambda timeout of the launch and terminate functions
@@ -359,7 +376,7 @@ const FunctionTimeout = 900 * time.Second
 // expire it).
 func (p *preflight) hooks(ctx context.Context) Check {
 	const name = "lifecycle hooks"
-	launch, term, err := Hooks(ctx, p.c, p.cfg.ASGName)
+	launch, term, others, err := hooks(ctx, p.c, p.cfg)
 	if err != nil {
 		return errCheck(name, err)
 	}
@@ -370,7 +387,10 @@ func (p *preflight) hooks(ctx context.Context) Check {
 		return fmt.Sprintf("%s: %s (heartbeat %ds, default %s)", what, aws.ToString(h.LifecycleHookName),
 			aws.ToInt32(h.HeartbeatTimeout), aws.ToString(h.DefaultResult))
 	}
-	detail := describe("launch", launch) + "; " + describe("terminate", term)
+	detail := describe("launch "+p.cfg.LaunchHook, launch) + "; " + describe("terminate "+p.cfg.TerminateHook, term)
+	if len(others) > 0 {
+		detail += "; hooks the functions ignore: " + strings.Join(others, ", ")
+	}
 	need := max(FunctionTimeout, 2*p.cfg.HeartbeatInterval+time.Second)
 	needS := int32(need / time.Second)
 	fix := func(h *astypes.LifecycleHook, result string) string {
@@ -391,8 +411,9 @@ func (p *preflight) hooks(ctx context.Context) Check {
 	switch {
 	case launch == nil || term == nil:
 		return Check{Name: name, Result: CheckFail, Detail: detail,
-			Hint: "without the launch hook new instances go in service with no slot; without the terminate hook a planned termination skips the safety check and the controlled shutdown",
-			Fix:  "deploy the stack (template.yaml creates slotkeeper-launch and slotkeeper-terminate on AsgName), or put the missing hook with aws autoscaling put-lifecycle-hook (heartbeat timeout 900, default result ABANDON for launch, CONTINUE for terminate)"}
+			Hint: "the functions act only on the actions of the hooks named SLOTKEEPER_LAUNCH_HOOK (" + p.cfg.LaunchHook + ", transition " + transitionLaunch + ") and SLOTKEEPER_TERMINATE_HOOK (" + p.cfg.TerminateHook + ", transition " + transitionTerminate + ") and ignore every other hook: without the launch hook new instances go in service with no slot; without the terminate hook a planned termination skips the safety check and the controlled shutdown",
+			Fix: fmt.Sprintf("deploy the stack (template.yaml creates the hooks on AsgName), or put the missing hook: aws autoscaling put-lifecycle-hook --auto-scaling-group-name %s --lifecycle-hook-name %s --lifecycle-transition %s --heartbeat-timeout %d --default-result ABANDON; aws autoscaling put-lifecycle-hook --auto-scaling-group-name %s --lifecycle-hook-name %s --lifecycle-transition %s --heartbeat-timeout %d --default-result CONTINUE (or set SLOTKEEPER_LAUNCH_HOOK / SLOTKEEPER_TERMINATE_HOOK to the names the group's hooks have)",
+				p.cfg.ASGName, p.cfg.LaunchHook, transitionLaunch, needS, p.cfg.ASGName, p.cfg.TerminateHook, transitionTerminate, needS)}
 	case len(short) > 0:
 		return Check{Name: name, Result: CheckFail, Detail: detail,
 			Hint: fmt.Sprintf("the heartbeat timeout of %s is shorter than %ds: the launch and terminate functions may run %s (their Lambda timeout) and send a heartbeat every SLOTKEEPER_HEARTBEAT_INTERVAL (%s); a hook that expires first ends the action with its default result while the function still works on it",
@@ -481,21 +502,30 @@ func activeRefresh(st astypes.InstanceRefreshStatus) bool {
 
 // instanceRefresh: neither an active instance refresh nor the group's instance
 // maintenance policy (the default preferences of every refresh and replacement) has a
-// MaxHealthyPercentage above 100, which launches replacements before it terminates.
+// MaxHealthyPercentage above 100, which launches replacements before it terminates,
+// or a MinHealthyPercentage below OneAtATime, which lets the group take several
+// brokers out of service at once (the terminate path's safety wait is bounded:
+// SLOTKEEPER_SAFETY_MAX_WAIT).
 func (p *preflight) instanceRefresh(ctx context.Context) Check {
 	const name = "instance refresh"
 	if p.g == nil {
 		return groupMissing(name)
 	}
-	brokers := max(1, p.cfg.SlotCount)
-	oneAtATime := 100 * (brokers - 1) / brokers // the lowest MinHealthyPercentage that replaces one broker at a time
+	oneAtATime := OneAtATime(p.cfg.SlotCount)
 	var parts, fixes []string
 	policy := "the group has no instance maintenance policy"
 	if mp := p.g.InstanceMaintenancePolicy; mp != nil && mp.MaxHealthyPercentage != nil && *mp.MaxHealthyPercentage >= 0 { // -1: cleared
-		policy = fmt.Sprintf("instance maintenance policy: MinHealthyPercentage %d, MaxHealthyPercentage %d",
-			aws.ToInt32(mp.MinHealthyPercentage), aws.ToInt32(mp.MaxHealthyPercentage))
-		if aws.ToInt32(mp.MaxHealthyPercentage) > 100 {
-			parts = append(parts, "the group's "+policy)
+		minH, maxH := aws.ToInt32(mp.MinHealthyPercentage), aws.ToInt32(mp.MaxHealthyPercentage)
+		policy = fmt.Sprintf("instance maintenance policy: MinHealthyPercentage %d, MaxHealthyPercentage %d", minH, maxH)
+		var bad []string
+		if maxH > 100 {
+			bad = append(bad, fmt.Sprintf("MaxHealthyPercentage %d above 100 launches each replacement before the instance it replaces is terminated", maxH))
+		}
+		if minH >= 0 && minH < oneAtATime {
+			bad = append(bad, fmt.Sprintf("MinHealthyPercentage %d below %d lets the group replace several of %d brokers at once", minH, oneAtATime, p.cfg.SlotCount))
+		}
+		if len(bad) > 0 {
+			parts = append(parts, "the group's "+policy+": "+strings.Join(bad, ", and "))
 			fixes = append(fixes, fmt.Sprintf("aws autoscaling update-auto-scaling-group --auto-scaling-group-name %s --instance-maintenance-policy MinHealthyPercentage=%d,MaxHealthyPercentage=100",
 				p.cfg.ASGName, oneAtATime))
 		}
@@ -512,8 +542,19 @@ func (p *preflight) instanceRefresh(ctx context.Context) Check {
 			continue
 		}
 		active++
-		if pr := r.Preferences; pr != nil && aws.ToInt32(pr.MaxHealthyPercentage) > 100 {
-			parts = append(parts, fmt.Sprintf("instance refresh %s (%s) with MaxHealthyPercentage %d", aws.ToString(r.InstanceRefreshId), r.Status, aws.ToInt32(pr.MaxHealthyPercentage)))
+		pr := r.Preferences
+		if pr == nil {
+			continue
+		}
+		var bad []string
+		if aws.ToInt32(pr.MaxHealthyPercentage) > 100 {
+			bad = append(bad, fmt.Sprintf("MaxHealthyPercentage %d", aws.ToInt32(pr.MaxHealthyPercentage)))
+		}
+		if pr.MinHealthyPercentage != nil && aws.ToInt32(pr.MinHealthyPercentage) < oneAtATime {
+			bad = append(bad, fmt.Sprintf("MinHealthyPercentage %d (below %d: several brokers at once)", aws.ToInt32(pr.MinHealthyPercentage), oneAtATime))
+		}
+		if len(bad) > 0 {
+			parts = append(parts, fmt.Sprintf("instance refresh %s (%s) with %s", aws.ToString(r.InstanceRefreshId), r.Status, strings.Join(bad, " and ")))
 			fixes = append(fixes, "aws autoscaling cancel-instance-refresh --auto-scaling-group-name "+p.cfg.ASGName+
 				"; then replace the brokers with 'slotctl roll', or start the refresh again with --preferences '"+
 				fmt.Sprintf(`{"MinHealthyPercentage":%d,"MaxHealthyPercentage":100}`, oneAtATime)+"'")
@@ -522,11 +563,20 @@ func (p *preflight) instanceRefresh(ctx context.Context) Check {
 	detail := fmt.Sprintf("%d active instance refresh(es); %s", active, policy)
 	if len(parts) > 0 {
 		return Check{Name: name, Result: CheckFail, Detail: detail,
-			Hint: "MaxHealthyPercentage above 100 launches each replacement before the instance it replaces is terminated: " + strings.Join(parts, "; ") +
-				": the replacement finds the broker's slot still held by a running broker",
+			Hint: "MaxHealthyPercentage above 100 launches each replacement before the instance it replaces is terminated (the replacement finds the broker's slot still held by a running broker); MinHealthyPercentage below " +
+				strconv.Itoa(int(oneAtATime)) + " lets the group take several brokers out of service at once (the terminate path's safety wait gives up after SLOTKEEPER_SAFETY_MAX_WAIT): " + strings.Join(parts, "; "),
 			Fix: strings.Join(fixes, "; ")}
 	}
 	return Check{Name: name, Result: CheckOK, Detail: detail}
+}
+
+// OneAtATime is the lowest MinHealthyPercentage (of an instance refresh or the
+// group's instance maintenance policy) that keeps all brokers but one of slots in
+// service: 100 × (slots − 1) ÷ slots, rounded up, so that the healthy count it keeps is
+// at least slots − 1 however Auto Scaling rounds it.
+func OneAtATime(slots int) int32 {
+	n := max(1, slots)
+	return int32((100*(n-1) + n - 1) / n)
 }
 
 // healthGrace: the group's health check grace period covers a broker's start, so a

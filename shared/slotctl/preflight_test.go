@@ -3,6 +3,7 @@ package slotctl_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -60,6 +61,10 @@ const recordedRefreshes = `<DescribeInstanceRefreshesResponse xmlns="http://auto
 // maintenance policy (moto 5.2.5 accepts the setting and drops it).
 const recordedPolicy = `<InstanceMaintenancePolicy><MinHealthyPercentage>100</MinHealthyPercentage><MaxHealthyPercentage>200</MaxHealthyPercentage></InstanceMaintenancePolicy>`
 
+func policyXML(minH, maxH int) string {
+	return fmt.Sprintf("<InstanceMaintenancePolicy><MinHealthyPercentage>%d</MinHealthyPercentage><MaxHealthyPercentage>%d</MaxHealthyPercentage></InstanceMaintenancePolicy>", minH, maxH)
+}
+
 // Each Auto Scaling setting that launches before it terminates, or replaces a broker
 // mid-start, is a failed check with the exact fix, from a group configured that way at
 // moto; moto lacks instance refreshes and instance maintenance policies, which come
@@ -68,7 +73,7 @@ func TestPreflightAutoScaling(t *testing.T) {
 	h := harness.Start(t)
 	// Recorded answers, for the groups named in them; installed before any call.
 	var mu sync.Mutex
-	refreshing, withPolicy := map[string]bool{}, map[string]bool{}
+	refreshing, withPolicy := map[string]bool{}, map[string]string{}
 	h.Override(harness.Override{Action: "DescribeInstanceRefreshes", Rewrite: func(req, resp []byte) []byte {
 		mu.Lock()
 		defer mu.Unlock()
@@ -82,9 +87,9 @@ func TestPreflightAutoScaling(t *testing.T) {
 	h.Override(harness.Override{Action: "DescribeAutoScalingGroups", Rewrite: func(_, resp []byte) []byte {
 		mu.Lock()
 		defer mu.Unlock()
-		for g := range withPolicy {
+		for g, policy := range withPolicy {
 			resp = bytes.Replace(resp, []byte("<AutoScalingGroupName>"+g+"</AutoScalingGroupName>"),
-				[]byte("<AutoScalingGroupName>"+g+"</AutoScalingGroupName>"+recordedPolicy), 1)
+				[]byte("<AutoScalingGroupName>"+g+"</AutoScalingGroupName>"+policy), 1)
 		}
 		return resp
 	}})
@@ -163,15 +168,80 @@ func TestPreflightAutoScaling(t *testing.T) {
 				mu.Unlock()
 			}},
 		{name: "maintenance", check: "instance refresh",
-			fix:    "aws autoscaling update-auto-scaling-group --auto-scaling-group-name maintenance --instance-maintenance-policy MinHealthyPercentage=66,MaxHealthyPercentage=100",
+			fix:    "aws autoscaling update-auto-scaling-group --auto-scaling-group-name maintenance --instance-maintenance-policy MinHealthyPercentage=67,MaxHealthyPercentage=100",
 			detail: "MinHealthyPercentage 100, MaxHealthyPercentage 200",
 			setup: func(g string) {
 				group(g, func(in *autoscaling.CreateAutoScalingGroupInput) {
 					in.InstanceMaintenancePolicy = &astypes.InstanceMaintenancePolicy{MinHealthyPercentage: aws.Int32(100), MaxHealthyPercentage: aws.Int32(200)}
 				}, nil)
 				mu.Lock()
-				withPolicy[g] = true
+				withPolicy[g] = recordedPolicy
 				mu.Unlock()
+			}},
+		// MinHealthyPercentage 0: a refresh or health replacement may take every broker
+		// out of service at once. 67 (100 × 2 ÷ 3, rounded up) keeps two of three.
+		{name: "minhealthy", check: "instance refresh",
+			fix:    "aws autoscaling update-auto-scaling-group --auto-scaling-group-name minhealthy --instance-maintenance-policy MinHealthyPercentage=67,MaxHealthyPercentage=100",
+			detail: "MinHealthyPercentage 0, MaxHealthyPercentage 100",
+			setup: func(g string) {
+				group(g, nil, nil)
+				mu.Lock()
+				withPolicy[g] = policyXML(0, 100)
+				mu.Unlock()
+			}},
+		{name: "minhealthy66", check: "instance refresh", detail: "MinHealthyPercentage 66, MaxHealthyPercentage 100",
+			fix: "MinHealthyPercentage=67,MaxHealthyPercentage=100",
+			setup: func(g string) {
+				group(g, nil, nil)
+				mu.Lock()
+				withPolicy[g] = policyXML(66, 100)
+				mu.Unlock()
+			}},
+		{name: "onebyone", setup: func(g string) {
+			group(g, nil, nil)
+			mu.Lock()
+			withPolicy[g] = policyXML(67, 100)
+			mu.Unlock()
+		}},
+		// Hooks of other names than SLOTKEEPER_LAUNCH_HOOK / SLOTKEEPER_TERMINATE_HOOK: the
+		// functions ignore their actions, as if the group had none.
+		{name: "foreignhooks", check: "lifecycle hooks",
+			fix:    "--lifecycle-hook-name " + demo.TerminateHook + " --lifecycle-transition autoscaling:EC2_INSTANCE_TERMINATING",
+			detail: "hooks the functions ignore: someone-elses-launch (autoscaling:EC2_INSTANCE_LAUNCHING), someone-elses-terminate (autoscaling:EC2_INSTANCE_TERMINATING)",
+			setup: func(g string) {
+				group(g, nil, func() {
+					for _, hk := range [][2]string{{demo.LaunchHook, "someone-elses-launch"}, {demo.TerminateHook, "someone-elses-terminate"}} {
+						if _, err := asg.DeleteLifecycleHook(ctx, &autoscaling.DeleteLifecycleHookInput{AutoScalingGroupName: aws.String(g), LifecycleHookName: aws.String(hk[0])}); err != nil {
+							t.Fatal(err)
+						}
+					}
+					for _, hk := range [][3]string{{"someone-elses-launch", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"}, {"someone-elses-terminate", "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"}} {
+						if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{AutoScalingGroupName: aws.String(g),
+							LifecycleHookName: aws.String(hk[0]), LifecycleTransition: aws.String(hk[1]), DefaultResult: aws.String(hk[2]),
+							HeartbeatTimeout: aws.Int32(900)}); err != nil {
+							t.Fatal(err)
+						}
+					}
+					// roll and evict look the terminate hook up the same way: none here.
+					cfg := st.Config
+					cfg.ASGName = g
+					l, term, err := slotctl.Hooks(ctx, st.Clients(), cfg)
+					if err != nil || l != nil || term != nil {
+						t.Errorf("slotctl.Hooks: %v, %v, %v; want no hook of ours", l, term, err)
+					}
+				})
+			}},
+		// A hook of our name on the wrong transition is not ours either.
+		{name: "swappedhooks", check: "lifecycle hooks", detail: "launch " + demo.LaunchHook + ": missing",
+			fix: "--lifecycle-hook-name " + demo.LaunchHook + " --lifecycle-transition autoscaling:EC2_INSTANCE_LAUNCHING",
+			setup: func(g string) {
+				group(g, nil, func() {
+					if _, err := asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{AutoScalingGroupName: aws.String(g),
+						LifecycleHookName: aws.String(demo.LaunchHook), LifecycleTransition: aws.String("autoscaling:EC2_INSTANCE_TERMINATING"),
+						DefaultResult: aws.String("CONTINUE"), HeartbeatTimeout: aws.Int32(900)}); err != nil {
+						t.Fatal(err)
+					}
+				})
 			}},
 		{name: "grace", check: "health check grace", fix: "aws autoscaling update-auto-scaling-group --auto-scaling-group-name grace --health-check-grace-period 600",
 			detail: "grace period 1m0s",

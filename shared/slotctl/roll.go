@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -34,7 +35,8 @@ paths, so that each replacement comes back as the same broker with the same volu
 
 For each slot, in turn:
   1. wait until the cluster is at rest: every instance of the group InService and as many
-     as the desired capacity, no slot claimed or draining, every partition fully in sync
+     as the desired capacity, no slot claimed or draining, the removal token free (no
+     termination between its safety wait and its release), every partition fully in sync
      (none under-replicated or offline), every bound slot's broker registered, the KRaft
      quorum with a leader and every voter caught up, and the slot's broker safe to remove
      (the removal-safety and quorum rules the terminate function applies);
@@ -47,8 +49,11 @@ Order: brokers first, KRaft controllers next, the quorum leader very last (from 
 DescribeQuorum before each step).
 
 Which holders are old: with --launched-before, those launched before that time ("now":
-when the roll starts); otherwise those not launched from the group's current launch
-template version (the aws:ec2launchtemplate:version tag EC2 puts on the instances).
+when the roll starts, by the earlier of this machine's clock and AWS's); otherwise those
+not launched from the group's current launch template version (the
+aws:ec2launchtemplate:version tag EC2 puts on the instances; a later version of the same
+template counts as new). The roll never evicts a holder it put in place itself, even if
+that one still looks old (it says so).
 Because the holders that are already new are skipped, running the same command again
 after an interruption resumes the roll; a roll interrupted mid-step first waits for that
 step's slot to settle. The resume command is printed.
@@ -80,7 +85,7 @@ Progress: one line per step, with the time since the roll started.`,
 			switch before {
 			case "":
 			case "now":
-				o.LaunchedBefore = time.Now()
+				o.LaunchedBefore, o.LaunchedBeforeNow = time.Now(), true
 			default:
 				if o.LaunchedBefore, err = time.Parse(time.RFC3339, before); err != nil {
 					return Usage(`give an RFC 3339 time (2026-05-04T09:30:00Z) or "now"`, "--launched-before %q: %v", before, err)
@@ -121,6 +126,10 @@ type RollOptions struct {
 	// it (to the second); zero: a holder is old when it was not launched from the
 	// group's current launch template version.
 	LaunchedBefore time.Time
+	// LaunchedBeforeNow says LaunchedBefore is "now": the roll takes the earlier of
+	// this machine's clock and AWS's (the Date of its first answer), so that a clock
+	// ahead of AWS's does not make the replacements look launched before the roll.
+	LaunchedBeforeNow bool
 	// DryRun shows the plan and the current state of the cluster and changes nothing.
 	DryRun bool
 	// Poll is the pause between two looks of a wait; StepTimeout bounds each wait;
@@ -276,12 +285,21 @@ type roller struct {
 	lastWait string
 	// roles are the slots' roles as last seen (progress lines name them).
 	roles map[int]string
+	// restQuorum is the KRaft quorum the last readiness check read (nil: Kafka has
+	// none); the roll's order comes from it.
+	restQuorum *kafka.Quorum
+	// replaced are the holders this run bound to a slot (slot → instance): never
+	// evicted again by this run, whatever the judge of new and old says of them (a
+	// clock skew, a launch template version that moved during the roll).
+	replaced map[int]string
 }
 
 // world is one look at the cluster.
 type world struct {
 	leases map[int]lease.Lease
 	group  *astypes.AutoScalingGroup
+	// serverTime is the Date of Auto Scaling's answer (zero when absent).
+	serverTime time.Time
 	// inst holds the holders' EC2 descriptions.
 	inst map[string]ec2types.Instance
 }
@@ -299,7 +317,7 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 	if opt.CallTimeout <= 0 {
 		opt.CallTimeout = 30 * time.Second
 	}
-	r := &roller{c: c, cfg: cfg, opt: opt, out: out, start: time.Now(), roles: map[int]string{}}
+	r := &roller{c: c, cfg: cfg, opt: opt, out: out, start: time.Now(), roles: map[int]string{}, replaced: map[int]string{}}
 	k, err := c.Kafka()
 	if err != nil {
 		return rep, err
@@ -316,15 +334,20 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 	if w.group == nil {
 		return rep, Refused("check SLOTKEEPER_ASG_NAME and the region", "group %s does not exist", cfg.ASGName)
 	}
+	// The Date header counts whole seconds: AWS's clock is within a second after it.
+	if awsNow := w.serverTime.Add(time.Second); opt.LaunchedBeforeNow && !w.serverTime.IsZero() && awsNow.Before(r.opt.LaunchedBefore) {
+		r.opt.LaunchedBefore = awsNow
+		opt.LaunchedBefore = awsNow
+	}
 	cctx, cancel := context.WithTimeout(ctx, opt.CallTimeout)
-	_, term, err := Hooks(cctx, c, cfg.ASGName)
+	_, term, err := Hooks(cctx, c, cfg)
 	cancel()
 	if err != nil {
 		return rep, awsError(err, "")
 	}
 	if term == nil {
 		return rep, Refused("run 'slotctl preflight': the group needs the terminate lifecycle hook",
-			"group %s has no terminate lifecycle hook: brokers would leave without the safety wait and the controlled shutdown", cfg.ASGName)
+			"group %s has no terminate lifecycle hook named %s (SLOTKEEPER_TERMINATE_HOOK): brokers would leave without the safety wait and the controlled shutdown", cfg.ASGName, cfg.TerminateHook)
 	}
 	rep = RollReport{Cluster: cfg.Cluster, Group: cfg.ASGName, DryRun: opt.DryRun, Plan: []RollSlot{}, Steps: []RollStep{}, Log: []string{}}
 	r.rep = &rep
@@ -410,15 +433,17 @@ func Roll(ctx context.Context, c *Clients, cfg config.Config, opt RollOptions, o
 		if err != nil {
 			return rep, err
 		}
-		q, _ := r.quorum(ctx)
+		// The order comes from the quorum the at-rest look read: a failed second read
+		// would leave no quorum and make every node a broker, the leader first.
+		q := r.restQuorum
 		next := -1
-		for _, s := range r.order(q, func(s int) bool { return !r.isNew(w, s) }) {
+		for _, s := range r.order(q, func(s int) bool { return !r.isNew(w, s) && !r.rolled(w, s) }) {
 			next = s
 			break
 		}
 		if next < 0 {
 			rep.Done = true
-			r.progress(-1, "done: every holder is new; %d broker(s) replaced", len(rep.Steps))
+			r.progress(-1, "done: every holder is new, or was put in place by this roll; %d broker(s) replaced", len(rep.Steps))
 			return rep, nil
 		}
 		step, err := r.replace(ctx, next, q, readyAt, waits)
@@ -513,6 +538,12 @@ func (r *roller) replace(ctx context.Context, s int, q *kafka.Quorum, readyAt ti
 		return step, awsError(err, "reading the lease of slot "+strconv.Itoa(s))
 	}
 	step.New, step.VolumeAfter, step.ENIAfter = l.Holder, l.VolumeID, l.ENIID
+	r.replaced[s] = l.Holder
+	if i, err := r.describe(ctx, l.Holder); err == nil {
+		if ok, why := r.newHolder(i); !ok {
+			r.progress(s, "note: the replacement %s does not look new (%s): this roll does not evict it again", l.Holder, why)
+		}
+	}
 	step.BoundAtMS = time.Since(r.start).Milliseconds()
 	same := "the same volume " + l.VolumeID
 	if l.ENIID != "" {
@@ -558,7 +589,9 @@ func (r *roller) until(ctx context.Context, s int, what string, check func(conte
 			if errors.As(err, &e) && e.Code != ExitUnreachable {
 				return 0, err
 			}
-			why = "cannot look: " + err.Error() // AWS or Kafka answered badly: look again
+			// AWS or Kafka answered badly: not done, whatever the check said (a look
+			// that failed proves nothing), look again.
+			done, why = false, "cannot look: "+err.Error()
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
@@ -635,6 +668,9 @@ func (r *roller) look(ctx context.Context) (world, error) {
 	}
 	if len(out.AutoScalingGroups) > 0 {
 		w.group = &out.AutoScalingGroups[0]
+	}
+	if t, ok := awsmiddleware.GetServerTime(out.ResultMetadata); ok {
+		w.serverTime = t
 	}
 	if len(ids) == 0 {
 		return w, nil
@@ -713,6 +749,15 @@ func (r *roller) readiness(ctx context.Context, w world, s int) (string, error) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opt.CallTimeout)
 	defer cancel()
+	// A removal holds the cluster's removal token from before its safety wait until its
+	// broker was seen stopped and its slot released: none may be under way.
+	tok, err := lease.NewStore(r.c.DynamoDB, r.cfg.Table, r.cfg.Cluster).GetRemoval(ctx)
+	if err != nil {
+		return "", awsError(err, "reading the cluster's removal token")
+	}
+	if tok.Held() {
+		return fmt.Sprintf("the removal token is held: a removal of slot %d (%s) is under way", tok.HolderSlot, tok.Holder), nil
+	}
 	h, err := r.k.Health(ctx)
 	if err != nil {
 		return "", kafkaError(err, "asking Kafka for its health")
@@ -732,6 +777,10 @@ func (r *roller) readiness(ctx context.Context, w world, s int) (string, error) 
 		return fmt.Sprintf("Kafka: %d under-replicated partition(s)", h.UnderReplicated), nil
 	}
 	q, err := r.k.Quorum(ctx)
+	r.restQuorum = nil
+	if err == nil {
+		r.restQuorum = &q
+	}
 	switch {
 	case err != nil && noQuorum(err):
 		q = kafka.Quorum{Leader: -1}
@@ -850,6 +899,26 @@ const (
 	tagLaunchTemplateVersion = "aws:ec2launchtemplate:version"
 )
 
+// rolled reports whether slot s is bound to the holder this run put there.
+func (r *roller) rolled(w world, s int) bool {
+	l := w.leases[s]
+	return l.State == lease.Bound && l.Holder != "" && r.replaced[s] == l.Holder
+}
+
+// describe describes one instance.
+func (r *roller) describe(ctx context.Context, id string) (ec2types.Instance, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.CallTimeout)
+	defer cancel()
+	out, err := r.c.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if err != nil {
+		return ec2types.Instance{}, err
+	}
+	if len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
+		return ec2types.Instance{}, fmt.Errorf("instance %s not found", id)
+	}
+	return out.Reservations[0].Instances[0], nil
+}
+
 // isNew reports whether slot s's holder is new. A slot that is not bound is not yet
 // judged: the waits see to it first.
 func (r *roller) isNew(w world, s int) bool {
@@ -879,10 +948,18 @@ func (r *roller) newHolder(i ec2types.Instance) (bool, string) {
 		return false, "not launched from a launch template"
 	case id != r.ltID:
 		return false, "launched from launch template " + id + ", not the group's " + r.ltID
-	case v != r.ltVersion:
+	case v != r.ltVersion && !newerVersion(v, r.ltVersion):
 		return false, "launch template version " + v + ", the group's is " + r.ltVersion
 	}
 	return true, "launch template version " + v
+}
+
+// newerVersion reports whether launch template version v is a later one than base
+// (a version made while the roll ran: the replacement is newer than the roll's).
+func newerVersion(v, base string) bool {
+	a, err1 := strconv.ParseInt(v, 10, 64)
+	b, err2 := strconv.ParseInt(base, 10, 64)
+	return err1 == nil && err2 == nil && a > b
 }
 
 // slotRow describes slot s for the plan.

@@ -21,6 +21,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/config"
@@ -73,6 +74,13 @@ type rollRig struct {
 
 func newRollRig(t *testing.T, cluster string) *rollRig {
 	t.Helper()
+	return newRollRigSlots(t, cluster, 0)
+}
+
+// newRollRigSlots is newRollRig with a slot count of slots (0: the fixture's; above
+// it, the slots past the three brokers' are spare and free).
+func newRollRigSlots(t *testing.T, cluster string, slots int) *rollRig {
+	t.Helper()
 	h := harness.Start(t)
 	rig := &rollRig{t: t, h: h, node: map[string]int32{}, caughtUp: map[int32][]time.Time{}, stopped: map[int32][]time.Time{}, lagLooks: 4}
 	// moto runs no command: the proxy tells the Kafka model of each stop command.
@@ -82,6 +90,14 @@ func newRollRig(t *testing.T, cluster string) *rollRig {
 	}})
 	rig.f = newFixture(t, h, cluster)
 	rig.st = rig.f.st
+	if slots > 0 {
+		rig.st.Config.SlotCount = slots
+		rig.st.Vars["SLOT_COUNT"] = fmt.Sprint(slots)
+		if _, err := autoscaling.NewFromConfig(h.DirectConfig()).UpdateAutoScalingGroup(context.Background(), &autoscaling.UpdateAutoScalingGroupInput{
+			AutoScalingGroupName: aws.String(rig.st.Config.ASGName), MaxSize: aws.Int32(int32(slots))}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	join(t, rig.st, rig.f.ids...)
 	for i, id := range rig.f.ids {
 		rig.node[id] = int32(i)
@@ -498,4 +514,152 @@ func TestRoll(t *testing.T) {
 			float64(st.InSyncAtMS)/1000, st.Waits, st.SyncWaits)
 	}
 	t.Logf("3 brokers rolled in %s (killed mid-step, once slot 1's replacement was launching; resumed)", elapsed.Round(100*time.Millisecond))
+}
+
+// slotctl roll in a cluster with a spare (never used) slot in the evicted holder's
+// AZ: the replacement takes over the evicted broker's slot (same node id, same
+// volume), not the spare one, and the roll goes on; the spare slot stays free.
+func TestRollWithSpareSlot(t *testing.T) {
+	rig := newRollRigSlots(t, "rs", 6) // slot 5 shares slot 2's AZ
+	ctx := context.Background()
+	before, err := rig.f.store.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next second, not "now": EC2 gives launch times to the second, and the
+	// fixture's holders were launched in this one.
+	stamp := nextSecond().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", stamp, "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	rep := decode[slotctl.RollReport](t, r)
+	l2, err := rig.f.store.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l5, err := rig.f.store.Get(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("roll exit %d (%s); slot 2: %s by %s → %s by %s, volume %s → %s; slot 5: %s (version %d)",
+		r.code, rep.Error, before.State, before.Holder, l2.State, l2.Holder, before.VolumeID, l2.VolumeID, l5.State, l5.Version)
+	if r.code != slotctl.ExitOK || l2.State != lease.Bound || l2.Holder == before.Holder || l2.VolumeID != before.VolumeID {
+		t.Errorf("roll exit %d: slot 2 is %s by %s with volume %s; want bound to a new holder with volume %s\n%s",
+			r.code, l2.State, l2.Holder, l2.VolumeID, before.VolumeID, r.stderr)
+	}
+	if l5.State != lease.Free || l5.Version != 0 {
+		t.Errorf("spare slot 5 is %s at version %d: the replacement took it", l5.State, l5.Version)
+	}
+}
+
+// A roll never evicts a holder it put in place itself, even when its judge of old and
+// new calls the replacement old: here --launched-before lies an hour ahead (as a
+// local clock an hour ahead of AWS's would with "now"), so every replacement looks
+// launched before it. The roll replaces slot 2 once, says the replacement does not
+// look new, and ends; it does not evict the replacement again.
+func TestRollDoesNotEvictItsOwnReplacement(t *testing.T) {
+	rig := newRollRig(t, "rr")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--slots", "2", "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	rep := decode[slotctl.RollReport](t, r)
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d, done %v, %d step(s), evictions %+v\n%s", r.code, rep.Done, len(rep.Steps), ev, r.stderr)
+	if r.code != slotctl.ExitOK || !rep.Done || len(rep.Steps) != 1 || len(ev) != 1 {
+		t.Errorf("roll exit %d, done %v, %d steps, %d evictions; want exit 0, done, one step, one eviction", r.code, rep.Done, len(rep.Steps), len(ev))
+	}
+	if !strings.Contains(r.stderr, "does not look new") || !strings.Contains(r.stderr, "this roll does not evict it again") {
+		t.Errorf("the progress does not say the replacement looks old but is kept:\n%s", r.stderr)
+	}
+}
+
+// While Kafka answers DescribeQuorum with an error, the roll does not take the cluster
+// for at rest (a look that failed proves nothing) and evicts nobody; once the quorum
+// answers again it goes on, in its order: broker 2 first (neither a controller nor the
+// leader), not slot 0, the quorum leader, as a roll that took the failure for "no
+// quorum" would.
+func TestRollWaitsOutAFailingQuorumRead(t *testing.T) {
+	rig := newRollRig(t, "rq")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	failing := rig.quorum
+	failing.ErrorCode = kerr.UnknownServerError.Code
+	rig.st.Kafka.SetQuorum(failing)
+	var during []demo.Eviction
+	go func() {
+		time.Sleep(2 * time.Second)
+		during = rig.g.Evictions()
+		rig.st.Kafka.SetQuorum(rig.quorum)
+		for ctx.Err() == nil && len(rig.g.Evictions()) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel() // one eviction tells the order
+	}()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d; evictions while DescribeQuorum failed: %d; after: %+v\n%s", r.code, len(during), ev, r.stderr)
+	if len(during) > 0 {
+		t.Errorf("the roll evicted %s while it could not read the quorum", during[0].Instance)
+	}
+	if !strings.Contains(r.stderr, "waiting: cannot look: describing the KRaft quorum") {
+		t.Errorf("the progress does not say the roll waits because it cannot read the quorum")
+	}
+	if len(ev) == 0 {
+		t.Fatalf("no eviction once the quorum answered: %s", r.stderr)
+	}
+	if ev[0].Instance != rig.f.ids[2] {
+		t.Errorf("the first eviction is %s, want slot 2's holder %s (brokers first, the quorum leader, slot 0, last)", ev[0].Instance, rig.f.ids[2])
+	}
+}
+
+// While a removal holds the cluster's removal token (a termination between its safety
+// wait and its release: another roll's eviction, a scale-in, an instance refresh), the
+// roll evicts nobody; once the token is given back it goes on.
+func TestRollWaitsForTheRemovalToken(t *testing.T) {
+	rig := newRollRig(t, "rt")
+	bg := context.Background()
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	l1, err := rig.f.store.Get(bg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := rig.f.store.GetRemoval(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := rig.f.store.TakeRemoval(bg, free, lease.Remover{Slot: 1, Instance: l1.Holder, LeaseVersion: l1.Version,
+		Invocation: "another-removal", Until: time.Now().Add(time.Hour)}, "a removal under way")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var during []demo.Eviction
+	go func() {
+		time.Sleep(2 * time.Second)
+		during = rig.g.Evictions()
+		if _, err := rig.f.store.GiveBackRemoval(bg, held, "the removal is over"); err != nil {
+			t.Error(err)
+		}
+		for ctx.Err() == nil && len(rig.g.Evictions()) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+	}()
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	r := rig.roll(ctx, "--launched-before", ahead, "--poll", "200ms", "--step-timeout", "30s", "--json")
+	rig.g.Wait()
+	ev := rig.g.Evictions()
+	t.Logf("roll exit %d; evictions while the token was held: %d; after: %d\n%s", r.code, len(during), len(ev), r.stderr)
+	if len(during) > 0 {
+		t.Errorf("the roll evicted %s while another removal held the token", during[0].Instance)
+	}
+	if !strings.Contains(r.stderr, "waiting: the removal token is held: a removal of slot 1 ("+l1.Holder+") is under way") {
+		t.Errorf("the progress does not say the roll waits for the removal token")
+	}
+	if len(ev) == 0 {
+		t.Errorf("no eviction once the token was given back")
+	}
 }

@@ -64,6 +64,7 @@ type Cluster struct {
 	isr     map[partition][]int32     // scripted ISRs
 	offline map[partition]bool        // scripted leaderless partitions
 	gone    map[int32]bool            // brokers left out of the broker list
+	hosts   map[int32]string          // scripted advertised hosts (Advertise)
 	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
 	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
 	// noQuorumAPI: leave DescribeQuorum out of the ApiVersions answer (HideQuorumAPI).
@@ -93,6 +94,7 @@ func Start(opts ...kfake.Opt) (*Cluster, error) {
 		isr:     map[partition][]int32{},
 		offline: map[partition]bool{},
 		gone:    map[int32]bool{},
+		hosts:   map[int32]string{},
 	}
 	c.admin, err = kgo.NewClient(kgo.SeedBrokers(c.Addrs...), kgo.RequestRetries(3))
 	if err != nil {
@@ -204,6 +206,16 @@ func (c *Cluster) Register(node int32) {
 	delete(c.gone, node)
 }
 
+// Advertise makes the Metadata answers list node at host (its port kept), as a
+// broker that advertises its instance's address; a node the cluster does not have is
+// added to the broker list at host:9092 (a registered broker nobody can reach: only
+// for checks that read the broker list).
+func (c *Cluster) Advertise(node int32, host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hosts[node] = host
+}
+
 // Reset drops every edit: all brokers registered, every partition in sync.
 func (c *Cluster) Reset() {
 	c.mu.Lock()
@@ -211,6 +223,7 @@ func (c *Cluster) Reset() {
 	clear(c.isr)
 	clear(c.offline)
 	clear(c.gone)
+	clear(c.hosts)
 	c.quorum = nil
 }
 
@@ -248,11 +261,22 @@ func (c *Cluster) answer(req *kmsg.MetadataRequest) *kmsg.MetadataResponse {
 		if c.gone[b.NodeID] {
 			continue
 		}
+		if h, ok := c.hosts[b.NodeID]; ok {
+			b.Host = h
+		}
 		resp.Brokers = append(resp.Brokers, b)
 		if b.NodeID == c.base.ControllerID || resp.ControllerID < 0 {
 			resp.ControllerID = b.NodeID
 		}
 	}
+	for node, h := range c.hosts {
+		if !c.gone[node] && !slices.ContainsFunc(c.base.Brokers, func(b kmsg.MetadataResponseBroker) bool { return b.NodeID == node }) {
+			b := kmsg.NewMetadataResponseBroker()
+			b.NodeID, b.Host, b.Port = node, h, 9092
+			resp.Brokers = append(resp.Brokers, b)
+		}
+	}
+	slices.SortFunc(resp.Brokers, func(a, b kmsg.MetadataResponseBroker) int { return int(a.NodeID) - int(b.NodeID) })
 
 	// nil Topics asks for every topic; otherwise only those named (by name or id).
 	if req.Topics == nil {
