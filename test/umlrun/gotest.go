@@ -44,7 +44,7 @@ func (b *TestBinary) binary() (string, error) {
 		start := time.Now()
 		out, err := exec.Command(gotool, "test", "-c", "-o", b.path, ".").CombinedOutput() // the working directory is the package's
 		if err != nil {
-			b.err = fmt.Errorf("building the tests without the race detector for the guest: %v\n%s", err, out)
+			b.err = fmt.Errorf("building the tests without the race detector for the guest: %w\n%s", err, out)
 			return
 		}
 		b.t.Logf("umlrun: built the package's tests without the race detector for the guest in %.1fs", time.Since(start).Seconds())

@@ -51,9 +51,14 @@ import (
 // Kernel is the User-Mode Linux kernel Debian's user-mode-linux package installs.
 const Kernel = "/usr/bin/linux.uml"
 
-// moduleGlob finds the guest's loop driver (the directory is the guest kernel's
-// release, which the guest's uname -r prints).
-const moduleGlob = "/usr/lib/uml/modules/*/kernel/drivers/block/loop.ko"
+// kernel, moduleGlob and insmod are what Problems looks for (variables so that its
+// own test can make them missing). moduleGlob finds the guest's loop driver (the
+// directory is the guest kernel's release, which the guest's uname -r prints).
+var (
+	kernel     = Kernel
+	moduleGlob = "/usr/lib/uml/modules/*/kernel/drivers/block/loop.ko"
+	insmod     = "insmod"
+)
 
 // SystemPath is the PATH the script gets.
 const SystemPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -65,12 +70,12 @@ func Problems() []string {
 		return []string{"User-Mode Linux needs a Linux host, this is " + runtime.GOOS}
 	}
 	var out []string
-	if st, err := os.Stat(Kernel); err != nil || st.Mode()&0o111 == 0 {
-		out = append(out, Kernel+" missing (package user-mode-linux)")
+	if st, err := os.Stat(kernel); err != nil || st.Mode()&0o111 == 0 {
+		out = append(out, kernel+" missing (package user-mode-linux)")
 	} else if m, _ := filepath.Glob(moduleGlob); len(m) == 0 {
 		out = append(out, "no loop.ko for the guest kernel ("+moduleGlob+", package user-mode-linux)")
 	}
-	if tool("insmod") == "" {
+	if tool(insmod) == "" {
 		out = append(out, "insmod missing (package kmod)")
 	}
 	if len(out) > 0 {
@@ -196,7 +201,7 @@ func Run(t testing.TB, script string, opts Options) Result {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Kernel,
+	cmd := exec.CommandContext(ctx, kernel,
 		"mem="+strconv.Itoa(mem)+"M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw",
 		"init="+filepath.Join(dir, "init.sh"), "con=null", "con0=null,fd:1", "quiet")
 	// UML keeps its pid file and control socket under $HOME/.uml (and panics without

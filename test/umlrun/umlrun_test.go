@@ -1,10 +1,14 @@
 package umlrun
 
 import (
+	"fmt"
 	"os"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A script runs as root with every capability, with loop devices, its output and
@@ -58,4 +62,91 @@ func group(t *testing.T, pgid int) []string {
 		}
 	}
 	return out
+}
+
+// recordingTB stands in for a testing.TB to observe Fatal and Skip without failing or
+// skipping the real test, and the temporary directories made; like the real ones
+// Fatal and Skip end the goroutine (use record).
+type recordingTB struct {
+	testing.TB
+	fatal, skip string
+	dirs        []string
+}
+
+func (r *recordingTB) Fatalf(format string, args ...any) {
+	r.fatal = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+func (r *recordingTB) Fatal(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
+func (r *recordingTB) Skipf(format string, args ...any) {
+	r.skip = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+func (r *recordingTB) TempDir() string {
+	d := r.TB.TempDir()
+	r.dirs = append(r.dirs, d)
+	return d
+}
+
+func record(t *testing.T, fn func(testing.TB)) *recordingTB {
+	r := &recordingTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(r)
+	}()
+	<-done
+	return r
+}
+
+// Each missing piece is named with the package that brings it; under CI=true the
+// test fails instead of skipping.
+func TestRequireSaysWhatIsMissing(t *testing.T) {
+	oldKernel, oldInsmod := kernel, insmod
+	kernel, insmod = "/nonexistent/linux.uml", "insmod-nonesuch"
+	t.Cleanup(func() { kernel, insmod = oldKernel, oldInsmod })
+	for _, ci := range []string{"true", "", "1"} {
+		t.Run("CI="+ci, func(t *testing.T) {
+			t.Setenv("CI", ci)
+			rec := record(t, func(tb testing.TB) { Require(tb) })
+			msg := rec.skip
+			if ci == "true" {
+				msg = rec.fatal
+				if rec.skip != "" {
+					t.Errorf("skipped under CI=true: %q", rec.skip)
+				}
+			} else if rec.fatal != "" {
+				t.Errorf("failed outside CI: %q", rec.fatal)
+			}
+			for _, want := range []string{"/nonexistent/linux.uml missing (package user-mode-linux)", "insmod missing (package kmod)", "apt-get install user-mode-linux kmod", "make test"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("message %q does not say %q", msg, want)
+				}
+			}
+		})
+	}
+}
+
+// A guest that does not end within the timeout fails the test, and is killed with
+// every process of its group.
+func TestTimeoutKillsTheGuest(t *testing.T) {
+	Require(t)
+	rec := record(t, func(tb testing.TB) { Run(tb, "sleep 600\n", Options{Timeout: 8 * time.Second}) })
+	if !strings.Contains(rec.fatal, "did not end within 8s") {
+		t.Fatalf("fatal %q, want a timeout", rec.fatal)
+	}
+	if len(rec.dirs) == 0 {
+		t.Fatal("Run made no temporary directory")
+	}
+	// UML's processes run with HOME set to the run's directory.
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err == nil && slices.Contains(strings.Split(string(env), "\x00"), "HOME="+rec.dirs[0]) {
+			t.Errorf("process %s of the timed-out guest still runs", e.Name())
+		}
+	}
 }
