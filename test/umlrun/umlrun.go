@@ -11,8 +11,11 @@
 // runs) that are its own, not the host's.
 //
 // The script runs as root under /bin/sh in the guest, in this process's working
-// directory, with PATH set to the system directories, TMPDIR a fresh tmpfs of the
-// guest (scratch space that the host never sees) and the variables of Options.Env.
+// directory, with PATH set to the system directories, TMPDIR a fresh directory in the
+// test's temporary directory (reached through hostfs, removed with it) and the
+// variables of Options.Env. Images for the guest's loop devices go there: a loop
+// device over a hostfs file works without the kernel's complaints about
+// WRITE_ZEROES that one over the guest's tmpfs prints, and takes no guest memory.
 // Its standard output, standard error and exit status come back through files in the
 // test's temporary directory, which the guest writes through hostfs. The kernel's own
 // messages are kept apart (Result.Console).
@@ -113,7 +116,7 @@ type Options struct {
 	// Timeout bounds the whole run, boot included (default 2 min); the guest is
 	// killed then and the test fails.
 	Timeout time.Duration
-	// MemMiB is the guest's memory (default 512); its tmpfs TMPDIR may fill half.
+	// MemMiB is the guest's memory (default 512).
 	MemMiB int
 }
 
@@ -132,16 +135,15 @@ type Result struct {
 // Success reports whether the script exited 0.
 func (r Result) Success() bool { return r.ExitCode == 0 }
 
-// init is the guest's first process: it mounts what the script needs, loads the loop
-// driver, runs the script with its output in files on the host, records the script's
+// init is the guest's first process: it mounts /proc, /sys and /dev (unless the
+// kernel did), loads the loop driver, runs the script with its output in files on the host, records the script's
 // status last, flushes hostfs and powers the guest off.
 const initScript = `#!/bin/sh
 export PATH=` + SystemPath + `
 { mountpoint -q /proc || mount -t proc proc /proc; } &&
 	{ mountpoint -q /sys || mount -t sysfs sys /sys; } &&
 	{ mountpoint -q /dev || mount -t devtmpfs dev /dev; } &&
-	insmod /usr/lib/uml/modules/$(uname -r)/kernel/drivers/block/loop.ko &&
-	mount -t tmpfs -o mode=1777 scratch "$UMLRUN_TMP" || {
+	insmod /usr/lib/uml/modules/$(uname -r)/kernel/drivers/block/loop.ko || {
 	echo "umlrun: guest setup failed" >"$UMLRUN_DIR/setup-failed"
 	sync
 	poweroff -f
@@ -153,7 +155,6 @@ export PATH=` + SystemPath + `
 	exec /bin/sh "$UMLRUN_DIR/script.sh" <` + "/dev/null" + ` >"$UMLRUN_DIR/stdout" 2>"$UMLRUN_DIR/stderr"
 )
 echo $? >"$UMLRUN_DIR/status.tmp" && mv "$UMLRUN_DIR/status.tmp" "$UMLRUN_DIR/status"
-umount "$UMLRUN_TMP" 2>/dev/null
 sync
 poweroff -f
 `
@@ -169,7 +170,7 @@ func Run(t testing.TB, script string, opts Options) Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scratch := filepath.Join(dir, "guest-tmp") // a tmpfs in the guest, an empty directory here
+	scratch := filepath.Join(dir, "guest-tmp") // the script's TMPDIR
 	if err := os.Mkdir(scratch, 0o700); err != nil {
 		t.Fatal(err)
 	}
