@@ -28,7 +28,8 @@
 // Whatever happens (the script ends, the guest panics, the timeout passes, the test
 // fails), the UML process group is killed and waited for: UML runs a process per
 // guest address space plus helpers, all in the group Run starts, and none outlives
-// Run.
+// Run. Should the test binary itself be killed before that, the guest still ends by
+// itself: its init kills the script at the timeout (timeout(1)) and powers off.
 //
 // Require reports exactly what is missing (linux.uml, insmod, loop.ko) and the Debian
 // package that brings it; the test is skipped, except under CI=true, where it fails.
@@ -152,7 +153,7 @@ export PATH=` + SystemPath + `
 	cd "$UMLRUN_CWD" || exit 125
 	export TMPDIR="$UMLRUN_TMP" HOME=/root LANG=C.UTF-8
 	. "$UMLRUN_DIR/env"
-	exec /bin/sh "$UMLRUN_DIR/script.sh" <` + "/dev/null" + ` >"$UMLRUN_DIR/stdout" 2>"$UMLRUN_DIR/stderr"
+	exec timeout -k 2 "$UMLRUN_TIMEOUT" /bin/sh "$UMLRUN_DIR/script.sh" <` + "/dev/null" + ` >"$UMLRUN_DIR/stdout" 2>"$UMLRUN_DIR/stderr"
 )
 echo $? >"$UMLRUN_DIR/status.tmp" && mv "$UMLRUN_DIR/status.tmp" "$UMLRUN_DIR/status"
 sync
@@ -183,18 +184,19 @@ func Run(t testing.TB, script string, opts Options) Result {
 		}
 		fmt.Fprintf(&env, "export %s=%s\n", k, shellQuote(v))
 	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
 	// The guest's init learns the paths from its own text (the kernel command line
 	// splits at spaces).
-	vars := fmt.Sprintf("UMLRUN_DIR=%s UMLRUN_CWD=%s UMLRUN_TMP=%s\n", shellQuote(dir), shellQuote(cwd), shellQuote(scratch))
+	vars := fmt.Sprintf("UMLRUN_DIR=%s UMLRUN_CWD=%s UMLRUN_TMP=%s UMLRUN_TIMEOUT=%d\n",
+		shellQuote(dir), shellQuote(cwd), shellQuote(scratch), int(timeout.Seconds())+5) // after the host's kill
 	init := strings.Replace(initScript, "\n", "\n"+vars, 1)
 	for name, content := range map[string]string{"init.sh": init, "script.sh": script, "env": env.String()} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o700); err != nil {
 			t.Fatal(err)
 		}
-	}
-	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = 2 * time.Minute
 	}
 	mem := opts.MemMiB
 	if mem == 0 {

@@ -131,8 +131,8 @@ func TestRequireSaysWhatIsMissing(t *testing.T) {
 // every process of its group.
 func TestTimeoutKillsTheGuest(t *testing.T) {
 	Require(t)
-	rec := record(t, func(tb testing.TB) { Run(tb, "sleep 600\n", Options{Timeout: 8 * time.Second}) })
-	if !strings.Contains(rec.fatal, "did not end within 8s") {
+	rec := record(t, func(tb testing.TB) { Run(tb, "sleep 600\n", Options{Timeout: 5 * time.Second}) })
+	if !strings.Contains(rec.fatal, "did not end within 5s") {
 		t.Fatalf("fatal %q, want a timeout", rec.fatal)
 	}
 	if len(rec.dirs) == 0 {
