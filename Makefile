@@ -135,7 +135,7 @@ sam-check: venv ## sam validate --lint, and an offline sam build with a bootstra
 # The real-block-device tests (test/loopdev: loop devices, xfs, ext4) need system
 # tools; as root with apt-get this installs the missing ones, else it says which.
 .PHONY: test-tools
-test-tools: ## Install the system tools the block-device and bootstrap tests need (xfsprogs, e2fsprogs, psmisc, curl), if missing
+test-tools: ## Install the system tools the block-device and bootstrap tests need (xfsprogs, e2fsprogs, psmisc, curl, user-mode-linux, kmod), if missing
 	@bash scripts/test-tools.sh
 
 # The template tests (test/template_*_test.go) need the SAM translator that the

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Make sure the system tools the real-block-device tests need are installed: loop
 # devices and mounts (util-linux, mount), xfs and ext4 tools (xfsprogs, e2fsprogs),
-# fuser (psmisc), and curl, with which the broker bootstrap reads instance metadata
-# (deploy/ tests; a minimal Debian image has no curl). Run by `make test` (target
+# fuser (psmisc), curl, with which the broker bootstrap reads instance metadata
+# (deploy/ tests; a minimal Debian image has no curl), and User-Mode Linux with insmod
+# (user-mode-linux, kmod), in whose guest kernel the ext4 growth runs when this
+# machine's root lacks CAP_SYS_RESOURCE (test/umlrun). Run by `make test` (target
 # test-tools).
 #
 # When every tool is present it returns at once and changes nothing. Otherwise, as
 # root with apt-get (Debian, Ubuntu: CI), it installs the missing packages, updating
 # the package lists first only if the install cannot find them. Anywhere else it
 # prints what is missing and how to install it, and returns 0: those tests then skip,
-# or fail under CI=true, naming the same tools (test/loopdev).
+# or fail under CI=true, naming the same tools (test/loopdev, test/umlrun).
 set -euo pipefail
 
 # tool:package, one per tool the tests run.
@@ -20,6 +22,7 @@ tools=(
 	mkfs.ext4:e2fsprogs resize2fs:e2fsprogs e2fsck:e2fsprogs
 	fuser:psmisc
 	curl:curl
+	linux.uml:user-mode-linux insmod:kmod
 )
 
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin

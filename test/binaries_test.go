@@ -19,6 +19,7 @@ var testOnlyPackages = []string{
 	"github.com/slotkeeper/slotkeeper/test/realkafka/realkafkatest",
 	"github.com/slotkeeper/slotkeeper/test/loopdev",
 	"github.com/slotkeeper/slotkeeper/test/ssmrun",
+	"github.com/slotkeeper/slotkeeper/test/umlrun",
 }
 
 // goListDeps returns the packages pkg links, as `go list -deps` sees them for the

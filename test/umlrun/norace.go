@@ -1,0 +1,5 @@
+//go:build !race
+
+package umlrun
+
+const raceEnabled = false
