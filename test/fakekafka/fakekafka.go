@@ -24,6 +24,7 @@ package fakekafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -64,6 +65,7 @@ type Cluster struct {
 	isr     map[partition][]int32     // scripted ISRs
 	offline map[partition]bool        // scripted leaderless partitions
 	gone    map[int32]bool            // brokers left out of the broker list
+	down    map[int32]bool            // brokers that answer nothing (SetDown)
 	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
 	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
 	// noQuorumAPI: leave DescribeQuorum out of the ApiVersions answer (HideQuorumAPI).
@@ -93,6 +95,7 @@ func Start(opts ...kfake.Opt) (*Cluster, error) {
 		isr:     map[partition][]int32{},
 		offline: map[partition]bool{},
 		gone:    map[int32]bool{},
+		down:    map[int32]bool{},
 	}
 	c.admin, err = kgo.NewClient(kgo.SeedBrokers(c.Addrs...), kgo.RequestRetries(3))
 	if err != nil {
@@ -111,6 +114,7 @@ func Start(opts ...kfake.Opt) (*Cluster, error) {
 		return nil, err
 	}
 	fake.ControlKey(int16(kmsg.DescribeQuorum), c.controlQuorum)
+	fake.Control(c.controlDown)
 	return c, nil
 }
 
@@ -197,6 +201,43 @@ func (c *Cluster) Unregister(node int32) {
 	c.gone[node] = true
 }
 
+// SetDown makes node answer nothing (down true), as a broker whose process died or
+// hangs: every request it receives, from now on, closes the connection unanswered,
+// so a client's request to it fails. Its registration and the ISRs are not changed
+// (script them separately: Kafka keeps a dead broker in both until its session times
+// out). down false makes it answer again.
+func (c *Cluster) SetDown(node int32, down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if down {
+		c.down[node] = true
+	} else {
+		delete(c.down, node)
+	}
+}
+
+// errDown closes the connection of a request to a broker that is down.
+var errDown = errors.New("fakekafka: broker is down")
+
+// isDown reports whether the broker handling the current control call is down. It
+// must be called from a control function.
+func (c *Cluster) isDown() bool {
+	node := c.Fake.CurrentNode()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.down[node]
+}
+
+// controlDown is the catch-all control hook: a request to a down broker is not
+// answered; every other one is left to the next hook or to kfake.
+func (c *Cluster) controlDown(kmsg.Request) (kmsg.Response, error, bool) {
+	c.Fake.KeepControl()
+	if c.isDown() {
+		return nil, errDown, true
+	}
+	return nil, nil, false
+}
+
 // Register puts node back in the broker list.
 func (c *Cluster) Register(node int32) {
 	c.mu.Lock()
@@ -204,13 +245,15 @@ func (c *Cluster) Register(node int32) {
 	delete(c.gone, node)
 }
 
-// Reset drops every edit: all brokers registered, every partition in sync.
+// Reset drops every edit: all brokers registered and answering, every partition in
+// sync.
 func (c *Cluster) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.isr)
 	clear(c.offline)
 	clear(c.gone)
+	clear(c.down)
 	c.quorum = nil
 }
 
@@ -232,6 +275,9 @@ func (c *Cluster) control(kreq kmsg.Request) (kmsg.Response, error, bool) {
 	req := kreq.(*kmsg.MetadataRequest)
 	if req.IncludeTopicAuthorizedOperations {
 		return nil, nil, false // Refresh: let kfake answer
+	}
+	if c.isDown() {
+		return nil, errDown, true
 	}
 	c.answered.Add(1)
 	return c.answer(req), nil, true
