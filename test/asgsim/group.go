@@ -432,7 +432,9 @@ func (r *run) pick(p float64, ok func(*instance) bool) *instance {
 	return c[min(int(p*float64(len(c))), len(c)-1)]
 }
 
-func inService(in *instance) bool { return in.life == lifeInService && in.ec2 == ec2Running && !in.dead }
+func inService(in *instance) bool {
+	return in.life == lifeInService && in.ec2 == ec2Running && !in.dead
+}
 
 // scaleIn lowers the desired capacity by n and terminates n instances in service,
 // from the AZ with the most instances, oldest first. r.mu must be held.
@@ -612,4 +614,3 @@ func (r *run) simError(err error) {
 		r.res.Err = err
 	}
 }
-

@@ -329,7 +329,9 @@ func (r *run) converge() {
 	r.loop(r.now()+r.tm.ReconcileTimeout, func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		return r.inflight == 0 && !slices.ContainsFunc(r.q, func(e *event) bool { return strings.HasPrefix(e.label, "deliver") || strings.HasPrefix(e.label, "returned") })
+		return r.inflight == 0 && !slices.ContainsFunc(r.q, func(e *event) bool {
+			return strings.HasPrefix(e.label, "deliver") || strings.HasPrefix(e.label, "returned")
+		})
 	})
 	ctx, cancel := context.WithTimeout(r.ctx, time.Minute)
 	defer cancel()

@@ -103,7 +103,7 @@ type Emulator struct {
 	dynamoWrites sync.Mutex // serialises DynamoDB writes (see serveHTTP)
 	mutating     []string
 	faults       []*faultState
-	faultCounts  map[FaultKind]int // faults applied, by kind (FaultCounts)
+	faultCounts  map[FaultKind]int     // faults applied, by kind (FaultCounts)
 	lifecycle    map[lifecycleKey]bool // true once the lifecycle action was completed
 	completion   []LifecycleCall
 	heartbeats   []LifecycleCall
