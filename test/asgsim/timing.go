@@ -20,8 +20,8 @@ import (
 // AWS call, and faster than a throttled one.
 //
 // Windows is the table of every simulated window, in simulated time, from which each
-// instance draws its own durations (seeded). The README's "The Auto Scaling
-// simulator" section lists them with what is and is not modelled.
+// instance draws its own durations (seeded). docs/simulation.md lists them with what
+// is and is not modelled.
 
 // Window is a duration range in simulated time.
 type Window struct{ Min, Max time.Duration }
