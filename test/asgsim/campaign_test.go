@@ -80,10 +80,10 @@ func TestCampaign(t *testing.T) {
 	runCampaign(t, cases)
 }
 
-// TestRegressions replays every case of regressions.txt: the seeds (and shrunk
+// TestRegressions replays every case of testdata/regressions.txt: the seeds (and shrunk
 // operation lists) of every failure the campaign has found.
 func TestRegressions(t *testing.T) {
-	cases, err := asgsim.ReadRegressions("regressions.txt")
+	cases, err := asgsim.ReadRegressions("testdata/regressions.txt")
 	if err != nil {
 		t.Fatal(err)
 	}

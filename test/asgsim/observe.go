@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
@@ -26,7 +25,6 @@ type command struct {
 	stop         bool   // the stop-and-unmount command (else: the filesystem growth)
 	outcome      string // "" success, a StopFault mode, or "undeliverable"
 	done         bool
-	sizeGiB      int
 }
 
 // raceWindow is how recently a slot's lease may have changed hands before an attach
@@ -238,16 +236,3 @@ func lastChange(l lease.Lease) time.Time {
 
 // resourcesGone reports whether err says an EC2 resource does not exist.
 func resourcesGone(err error) bool { return awsapi.IsNotFound(err) }
-
-// volumeAttachments returns how many instances a volume is attached to, at moto.
-func (r *run) volumeAttachments(ctx context.Context, vol string) (int, error) {
-	out, err := r.d.ec2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}})
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, v := range out.Volumes {
-		n += len(v.Attachments)
-	}
-	return n, nil
-}

@@ -149,7 +149,6 @@ type seenState struct {
 	recorded  map[int]map[string]string // slot -> kind -> id recorded
 	size      map[string]int32          // volume -> largest size seen
 	everVols  map[string]bool           // volumes and ENIs ever recorded
-	changed   map[int]time.Duration     // slot -> when its lease last changed hands (sim)
 }
 
 func (r *run) now() time.Duration { return r.clk.now() }
