@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"time"
 
-
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/hostcmd"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
