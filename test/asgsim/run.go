@@ -192,7 +192,9 @@ func (r *run) rng(kind string, n int) *rand.Rand {
 // now), simulated time jumps to the next step.
 func (r *run) loop(until time.Duration, done func() bool) {
 	for r.ctx.Err() == nil {
+		r.clk.hold()
 		r.poll()
+		r.clk.release()
 		r.mu.Lock()
 		now := r.now()
 		if now > until {
@@ -225,8 +227,10 @@ func (r *run) loop(until time.Duration, done func() bool) {
 		ev := heap.Pop(&r.q).(*event)
 		r.step++
 		r.mu.Unlock()
+		r.clk.hold()
 		ev.fn()
 		r.check()
+		r.clk.release()
 	}
 }
 

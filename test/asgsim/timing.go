@@ -2,6 +2,7 @@ package asgsim
 
 import (
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -123,11 +124,18 @@ func (t Timing) Real(sim time.Duration) time.Duration { return sim / time.Durati
 func (t Timing) Sim(real time.Duration) time.Duration { return real * time.Duration(t.Scale) }
 
 // clock is a run's simulated clock: simulated time since the run started, which
-// runs Scale times faster than real time and jumps forward (warp) over stretches in
-// which nothing runs in real time.
+// runs Scale times faster than real time, jumps forward (warp) over stretches in
+// which nothing runs in real time, and stands still (hold) while the simulator
+// itself applies a step and checks the invariants: reading the world at moto takes
+// real time (more on a loaded machine, or under the race detector) which is no time
+// in the simulated world, so a slow check never makes a lifecycle action time out
+// or a window pass.
 type clock struct {
-	start atomic.Int64 // real UnixNano of simulated time 0, moved back by every warp
-	scale time.Duration
+	start  atomic.Int64 // real UnixNano of simulated time 0, moved back by every warp
+	held   atomic.Int64 // simulated time + 1 while held; 0 when running
+	scale  time.Duration
+	holdMu sync.Mutex
+	holds  int
 }
 
 func newClock(scale int) *clock {
@@ -138,7 +146,40 @@ func newClock(scale int) *clock {
 
 // now is the simulated time elapsed.
 func (c *clock) now() time.Duration {
+	if h := c.held.Load(); h > 0 {
+		return time.Duration(h - 1)
+	}
+	return c.running()
+}
+
+func (c *clock) running() time.Duration {
 	return time.Duration(time.Now().UnixNano()-c.start.Load()) * c.scale
+}
+
+// hold stops simulated time until the matching release (holds nest).
+func (c *clock) hold() {
+	c.holdMu.Lock()
+	defer c.holdMu.Unlock()
+	if c.holds == 0 {
+		c.held.Store(int64(c.running()) + 1)
+	}
+	c.holds++
+}
+
+// release lets simulated time run again from where hold stopped it.
+func (c *clock) release() {
+	c.holdMu.Lock()
+	defer c.holdMu.Unlock()
+	if c.holds == 0 {
+		return
+	}
+	c.holds--
+	if c.holds > 0 {
+		return
+	}
+	at := time.Duration(c.held.Load() - 1)
+	c.start.Store(time.Now().UnixNano() - int64(at/c.scale))
+	c.held.Store(0)
 }
 
 // realAt is the real instant at which simulated time at is reached.
