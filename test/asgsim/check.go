@@ -243,12 +243,18 @@ func (r *run) checkState(sn *snapshot) {
 			r.violate("one-holder", "instance %s holds slots %v", id, slots)
 		}
 	}
+	// A broker that runs as node N on a running instance (in service or leaving: in
+	// Terminating:Wait it still serves) holds slot N's lease until slotkeeper stopped
+	// it; only a stop that failed, alerted, lets the lease go first.
 	for _, in := range r.order {
-		if in.kafka != kafkaRunning || in.life != lifeInService || in.health != healthy || in.ec2 != ec2Running {
+		if in.kafka != kafkaRunning || in.ec2 != ec2Running {
+			continue
+		}
+		if in.life != lifeInService && r.alerted("volume left attached", in.id) {
 			continue
 		}
 		if l, ok := sn.leases[in.node]; !ok || l.Holder != in.id || (l.State != lease.Bound && l.State != lease.Draining) {
-			r.violate("one-holder", "broker %d runs on %s, in service, but slot %d's lease is %s by %q", in.node, in.id, in.node, l.State, l.Holder)
+			r.violate("one-holder", "broker %d runs on %s (%s), but slot %d's lease is %s by %q", in.node, in.id, in.life, in.node, l.State, l.Holder)
 		}
 	}
 	// attach-to-holder, one-attachment, identity, never-shrunk
