@@ -38,10 +38,10 @@ var mutants = []mutant{
 		new: "\t\tif holderState != \"\" || Dead(holderState) {\n\t\t\treturn true, \"holder \"",
 	},
 	{
-		name: "attach-to-non-holder", file: "shared/launch/launch.go", invariant: "attach-to-holder",
-		why: "launch's fence lets a draining (or moved-on) lease through, so a late launch attaches after its slot was handed back",
-		old: "\tif cur.Version != l.Version || cur.Holder != l.Holder || cur.State != lease.Claimed {",
-		new: "\tif false && (cur.Version != l.Version || cur.Holder != l.Holder || cur.State != lease.Claimed) {",
+		name: "attach-to-non-holder", file: "shared/slot/slot.go", invariant: "attach-to-holder",
+		why: "the claim decision takes a slot another instance has claimed for this instance's own (as if redelivered), so its launch attaches that slot's ENI and volume",
+		old: "\t\tif l.HeldBy(instance) {\n\t\t\theld = append(held, s)",
+		new: "\t\tif l.HeldBy(instance) || l.State == lease.Claimed {\n\t\t\theld = append(held, s)",
 	},
 	{
 		name: "two-removals-at-once", file: "shared/terminate/token.go", invariant: "one-removal-at-a-time",
