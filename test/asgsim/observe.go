@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
@@ -191,7 +192,8 @@ func (r *run) forcedDetach(vol, instance string) {
 
 // attached is an attach that took effect: the instance must hold the slot's lease
 // (claimed, by the launch attaching it) at that moment. A lease that changed hands
-// within raceWindow is the race of every fenced write and is let pass; the state
+// within raceWindow, away from the attaching instance that held it, is the race of
+// every fenced write and is let pass; the state
 // checks still see where the resource ends up.
 func (r *run) attached(kind, id, instance string) {
 	ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
@@ -216,12 +218,18 @@ func (r *run) attached(kind, id, instance string) {
 	if l.State == lease.Claimed && l.Holder == instance {
 		return
 	}
-	if changed := lastChange(*l); !changed.IsZero() && time.Since(changed) < raceWindow {
+	if changed := lastChange(*l); !changed.IsZero() && time.Since(changed) < raceWindow && heldBefore(*l, instance) {
 		r.note("%s %s attached to %s while slot %d moved on (%s by %q, %s ago): the fence's race", kind, id, instance, l.Slot, l.State, l.Holder, time.Since(changed))
 		return
 	}
 	r.violate("attach-to-holder", "%s %s of slot %d was attached to %s, but the slot's lease is %s by %q at version %d",
 		kind, id, l.Slot, instance, l.State, l.Holder, l.Version)
+}
+
+// heldBefore reports whether instance held l's slot in l's history (a previous
+// holder, whose fenced attach may race with the lease moving on).
+func heldBefore(l lease.Lease, instance string) bool {
+	return slices.ContainsFunc(l.History, func(h lease.Transition) bool { return h.Instance == instance && h.To != lease.Free })
 }
 
 // lastChange is when l last changed state (its newest history entry).
