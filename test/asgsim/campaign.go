@@ -93,8 +93,8 @@ func Campaign(ctx context.Context, opt Options) (Report, error) {
 					continue
 				}
 				res := Simulate(runCtx, envs[w], opt.Cases[i], opt.Timing)
-				if runCtx.Err() != nil && len(res.Violations) == 0 {
-					continue // cut short by StopAtFirst: not a run
+				if runCtx.Err() != nil && (len(res.Violations) == 0 || ctx.Err() != nil) {
+					continue // cut short (StopAtFirst, or the campaign was interrupted): not a run
 				}
 				if len(res.Violations) > 0 && opt.ShrinkRuns > 0 && runCtx.Err() == nil {
 					f := shrink(runCtx, envs[w], res, opt.Timing, opt.ShrinkRuns)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"os"
+	"os/signal"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,7 +98,11 @@ func TestRegressions(t *testing.T) {
 
 func runCampaign(t *testing.T, cases []asgsim.Case) {
 	t.Helper()
-	rep, err := asgsim.Campaign(context.Background(), asgsim.Options{
+	// An interrupt (Ctrl-C, SIGTERM) ends the campaign early: the runs that finished
+	// make the table.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := asgsim.Campaign(ctx, asgsim.Options{
 		Cases: cases, Workers: *workersFlag, ShrinkRuns: *shrinkFlag, Progress: progress{t}, StopAtFirst: *stopFirstFlag,
 	})
 	table := rep.Table()
@@ -112,7 +118,10 @@ func runCampaign(t *testing.T, cases []asgsim.Case) {
 	for _, f := range rep.Failures {
 		t.Errorf("seed %d broke %s: %s\nlog tail:\n%s", f.Result.Case.Seed, f.First.Invariant, f.First, f.Result.Log)
 	}
-	if len(rep.Runs) != len(cases) {
+	switch {
+	case ctx.Err() != nil:
+		t.Errorf("interrupted: %d of %d cases ran", len(rep.Runs), len(cases))
+	case len(rep.Runs) != len(cases):
 		t.Errorf("%d of %d cases ran", len(rep.Runs), len(cases))
 	}
 }
