@@ -114,7 +114,6 @@ func Start(opts ...kfake.Opt) (*Cluster, error) {
 		return nil, err
 	}
 	fake.ControlKey(int16(kmsg.DescribeQuorum), c.controlQuorum)
-	fake.Control(c.controlDown)
 	return c, nil
 }
 
@@ -202,8 +201,10 @@ func (c *Cluster) Unregister(node int32) {
 }
 
 // SetDown makes node answer nothing (down true), as a broker whose process died or
-// hangs: every request it receives, from now on, closes the connection unanswered,
-// so a client's request to it fails. Its registration and the ISRs are not changed
+// hangs: every Metadata, DescribeQuorum and ApiVersions request it receives (what
+// slotkeeper's removal-safety and health checks ask), from now on, closes the
+// connection unanswered, so a client's request to it fails. Other requests are left
+// to kfake. Its registration and the ISRs are not changed
 // (script them separately: Kafka keeps a dead broker in both until its session times
 // out). down false makes it answer again.
 func (c *Cluster) SetDown(node int32, down bool) {
@@ -226,16 +227,6 @@ func (c *Cluster) isDown() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.down[node]
-}
-
-// controlDown is the catch-all control hook: a request to a down broker is not
-// answered; every other one is left to the next hook or to kfake.
-func (c *Cluster) controlDown(kmsg.Request) (kmsg.Response, error, bool) {
-	c.Fake.KeepControl()
-	if c.isDown() {
-		return nil, errDown, true
-	}
-	return nil, nil, false
 }
 
 // Register puts node back in the broker list.
