@@ -133,9 +133,13 @@ func (r *run) commandResult(req, resp []byte) []byte {
 		return resp
 	}
 	r.mu.Lock()
-	c := r.cmds[in.CommandId]
+	var c command
+	cp := r.cmds[in.CommandId]
+	if cp != nil {
+		c = *cp // read under the lock: commandDone writes it
+	}
 	r.mu.Unlock()
-	if c == nil {
+	if cp == nil {
 		return resp
 	}
 	set := func(status string, code int, stdout, stderr string) {
