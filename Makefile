@@ -49,7 +49,7 @@ GO_FILES = $(filter-out $(VENV)/% .aws-sam/% $(BUILD_DIR)/%,$(wildcard $(shell \
 
 # The X-Ray SDK logs an error for every segment it cannot find when code runs
 # outside Lambda; tests that care configure X-Ray themselves.
-test bench: export AWS_XRAY_CONTEXT_MISSING := IGNORE_ERROR
+test bench campaign mutants: export AWS_XRAY_CONTEXT_MISSING := IGNORE_ERROR
 
 .PHONY: help
 help: ## List the targets
@@ -145,6 +145,30 @@ test: venv test-tools kafka-runtime fmt-check vet shellcheck cfn-lint sam-check 
 	@echo "==> go test"
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# The Auto Scaling simulator's campaign (test/asgsim, docs/simulation.md): SEEDS
+# seeds from FIRST, WORKERS at once (each on its own moto), every failing seed
+# shrunk to its shortest failing prefix. The table is printed at the end and kept in
+# campaign.txt, the whole output (a line per seed as it ends) in campaign.log; any
+# violation fails the target.
+SEEDS ?= 100
+FIRST ?= 1
+WORKERS ?= 2
+.PHONY: campaign
+campaign: venv ## Run the Auto Scaling simulator on SEEDS seeds (FIRST, WORKERS) and print the campaign's table
+	@echo "==> campaign: $(SEEDS) seeds from $(FIRST), $(WORKERS) workers"
+	@rm -f campaign.txt; status=0; \
+	$(GO) test -count=1 -timeout 0 -v -run '^TestCampaign$$' ./test/asgsim \
+		-args -seeds=$(SEEDS) -first=$(FIRST) -workers=$(WORKERS) -table=$(CURDIR)/campaign.txt >campaign.log 2>&1 || status=$$?; \
+	if [[ -f campaign.txt ]]; then cat campaign.txt; else tail -n 60 campaign.log; fi; \
+	echo "(full output in campaign.log)"; exit $$status
+
+# Each deliberately broken variant of the product code (test/asgsim/mutants_test.go),
+# built into the campaign with go's -overlay, must be caught by the invariant it
+# breaks. Minutes per mutant.
+.PHONY: mutants
+mutants: venv ## Check that the campaign catches each deliberately broken variant of the code, naming its invariant
+	$(GO) test -count=1 -timeout 0 -v -run '^TestMutants$$' ./test/asgsim -args -mutants=all
+
 .PHONY: lint
 lint: venv fmt-check vet shellcheck cfn-lint ## gofmt, go vet, shellcheck, cfn-lint on template.yaml and golangci-lint (if installed)
 	@echo "==> golangci-lint"
@@ -166,7 +190,7 @@ bench: venv build slotctl ## Run the benchmarks; print one table of figures and 
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
-	rm -rf $(BUILD_DIR) .aws-sam bench.txt coverage.out coverage.html
+	rm -rf $(BUILD_DIR) .aws-sam bench.txt campaign.txt campaign.log coverage.out coverage.html
 
 # slotctl, the operator CLI (cmd/slotctl), for this machine, not Lambda's arm64.
 .PHONY: slotctl

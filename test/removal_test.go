@@ -1314,3 +1314,59 @@ func (c *cluster) rawLease(s int) map[string]string {
 	}
 	return m
 }
+
+// A redelivery whose slot is already draining checks removal safety again, counting
+// only what its broker still serves: the earlier delivery passed the gate and died
+// before its stop took effect, and meanwhile another broker left the ISRs. Stopping
+// this broker now would take orders/0 below min ISR, so the redelivery waits and is
+// forced only at the bound, with the alert (found by the campaign, seed 5). A broker
+// that is no longer in any ISR (the earlier stop took effect) goes on at once, even
+// with a partition under min ISR.
+func TestDrainingRedeliveryRechecksSafety(t *testing.T) {
+	h := harness.Start(t)
+	for _, tc := range []struct {
+		name   string
+		isr    []int32 // orders/0's ISR when the redelivery runs
+		forced bool
+	}{
+		{"the broker still in an ISR at min: held, forced at the bound with the alert", []int32{1, 2}, true},
+		{"the broker out of every ISR: goes on at once", []int32{2}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := newKafka(t, 3)
+			c := newCluster(t, h, 3, nil)
+			ids := []string{c.run(0), c.run(1), c.run(2)}
+			c.launchAll(ids...)
+			h.ResetCounts()
+			term := c.terminate(k.client(t))
+			term.SafetyMaxWait = 2 * time.Second
+			payload := c.terminateEvent(ids[1])
+
+			// UpdateItem #1 records the removal's start, #2 takes the token, #3 drains:
+			// the invocation dies right after the drain took effect, before its stop.
+			h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.Crash, Skip: 2, Times: 1})
+			if _, err := runTerminate(t, term, payload, "died-after-drain"); err == nil {
+				t.Fatal("the delivery that crashed after the drain succeeded")
+			}
+			h.ClearFaults()
+			if l := c.lease(1); l.State != lease.Draining {
+				t.Fatalf("lease %s after the crash, want draining", l.State)
+			}
+			if n := h.Calls("SendCommand"); n != 0 {
+				t.Fatalf("%d stop commands before the redelivery, want none", n)
+			}
+			k.SetISR("orders", 0, tc.isr...)
+			from := len(c.logs.String())
+			res, err := runTerminate(t, term, payload, "redelivery")
+			if err != nil || res.Outcome != terminate.OutcomeReleased || !res.Stopped {
+				t.Fatalf("redelivery: %+v, %v; want the slot handed back after a stop", res, err)
+			}
+			alerted := strings.Contains(c.logs.String()[from:], "ALERT: unsafe termination forced")
+			if res.Forced != tc.forced || alerted != tc.forced || res.SafetyChecks < 1 {
+				t.Errorf("redelivery forced %v, alerted %v after %d safety checks; want forced and alerted %v after at least one check",
+					res.Forced, alerted, res.SafetyChecks, tc.forced)
+			}
+			t.Logf("orders/0 ISR %v: the redelivery made %d safety checks, forced %v", tc.isr, res.SafetyChecks, res.Forced)
+		})
+	}
+}

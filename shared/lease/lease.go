@@ -259,7 +259,9 @@ func (s *Store) Bind(ctx context.Context, l Lease, b Binding, reason string) (Le
 // that already happened (same holder and version) returns the draining lease: a
 // condition that fails because this very drain took effect earlier (a lost response
 // the SDK retried, a concurrent delivery of the same event) is recognised by reading
-// the lease again, not taken for "the slot moved on".
+// the lease again, not taken for "the slot moved on"; so is a claimed view of a lease
+// that the same holder has bound since, at the same version (a termination that
+// began while the instance's launch was still binding).
 func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error) {
 	if l.State == Draining {
 		return l, nil
@@ -267,8 +269,15 @@ func (s *Store) Drain(ctx context.Context, l Lease, reason string) (Lease, error
 	out, err := s.transit(ctx, l, Draining, []State{Claimed, Bound}, nil, nil, reason, s.stamp())
 	if errors.Is(err, ErrFenced) {
 		cur, gerr := s.Get(ctx, l.Slot)
-		if gerr == nil && cur.State == Draining && cur.Version == l.Version && cur.Holder == l.Holder {
-			return cur, nil
+		if gerr == nil && cur.Version == l.Version && cur.Holder == l.Holder {
+			switch {
+			case cur.State == Draining:
+				return cur, nil
+			case cur.State == Bound && l.State == Claimed:
+				// The holder's own launch bound the lease since it was read: the slot is
+				// still this holder's, at this version; drain what is stored.
+				return s.Drain(ctx, cur, reason)
+			}
 		}
 	}
 	return out, err

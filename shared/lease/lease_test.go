@@ -744,7 +744,7 @@ func (s *suite) testWritesHook(t *testing.T) {
 		{"bind", func() (err error) { bound, err = st.Bind(ctx, claimed, b, "attached"); return err }, false, 1},
 		{"repeat of the bound lease", func() error { _, err := st.Bind(ctx, bound, b, "attached"); return err }, false, 0},
 		{"redelivered bind of the claimed view", func() error { _, err := st.Bind(ctx, claimed, b, "attached"); return err }, false, 1},
-		{"drain", func() (err error) { drained, err = st.Drain(ctx, bound, "planned"); return err }, false, 1},
+		{"drain of the claimed view, bound since by the same holder", func() (err error) { drained, err = st.Drain(ctx, claimed, "planned"); return err }, false, 2},
 		{"repeated drain of the bound view", func() error { _, err := st.Drain(ctx, bound, "planned"); return err }, false, 1},
 		{"fenced drain", func() error { _, err := st.Drain(ctx, other(bound), "planned"); return err }, true, 1},
 		{"release", func() error { _, err := st.Release(ctx, drained, "terminated"); return err }, false, 1},
@@ -765,6 +765,9 @@ func (s *suite) testWritesHook(t *testing.T) {
 		}
 		if n := int64(s.writeCalls() - calls); n != step.writes {
 			t.Errorf("%s: %d PutItem/UpdateItem calls, want %d", step.name, n, step.writes)
+		}
+		if strings.HasPrefix(step.name, "drain of the claimed view") && (drained.State != lease.Draining || drained.Version != bound.Version || drained.Holder != "i-a") {
+			t.Errorf("%s: %s at version %d by %q, want draining at version %d by i-a", step.name, drained.State, drained.Version, drained.Holder, bound.Version)
 		}
 	}
 }

@@ -8,8 +8,9 @@
 // action with CONTINUE.
 //
 // Every step is idempotent: a redelivered event resumes where the last attempt
-// stopped (a draining lease skips the safety wait; a released lease leaves only the
-// completion), and an event whose action is no longer active changes nothing.
+// stopped (a draining lease waits for safety only while its broker still serves; a
+// released lease leaves only the completion), and an event whose action is no longer
+// active changes nothing.
 package terminate
 
 import (
@@ -19,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -419,8 +421,9 @@ func (inv *invocation) run(ctx context.Context) (Result, error) {
 }
 
 // gate waits, bounded, until l's broker may be removed: it takes the removal token,
-// then, unless the slot is already draining (an earlier delivery passed the gate),
-// waits for removal safety on fresh answers. The bound counts from when the removal
+// then waits for removal safety on fresh answers (for a slot already draining, whose
+// earlier delivery passed the gate, only while its broker still serves: see
+// removalSafe). The bound counts from when the removal
 // first asked for the token (lease.RemovalStarted: a redelivery goes on with the bound
 // of the first delivery), and the gate ends no later than GateReserve before the
 // invocation's deadline, so that the stop, the detaches, the release and the
@@ -464,12 +467,16 @@ func (inv *invocation) gate(ctx context.Context, l lease.Lease, broker int32, re
 		forcedWhy = append(forcedWhy, "the removal token was still held: "+tr.Why)
 	}
 
-	if !draining && inv.Kafka != nil {
+	// A draining slot's earlier delivery passed the gate, but its stop may not have
+	// taken effect (it died first, or the stop failed) while the cluster lost another
+	// broker since: the redelivery waits too, within the same bound, for as long as
+	// this broker is what holds a partition at min ISR or the quorum's majority.
+	if inv.Kafka != nil {
 		err := inv.o.Step(ctx, "safety", func(ctx context.Context) error {
 			var last verdict
 			w := kafka.Wait{First: inv.SafetyRecheck, Max: kafka.MaxRecheck, Bound: deadline.Sub(inv.now()), Now: inv.Now}
 			wr, err := w.Until(ctx, func(ctx context.Context) (kafka.Verdict, error) {
-				v, err := inv.removalSafe(ctx, broker)
+				v, err := inv.removalSafe(ctx, broker, draining)
 				if err == nil {
 					last = v
 				}
@@ -522,13 +529,21 @@ func (inv *invocation) gateCap() (time.Time, bool) {
 
 // removalSafe applies both removal rules to fresh answers read within one deadline
 // (kafka.CallTimeout): the partition rule and, for a controller voter, the quorum
-// rule. Any failed or late answer is an error: not safe.
-func (inv *invocation) removalSafe(ctx context.Context, broker int32) (verdict, error) {
+// rule. Any failed or late answer is an error: not safe. For a draining slot
+// (stopped, whose broker an earlier delivery may already have stopped) only what
+// the broker still serves counts: a partition blocks only while the broker is in
+// its ISR, and the quorum rule only while the broker is a caught-up voter; a
+// stopped broker's leaving changes neither.
+func (inv *invocation) removalSafe(ctx context.Context, broker int32, stopped bool) (verdict, error) {
 	ctx, cancel := context.WithTimeout(ctx, kafka.CallTimeout)
 	defer cancel()
 	pv, err := inv.Kafka.RemovalSafe(ctx, broker)
 	if err != nil {
 		return verdict{Partitions: pv}, err
+	}
+	if stopped {
+		pv.Blocking = slices.DeleteFunc(pv.Blocking, func(b kafka.Blocker) bool { return !slices.Contains(b.ISR, broker) })
+		pv.Safe = len(pv.Blocking) == 0
 	}
 	q, err := inv.Kafka.Quorum(ctx)
 	if errors.Is(err, kafka.ErrQuorumUnsupported) {
@@ -545,7 +560,11 @@ func (inv *invocation) removalSafe(ctx context.Context, broker int32) (verdict, 
 	if err != nil {
 		return verdict{Partitions: pv}, fmt.Errorf("deciding whether broker %d may leave the controller quorum: %w", broker, err)
 	}
-	return verdict{Partitions: pv, Quorum: kafka.QuorumSafe(q, broker, kafka.DefaultCaughtUpLag)}, nil
+	qv := kafka.QuorumSafe(q, broker, kafka.DefaultCaughtUpLag)
+	if stopped && !slices.Contains(q.CaughtUp(kafka.DefaultCaughtUpLag), broker) {
+		qv.Safe = true
+	}
+	return verdict{Partitions: pv, Quorum: qv}, nil
 }
 
 // forced is the detach policy's report of a detach forced past its bound.

@@ -109,6 +109,7 @@ type Emulator struct {
 	route53Mu    sync.Mutex // serialises Route 53 change batches (route53.go)
 	mutating     []string
 	faults       []*faultState
+	faultCounts  map[FaultKind]int     // faults applied, by kind (FaultCounts)
 	lifecycle    map[lifecycleKey]bool // true once the lifecycle action was completed
 	completion   []LifecycleCall
 	heartbeats   []LifecycleCall

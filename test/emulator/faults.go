@@ -104,6 +104,18 @@ func (e *Emulator) Inject(f Fault) {
 	e.faults = append(e.faults, &faultState{Fault: f})
 }
 
+// FaultCounts returns how many calls each kind of fault was applied to since the
+// emulator started (ClearFaults and ResetCounts do not reset it).
+func (e *Emulator) FaultCounts() map[FaultKind]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[FaultKind]int, len(e.faultCounts))
+	for k, n := range e.faultCounts {
+		out[k] = n
+	}
+	return out
+}
+
 // ClearFaults removes all faults.
 func (e *Emulator) ClearFaults() {
 	e.mu.Lock()
@@ -128,6 +140,10 @@ func (e *Emulator) matchFault(action string) (Fault, bool) {
 			continue
 		}
 		fs.applied++
+		if e.faultCounts == nil {
+			e.faultCounts = map[FaultKind]int{}
+		}
+		e.faultCounts[fs.Kind]++
 		return fs.Fault, true
 	}
 	return Fault{}, false

@@ -24,6 +24,7 @@ package fakekafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -65,6 +66,7 @@ type Cluster struct {
 	offline map[partition]bool        // scripted leaderless partitions
 	gone    map[int32]bool            // brokers left out of the broker list
 	hosts   map[int32]string          // scripted advertised hosts (Advertise)
+	down    map[int32]bool            // brokers that answer nothing (SetDown)
 	quorum  *Quorum                   // scripted controller quorum; nil: every broker a caught-up voter
 	apis    *kmsg.ApiVersionsResponse // kfake's ApiVersions answer plus DescribeQuorum
 	// noQuorumAPI: leave DescribeQuorum out of the ApiVersions answer (HideQuorumAPI).
@@ -95,6 +97,7 @@ func Start(opts ...kfake.Opt) (*Cluster, error) {
 		offline: map[partition]bool{},
 		gone:    map[int32]bool{},
 		hosts:   map[int32]string{},
+		down:    map[int32]bool{},
 	}
 	c.admin, err = kgo.NewClient(kgo.SeedBrokers(c.Addrs...), kgo.RequestRetries(3))
 	if err != nil {
@@ -199,6 +202,35 @@ func (c *Cluster) Unregister(node int32) {
 	c.gone[node] = true
 }
 
+// SetDown makes node answer nothing (down true), as a broker whose process died or
+// hangs: every Metadata, DescribeQuorum and ApiVersions request it receives (what
+// slotkeeper's removal-safety and health checks ask), from now on, closes the
+// connection unanswered, so a client's request to it fails. Other requests are left
+// to kfake. Its registration and the ISRs are not changed
+// (script them separately: Kafka keeps a dead broker in both until its session times
+// out). down false makes it answer again.
+func (c *Cluster) SetDown(node int32, down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if down {
+		c.down[node] = true
+	} else {
+		delete(c.down, node)
+	}
+}
+
+// errDown closes the connection of a request to a broker that is down.
+var errDown = errors.New("fakekafka: broker is down")
+
+// isDown reports whether the broker handling the current control call is down. It
+// must be called from a control function.
+func (c *Cluster) isDown() bool {
+	node := c.Fake.CurrentNode()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.down[node]
+}
+
 // Register puts node back in the broker list.
 func (c *Cluster) Register(node int32) {
 	c.mu.Lock()
@@ -216,7 +248,8 @@ func (c *Cluster) Advertise(node int32, host string) {
 	c.hosts[node] = host
 }
 
-// Reset drops every edit: all brokers registered, every partition in sync.
+// Reset drops every edit: all brokers registered and answering, every partition in
+// sync.
 func (c *Cluster) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -224,6 +257,7 @@ func (c *Cluster) Reset() {
 	clear(c.offline)
 	clear(c.gone)
 	clear(c.hosts)
+	clear(c.down)
 	c.quorum = nil
 }
 
@@ -245,6 +279,9 @@ func (c *Cluster) control(kreq kmsg.Request) (kmsg.Response, error, bool) {
 	req := kreq.(*kmsg.MetadataRequest)
 	if req.IncludeTopicAuthorizedOperations {
 		return nil, nil, false // Refresh: let kfake answer
+	}
+	if c.isDown() {
+		return nil, errDown, true
 	}
 	c.answered.Add(1)
 	return c.answer(req), nil, true

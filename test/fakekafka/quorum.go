@@ -51,6 +51,9 @@ func cloneMap(m map[int32]time.Duration) map[int32]time.Duration {
 func (c *Cluster) controlQuorum(kreq kmsg.Request) (kmsg.Response, error, bool) {
 	c.Fake.KeepControl()
 	req := kreq.(*kmsg.DescribeQuorumRequest)
+	if c.isDown() {
+		return nil, errDown, true
+	}
 	c.mu.Lock()
 	q := Quorum{Leader: 0}
 	if c.quorum != nil {
@@ -121,6 +124,9 @@ func (c *Cluster) advertiseQuorum(ctx context.Context) error {
 func (c *Cluster) controlApiVersions(kreq kmsg.Request) (kmsg.Response, error, bool) {
 	c.Fake.KeepControl()
 	req := kreq.(*kmsg.ApiVersionsRequest)
+	if c.isDown() {
+		return nil, errDown, true
+	}
 	if req.Version > c.apis.Version {
 		return nil, nil, false // kfake answers versions it does not serve itself (KIP-511)
 	}

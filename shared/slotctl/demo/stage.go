@@ -16,6 +16,7 @@ import (
 	r53types "github.com/aws/aws-sdk-go-v2/service/route53/types"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/slotkeeper/slotkeeper/shared/config"
 	"github.com/slotkeeper/slotkeeper/shared/slotctl"
@@ -57,12 +58,15 @@ type Stage struct {
 	Config config.Config
 }
 
-// StageOptions choose a Stage's Kafka.
+// StageOptions choose a Stage's size and Kafka.
 type StageOptions struct {
 	// RealKafka, when set, is the stage's Kafka instead of kfake: a running cluster
 	// whose node ids 0..2 are the slots' (realkafka.Start with 3 nodes). The stage
 	// creates its topic there.
 	RealKafka *realkafka.Cluster
+	// Slots is the slot count (the group's maximum size, and kfake's broker count);
+	// 0 means Slots (3). With RealKafka it must be 0 or 3.
+	Slots int
 }
 
 // NewStage builds a deployment of cluster in h, with kfake. Names derive from
@@ -75,6 +79,13 @@ func NewStage(ctx context.Context, h *emulator.Emulator, cluster string) (*Stage
 func NewStageWith(ctx context.Context, h *emulator.Emulator, cluster string, opt StageOptions) (s *Stage, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	slots := Slots
+	if opt.Slots > 0 {
+		slots = opt.Slots
+	}
+	if opt.RealKafka != nil && slots != Slots {
+		return nil, fmt.Errorf("a stage on Apache Kafka has %d slots, not %d", Slots, slots)
+	}
 	w, err := h.NewWorld(ctx, cluster+"-leases")
 	if err != nil {
 		return nil, err
@@ -104,7 +115,7 @@ func NewStageWith(ctx context.Context, h *emulator.Emulator, cluster string, opt
 	if _, err := asg.CreateAutoScalingGroup(ctx, &autoscaling.CreateAutoScalingGroupInput{
 		AutoScalingGroupName: aws.String(asgName),
 		LaunchTemplate:       &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(cluster + "-broker"), Version: aws.String("$Latest")},
-		MinSize:              aws.Int32(0), MaxSize: aws.Int32(Slots), DesiredCapacity: aws.Int32(0),
+		MinSize:              aws.Int32(0), MaxSize: aws.Int32(int32(slots)), DesiredCapacity: aws.Int32(0),
 		VPCZoneIdentifier: aws.String(strings.Join(subnets, ",")),
 		HealthCheckType:   aws.String("EC2"), HealthCheckGracePeriod: aws.Int32(600),
 	}); err != nil {
@@ -158,7 +169,7 @@ func NewStageWith(ctx context.Context, h *emulator.Emulator, cluster string, opt
 			return nil, fmt.Errorf("creating topic %s in Apache Kafka: %w", Topic, err)
 		}
 	} else {
-		if s.Kafka, err = fakekafka.Start(); err != nil {
+		if s.Kafka, err = fakekafka.Start(kfake.NumBrokers(slots)); err != nil {
 			return nil, err
 		}
 		if err := s.Kafka.CreateTopic(ctx, Topic, 3, 3, nil); err != nil {
@@ -168,7 +179,7 @@ func NewStageWith(ctx context.Context, h *emulator.Emulator, cluster string, opt
 	}
 
 	s.Vars = map[string]string{
-		"CLUSTER": cluster, "ASG_NAME": asgName, "TABLE": w.Table, "SLOT_COUNT": strconv.Itoa(Slots),
+		"CLUSTER": cluster, "ASG_NAME": asgName, "TABLE": w.Table, "SLOT_COUNT": strconv.Itoa(slots),
 		"SUBNETS": strings.Join(subnets, ","), "SECURITY_GROUPS": w.SecurityGroupID,
 		"VOLUME_SIZE_GIB": strconv.Itoa(VolumeGiB), "HEARTBEAT_INTERVAL": "5s", "ATTACH_TIMEOUT": "20s",
 		"GROW_FUNCTION_ARN": "arn:aws:lambda:" + h.Region + ":123456789012:function:" + cluster + "-grow",

@@ -1,0 +1,146 @@
+package asgsim_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	mutantsFlag    = flag.String("mutants", "", "run these mutants (comma-separated names, or all) through the campaign (TestMutants)")
+	mutantSeeds    = flag.Int("mutant-seeds", 40, "how many seeds a mutant gets to be caught in")
+	stopFirstFlag  = flag.Bool("stop-at-first", false, "end the campaign at the first failing seed")
+	mutantWorkers  = flag.Int("mutant-workers", 2, "workers of each mutant's campaign")
+	mutantShrink   = flag.Int("mutant-shrink", 12, "runs spent shrinking a mutant's failing seed")
+	mutantFirstArg = flag.Uint64("mutant-first", 1, "first seed of each mutant's campaign")
+)
+
+// mutant is a deliberately broken variant of the product code: one exact piece of a
+// source file replaced, built into the campaign with go's -overlay (the tree is not
+// touched). The campaign must catch it, naming the invariant it breaks.
+type mutant struct {
+	name, file, old, new, invariant, why string
+}
+
+var mutants = []mutant{
+	{
+		name: "double-holder", file: "shared/slot/slot.go", invariant: "one-holder",
+		why: "a bound slot is claimable although its holder runs (Priam's lesson forgotten)",
+		old: "\t\tif Dead(holderState) {\n\t\t\treturn true, \"holder \"",
+		new: "\t\tif holderState != \"\" || Dead(holderState) {\n\t\t\treturn true, \"holder \"",
+	},
+	{
+		name: "attach-to-non-holder", file: "shared/slot/slot.go", invariant: "attach-to-holder",
+		why: "the claim decision takes a slot another instance has claimed for this instance's own (as if redelivered), so its launch attaches that slot's ENI and volume",
+		old: "\t\tif l.HeldBy(instance) {\n\t\t\theld = append(held, s)",
+		new: "\t\tif l.HeldBy(instance) || l.State == lease.Claimed {\n\t\t\theld = append(held, s)",
+	},
+	{
+		name: "two-removals-at-once", file: "shared/terminate/token.go", invariant: "one-removal-at-a-time",
+		why: "a removal takes the removal token while another removal holds it",
+		old: "\t}\n\treturn tokenOther\n}",
+		new: "\t}\n\treturn tokenTake\n}",
+	},
+	{
+		name: "early-continue", file: "shared/terminate/terminate.go", invariant: "early-continue",
+		why: "terminate completes the lifecycle action with CONTINUE as soon as it found the slot, before it hands it back",
+		old: "\tinv.o = inv.o.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version)\n\tbroker := int32(inv.cfg.NodeID(l.Slot))",
+		new: "\tif err := inv.complete(ctx); err != nil {\n\t\treturn Result{}, err\n\t}\n\tinv.o = inv.o.With(obs.KeySlot, l.Slot, obs.KeyLeaseVersion, l.Version)\n\tbroker := int32(inv.cfg.NodeID(l.Slot))",
+	},
+	{
+		name: "force-detach-running", file: "shared/resources/attach.go", invariant: "force-detach-running",
+		why: "a detach in Force mode forces at once whatever the instance's state (shutting-down included)",
+		old: "\tforced := mode == Force && slot.Halted(st)",
+		new: "\tforced := mode == Force",
+	},
+}
+
+// TestMutants builds each mutant (-mutants=all, or names) into the campaign and
+// checks that the campaign catches it with the invariant it breaks. `make mutants`
+// runs it; each mutant takes minutes, so make test does not.
+func TestMutants(t *testing.T) {
+	if *mutantsFlag == "" {
+		t.Skip("no -mutants")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results []string
+	for _, m := range mutants {
+		if *mutantsFlag != "all" && !strings.Contains(","+*mutantsFlag+",", ","+m.name+",") {
+			continue
+		}
+		t.Run(m.name, func(t *testing.T) {
+			line := runMutant(t, root, m)
+			results = append(results, line)
+		})
+	}
+	t.Logf("mutants:\n%s", strings.Join(results, "\n"))
+}
+
+var violationLine = regexp.MustCompile(`(?m)^VIOLATION seed (\d+): \[([a-z-]+)\] (.*)$|^  also: \[([a-z-]+)\]`)
+
+func runMutant(t *testing.T, root string, m mutant) string {
+	src := filepath.Join(root, m.file)
+	orig, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(orig, []byte(m.old)); n != 1 {
+		t.Fatalf("mutant %s: the piece to replace occurs %d times in %s (it must occur once: update the mutant with the code)", m.name, n, m.file)
+	}
+	dir := t.TempDir()
+	mutated := filepath.Join(dir, filepath.Base(m.file))
+	if err := os.WriteFile(mutated, bytes.Replace(orig, []byte(m.old), []byte(m.new), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	overlay, _ := json.Marshal(map[string]map[string]string{"Replace": {src: mutated}})
+	overlayFile := filepath.Join(dir, "overlay.json")
+	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	table := filepath.Join(dir, "table.txt")
+	start := time.Now()
+	cmd := exec.Command("go", "test", "-overlay="+overlayFile, "-count=1", "-timeout=0", "-run=^TestCampaign$", ".",
+		"-args", fmt.Sprintf("-seeds=%d", *mutantSeeds), fmt.Sprintf("-first=%d", *mutantFirstArg), fmt.Sprintf("-workers=%d", *mutantWorkers),
+		fmt.Sprintf("-shrink=%d", *mutantShrink), "-stop-at-first", "-table="+table)
+	cmd.Env = append(os.Environ(), "AWS_XRAY_CONTEXT_MISSING=IGNORE_ERROR")
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start).Round(time.Second)
+	tab, rerr := os.ReadFile(table)
+	if rerr != nil {
+		t.Fatalf("mutant %s: no table (%v); go test said (%v):\n%s", m.name, rerr, err, tail(string(out), 60))
+	}
+	caught := ""
+	var named []string
+	for _, mm := range violationLine.FindAllStringSubmatch(string(tab), -1) {
+		inv := mm[2] + mm[4]
+		named = append(named, inv)
+		if inv == m.invariant && caught == "" {
+			caught = mm[0]
+		}
+	}
+	t.Logf("mutant %s (%s: %s), %s:\n%s", m.name, m.file, m.why, took, tab)
+	if caught == "" {
+		t.Errorf("mutant %s was not caught by %s (invariants named: %v)", m.name, m.invariant, named)
+		return fmt.Sprintf("%-22s NOT caught by %s (named: %v) in %s", m.name, m.invariant, named, took)
+	}
+	return fmt.Sprintf("%-22s caught: %s (%s)", m.name, strings.TrimSpace(caught), took)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
