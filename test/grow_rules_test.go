@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/grow"
+	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/shared/obs"
 	"github.com/slotkeeper/slotkeeper/shared/resources"
 	"github.com/slotkeeper/slotkeeper/test/harness"
@@ -416,4 +418,43 @@ func TestFailedModificationIsRetried(t *testing.T) {
 		t.Fatalf("alerts %q, want one about the failed modification", sent)
 	}
 	t.Logf("failed modification retried: 2 ModifyVolume in all, volume 142 GiB, 1 alert %q", sent[0][0])
+}
+
+// A delivery that read the slot before another delivery finished a whole growth (its
+// pending record written, the volume modified, the growth recorded and the record
+// cleared) cannot record a pending growth from that stale read: the first pending
+// record is conditioned on growth_seq as read, so the slow delivery's write is refused
+// and it never starts a second modification for the same breach. (Under load this
+// happened: 3 ModifyVolume for 4 concurrent deliveries of one alarm.)
+func TestStalePendingWriteAfterAWholeGrowthIsRefused(t *testing.T) {
+	h := harness.Start(t)
+	r := newGrowRig(t, h, 3, nil)
+	r.launchAll(r.run(0))
+	store := lease.NewStore(dynamodb.NewFromConfig(h.AWSConfig()), r.cfg.Table, r.cfg.Cluster)
+	ctx := context.Background()
+	vol := r.lease(0).VolumeID
+
+	before, err := store.Growth(ctx, 0) // the slow delivery's read
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another delivery does the whole growth meanwhile.
+	if res := r.mustDeliver(r.alarmAction(0, 85, time.Now().Add(-time.Minute))); res.Outcome != grow.OutcomeGrown {
+		t.Fatalf("the other delivery: %+v, want grown", res)
+	}
+	after, err := store.Growth(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Pending != nil || after.Seq != before.Seq+1 {
+		t.Fatalf("after the growth: pending %+v, growth_seq %d (was %d); want none pending and one more", after.Pending, after.Seq, before.Seq)
+	}
+	p := lease.PendingGrowth{VolumeID: vol, FromGiB: 100, ToGiB: 142, Token: "slow-delivery", Reason: "from the stale read"}
+	if _, err := store.WritePending(ctx, 0, before.Pending, before.Seq, p); !errors.Is(err, lease.ErrFenced) {
+		t.Fatalf("the stale pending write: %v, want lease.ErrFenced", err)
+	}
+	if _, err := store.WritePending(ctx, 0, after.Pending, after.Seq, p); err != nil {
+		t.Fatalf("a pending write from a fresh read: %v", err)
+	}
+	t.Logf("growth_seq %d -> %d: the stale first pending write is refused, a fresh one lands", before.Seq, after.Seq)
 }

@@ -410,6 +410,11 @@ type job struct {
 	// next write.
 	token string
 	cur   *lease.PendingGrowth
+	// seq is the slot's growth_seq as this attempt read it (-1: not to be checked): a
+	// first pending record is written only while no growth was recorded since, so an
+	// attempt that read the slot before another finished a whole growth (and cleared
+	// its record) cannot start a second modification for the same breach.
+	seq int64
 	// deadline is when this attempt is gone for sure (the Lambda deadline): the
 	// pending growth it writes before ModifyVolume is its own until then.
 	deadline time.Time
@@ -472,7 +477,7 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 		// Anyone who can name an alarm like ours could otherwise grow our disks.
 		return j.done(ctx, res, OutcomeIgnored, fmt.Sprintf("the alarm watches instance %q, but slot %d is held by %s", rq.instance, rq.slot, l.Holder))
 	}
-	j.cur = g.Pending
+	j.cur, j.seq = g.Pending, g.Seq
 	now := j.Now()
 	if p := g.Pending; p != nil && p.InProgress(now) {
 		// Another invocation recorded this growth first and is at work on it: only the
@@ -552,6 +557,7 @@ func (j *job) grow(ctx context.Context, rq request) (Result, error) {
 		j.o.Log.InfoContext(ctx, "filesystem step done; the request asks for more", obs.KeyReason, rq.reason)
 		g.History = append(g.History, lease.GrowthRecord{VolumeID: v.ID, ToGiB: mod.to, At: j.store.Now().UTC().Format(time.RFC3339Nano),
 			ModifiedAt: mod.start.UTC().Format(time.RFC3339Nano)})
+		j.seq = -1 // this attempt recorded that growth itself
 	}
 
 	// 4. Repeated alarms for one breach grow once: a growth that started after the
@@ -725,7 +731,7 @@ func (j *job) wait(ctx context.Context, res Result, p lease.PendingGrowth, notBe
 // as this attempt last saw it, and remembers what it wrote.
 func (j *job) writePending(ctx context.Context, slot int, p lease.PendingGrowth) (lease.PendingGrowth, error) {
 	p.Token, p.Actor = j.token, ""
-	w, err := j.store.WritePending(ctx, slot, j.cur, p)
+	w, err := j.store.WritePending(ctx, slot, j.cur, j.seq, p)
 	if err != nil {
 		return p, err
 	}

@@ -260,14 +260,16 @@ func (s *Store) SetPendingGrowth(ctx context.Context, slot int, p PendingGrowth)
 }
 
 // WritePending records p as slot's pending growth if the pending growth is still
-// prev, as read or last written by the caller (nil: there was none), so that of two
-// invocations deciding a growth at the same time exactly one records it, and only
-// that one goes on to modify the volume. It stamps p.UpdatedAt (and p.Since and
+// prev, as read or last written by the caller (nil: there was none, and then also only
+// if growth_seq is still seq, unless seq < 0), so that of two invocations deciding a
+// growth at the same time exactly one records it, and only that one goes on to modify
+// the volume, even when the other read the slot before the first had finished its
+// whole growth and cleared its record. It stamps p.UpdatedAt (and p.Since and
 // p.Actor when empty) and returns p as written. p.Token must identify the caller: a
 // write whose response was lost, retried by the SDK and then refused by its own
 // condition, is recognised by it and reported as done. Any other refusal is ErrFenced
 // (someone else wrote in between, or the slot has no lease item).
-func (s *Store) WritePending(ctx context.Context, slot int, prev *PendingGrowth, p PendingGrowth) (PendingGrowth, error) {
+func (s *Store) WritePending(ctx context.Context, slot int, prev *PendingGrowth, seq int64, p PendingGrowth) (PendingGrowth, error) {
 	if p.Token == "" {
 		return PendingGrowth{}, fmt.Errorf("recording pending growth of slot %d: no token", slot)
 	}
@@ -287,6 +289,15 @@ func (s *Store) WritePending(ctx context.Context, slot int, prev *PendingGrowth,
 	values := map[string]types.AttributeValue{":p": av}
 	cond := "attribute_exists(#c) AND attribute_not_exists(#p)"
 	names["#c"] = "cluster"
+	switch {
+	case prev == nil && seq == 0:
+		names["#gs"] = attrSeq
+		cond += " AND attribute_not_exists(#gs)"
+	case prev == nil && seq > 0:
+		names["#gs"] = attrSeq
+		values[":seq"] = num(seq)
+		cond += " AND #gs = :seq"
+	}
 	if prev != nil {
 		delete(names, "#c")
 		names["#pu"] = "updated_at"
