@@ -335,6 +335,12 @@ func (r *run) terminateEnded(in *instance) {
 func (r *run) terminate(in *instance) {
 	r.mu.Lock()
 	if in.ec2 == ec2Terminated {
+		// It died during its shutting-down window (die): the group's termination ends
+		// all the same.
+		if in.life == lifeTermProceed {
+			in.life = lifeTerminated
+			r.syncGroup(in)
+		}
 		r.mu.Unlock()
 		return
 	}
