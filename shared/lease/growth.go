@@ -233,11 +233,9 @@ func (s *Store) PendingGrowths(ctx context.Context) (map[int]PendingGrowth, erro
 	return pending, nil
 }
 
-// SetPendingGrowth records p as slot's pending growth, replacing any earlier one (a
-// newer decision supersedes an older one). It stamps p.UpdatedAt, and p.Since when it
-// is empty, and returns p as written. It fails with ErrFenced when the slot has no
-// lease item.
-func (s *Store) SetPendingGrowth(ctx context.Context, slot int, p PendingGrowth) (PendingGrowth, error) {
+// stampPending stamps p.UpdatedAt (and p.Since and p.Actor when empty) for a write
+// of slot's pending growth, and encodes it.
+func (s *Store) stampPending(slot int, p PendingGrowth) (PendingGrowth, types.AttributeValue, error) {
 	now := s.stamp()
 	if p.Since == "" {
 		p.Since = now
@@ -248,7 +246,19 @@ func (s *Store) SetPendingGrowth(ctx context.Context, slot int, p PendingGrowth)
 	}
 	av, err := attributevalue.Marshal(p)
 	if err != nil {
-		return PendingGrowth{}, fmt.Errorf("encoding pending growth of slot %d: %w", slot, err)
+		return PendingGrowth{}, nil, fmt.Errorf("encoding pending growth of slot %d: %w", slot, err)
+	}
+	return p, av, nil
+}
+
+// SetPendingGrowth records p as slot's pending growth, replacing any earlier one (a
+// newer decision supersedes an older one). It stamps p.UpdatedAt, and p.Since when it
+// is empty, and returns p as written. It fails with ErrFenced when the slot has no
+// lease item.
+func (s *Store) SetPendingGrowth(ctx context.Context, slot int, p PendingGrowth) (PendingGrowth, error) {
+	p, av, err := s.stampPending(slot, p)
+	if err != nil {
+		return PendingGrowth{}, err
 	}
 	err = s.update(ctx, slot, "SET #p = :p", "attribute_exists(#c)",
 		map[string]string{"#p": attrPending, "#c": "cluster"},
@@ -273,17 +283,9 @@ func (s *Store) WritePending(ctx context.Context, slot int, prev *PendingGrowth,
 	if p.Token == "" {
 		return PendingGrowth{}, fmt.Errorf("recording pending growth of slot %d: no token", slot)
 	}
-	now := s.stamp()
-	if p.Since == "" {
-		p.Since = now
-	}
-	p.UpdatedAt = now
-	if p.Actor == "" {
-		p.Actor = s.Actor
-	}
-	av, err := attributevalue.Marshal(p)
+	p, av, err := s.stampPending(slot, p)
 	if err != nil {
-		return PendingGrowth{}, fmt.Errorf("encoding pending growth of slot %d: %w", slot, err)
+		return PendingGrowth{}, err
 	}
 	names := map[string]string{"#p": attrPending}
 	values := map[string]types.AttributeValue{":p": av}
