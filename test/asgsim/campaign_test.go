@@ -21,6 +21,7 @@ var (
 	workersFlag = flag.Int("workers", 1, "how many seeds run at once, each on its own moto")
 	shrinkFlag  = flag.Int("shrink", 30, "runs spent shrinking each failing seed")
 	tableFlag   = flag.String("table", "", "also write the campaign's table to this file")
+	casesFlag   = flag.String("cases", "", "TestCampaign runs the cases of this file (the regression list's format) instead of -seeds from -first")
 )
 
 func TestMain(m *testing.M) {
@@ -78,6 +79,12 @@ func TestCampaign(t *testing.T) {
 	var cases []asgsim.Case
 	for i := range *seedsFlag {
 		cases = append(cases, asgsim.Case{Seed: *firstFlag + uint64(i)})
+	}
+	if *casesFlag != "" {
+		var err error
+		if cases, err = asgsim.ReadRegressions(*casesFlag); err != nil {
+			t.Fatal(err)
+		}
 	}
 	runCampaign(t, cases)
 }

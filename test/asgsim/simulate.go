@@ -3,6 +3,7 @@ package asgsim
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,8 +89,8 @@ func Simulate(ctx context.Context, env *Env, c Case, tm Timing) Result {
 		}
 	}
 	res.Steps, res.Sim, res.Wall = r.step, r.now(), time.Since(started)
-	if len(res.Violations) > 0 || res.Err != nil {
-		res.Log = tail(r.logs.String(), 400)
+	if len(res.Violations) > 0 || res.Err != nil || os.Getenv("ASGSIM_FULL_LOG") != "" {
+		res.Log = tail(r.logs.String(), 100000)
 	}
 	return res
 }
