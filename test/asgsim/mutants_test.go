@@ -83,6 +83,36 @@ var mutants = []mutant{
 		old:     "\tforced := mode == Force && slot.Halted(st)",
 		new:     "\tforced := mode == Force",
 	},
+	{
+		name: "shrink", file: "shared/grow/policy.go", invariants: []string{"never-shrunk"},
+		why:     "the growth policy subtracts its step instead of adding it (EBS refuses a smaller size; moto does not, so the invariant is what stops it)",
+		reaches: "a disk alarm",
+		reach:   hasOp(asgsim.GrowAlarm),
+		old:     "\td.Action, d.ToGiB, d.Capped = Grow, int32(to), want > to",
+		new:     "\td.Action, d.ToGiB, d.Capped = Grow, int32(2*int64(sizeGiB)-to), want > to",
+	},
+	{
+		name: "growth-left-pending", file: "shared/lease/growth.go", invariants: []string{"converge-growth"},
+		why:     "recording a finished growth never clears the pending growth it fulfils",
+		reaches: "a disk alarm",
+		reach:   hasOp(asgsim.GrowAlarm),
+		old:     "\t\tfulfils := g.Pending != nil && g.Pending.VolumeID == rec.VolumeID && g.Pending.ToGiB <= rec.ToGiB",
+		new:     "\t\tfulfils := false",
+	},
+	{
+		name: "forgotten-completion", file: "shared/terminate/terminate.go", invariants: []string{"lifecycle-once"},
+		why: "a termination of an instance that holds no slot returns success without completing its lifecycle action",
+		old: "\t\tif err := inv.complete(ctx); err != nil {\n\t\t\treturn Result{}, err\n\t\t}\n\t\tinv.o.Log.InfoContext(ctx, \"instance holds no slot; nothing to hand back\"",
+		new: "\t\tinv.o.Log.InfoContext(ctx, \"instance holds no slot; nothing to hand back\"",
+	},
+	{
+		name: "released-slot-in-bootstrap", file: "shared/dns/records.go", invariants: []string{"converge-dns"},
+		why:     "the bootstrap record keeps the address of a slot that was released (a scale-in)",
+		reaches: "a scale-in",
+		reach:   hasOp(asgsim.ScaleIn),
+		old:     "\t\tif l.State == lease.Bound && known && h.State == slot.Running {",
+		new:     "\t\tif (l.State == lease.Bound && known && h.State == slot.Running) || l.State == lease.Free {",
+	},
 }
 
 // TestMutants builds each mutant (-mutants=all, or names) into the campaign and
@@ -166,9 +196,9 @@ func runMutant(t *testing.T, root string, m mutant) string {
 	want := strings.Join(m.invariants, " or ")
 	if caught == "" {
 		t.Errorf("mutant %s was not caught by %s in %s (invariants named: %v)", m.name, want, seeds, named)
-		return fmt.Sprintf("%-22s NOT caught by %s (named: %v) in %s", m.name, want, named, took)
+		return fmt.Sprintf("%-26s NOT caught by %s (named: %v) in %s", m.name, want, named, took)
 	}
-	return fmt.Sprintf("%-22s caught: %s (%s)", m.name, strings.TrimSpace(caught), took)
+	return fmt.Sprintf("%-26s caught: %s (%s)", m.name, strings.TrimSpace(caught), took)
 }
 
 // reachingSeeds returns the first n seeds from first whose plans reach says yes to.
@@ -180,6 +210,13 @@ func reachingSeeds(reach func(asgsim.Plan) bool, first uint64, n int) []string {
 		}
 	}
 	return out
+}
+
+// hasOp: the plan has an operation of kind k.
+func hasOp(k asgsim.OpKind) func(asgsim.Plan) bool {
+	return func(p asgsim.Plan) bool {
+		return slices.ContainsFunc(p.Ops, func(op asgsim.Op) bool { return op.Kind == k })
+	}
 }
 
 // twoSlotsPerAZ: 6 slots, two per AZ, so that two launches of one AZ (the group's
