@@ -1370,3 +1370,66 @@ func TestDrainingRedeliveryRechecksSafety(t *testing.T) {
 		})
 	}
 }
+
+// A removal the token was taken from by force is not over: when the removal that took
+// it ends, the token goes back to it, and a third removal waits for it instead of
+// finding the token free and judging its safety while that broker may still leave
+// (seed 290 of the campaign: a health replacement took the token from a scale-in's
+// removal at its bound and gave it back free; an evict took it, judged itself safe
+// with the scale-in's broker still in the ISRs, and that broker then stopped).
+func TestTokenTakenByForceGoesBackToTheRemovalItWasTakenFrom(t *testing.T) {
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("Terminating:Wait", "Healthy", ids...)
+
+	// A: the removal of slot 0 holds the token, alive, and is not over (its instance
+	// runs, its broker was not seen stopped).
+	holdToken(t, c, ids[0])
+	term := c.terminate(k.client(t))
+	term.SafetyMaxWait = 2 * time.Second
+
+	// B takes it from A at its bound, loudly, and ends.
+	rb, err := runTerminate(t, term, c.terminateEvent(ids[1]), "second")
+	if err != nil || !rb.Forced || !rb.Stopped || rb.Outcome != terminate.OutcomeReleased {
+		t.Fatalf("B: %+v, %v; want a release forced at its bound (the token held by A)", rb, err)
+	}
+	tok, err := c.store.GetRemoval(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := lease.Remover{Slot: 0, Instance: ids[0], LeaseVersion: c.lease(0).Version}
+	if !tok.HeldFor(a) || tok.Invocation != "" || len(tok.Displaced) != 0 {
+		t.Fatalf("token after B ended: %+v; want it back with A's removal (held for slot 0, %s, no invocation), not free", tok, ids[0])
+	}
+	if last := tok.History[len(tok.History)-1]; last.Event != "given back" || !strings.Contains(last.Reason, "handed back to the removal of slot 0") {
+		t.Errorf("the token's last history entry %+v, want B's give back naming A's removal", last)
+	}
+
+	// C must wait for A's removal, not find the token free. A ends (its instance
+	// terminates) a second into C's wait: C takes the token over then, unforced.
+	go func() {
+		time.Sleep(time.Second)
+		h.TerminateInstance(t, ids[0])
+	}()
+	term.SafetyMaxWait = 6 * time.Second
+	if _, err := runTerminate(t, term, c.terminateEvent(ids[2]), "third"); err != nil {
+		t.Fatal(err)
+	}
+	recs := c.records()
+	wait := first(recs, ids[2], "waiting for the removal token")
+	held := first(recs, ids[2], "holding the removal token")
+	if wait < 0 || !strings.Contains(recs[wait].Reason, "slot 0") {
+		t.Errorf("C did not wait for A's removal (%d): want log 'waiting for the removal token' naming slot 0", wait)
+	}
+	if held < 0 || !strings.Contains(recs[held].Reason, "taken over: "+ids[0]+" is terminated") {
+		t.Errorf("C took the token with reason %q, want it taken over once %s is terminated", recs[max(held, 0)].Reason, ids[0])
+	}
+	t.Logf("after B: token held for %s (slot %d), displaced %v; C waited (%s), then %s",
+		tok.Holder, tok.HolderSlot, tok.Displaced, shorten(recs[max(wait, 0)].Reason, 80), shorten(recs[max(held, 0)].Reason, 80))
+}

@@ -35,6 +35,11 @@ import (
 //	                  heartbeat intervals) that the invocation renews while it works
 //	stopped           true once the removal's stop-and-unmount command confirmed that
 //	                  its broker stopped and its volume is unmounted
+//	displaced         the removals the token was taken from by force (past their
+//	                  bound) while they were not over: each may still stop its broker,
+//	                  so the token is handed to them in turn, not freed, when the
+//	                  holder's removal ends (list of holder_slot, holder,
+//	                  lease_version, stopped)
 //	taken_at, updated_at, last_holder, history (newest last, at most HistoryLimit)
 //
 // Every write is an UpdateItem conditioned on the version read, so of two writers
@@ -84,7 +89,26 @@ type Removal struct {
 	TakenAt         string         `dynamodbav:"taken_at,omitempty"`
 	LastHolder      string         `dynamodbav:"last_holder,omitempty"`
 	UpdatedAt       string         `dynamodbav:"updated_at,omitempty"`
+	Displaced       []Displaced    `dynamodbav:"displaced,omitempty"`
 	History         []RemovalEvent `dynamodbav:"history,omitempty"`
+}
+
+// Displaced is a removal the token was taken from by force while it was not over.
+type Displaced struct {
+	HolderSlot   int    `dynamodbav:"holder_slot"`
+	Holder       string `dynamodbav:"holder"`
+	LeaseVersion int64  `dynamodbav:"lease_version"`
+	Stopped      bool   `dynamodbav:"stopped,omitempty"`
+}
+
+// Is reports whether d is m's removal.
+func (d Displaced) Is(m Remover) bool {
+	return d.HolderSlot == m.Slot && d.Holder == m.Instance && d.LeaseVersion == m.LeaseVersion
+}
+
+// DisplacedBy reports whether m's removal is one the token was taken from by force.
+func (r Removal) DisplacedBy(m Remover) bool {
+	return slices.ContainsFunc(r.Displaced, func(d Displaced) bool { return d.Is(m) })
 }
 
 // RemovalEvent is one entry of the token's history.
@@ -148,7 +172,19 @@ func (s *Store) GetRemoval(ctx context.Context) (Removal, error) {
 // TakeRemoval makes m the token's holder, provided the token is still as cur describes
 // (same version, or still never written). Whether cur may be taken (free, or held by a
 // removal that is over) is the caller's decision. The loser of a race gets ErrFenced.
+// The token's displaced removals stay displaced (m's own is taken off the list).
 func (s *Store) TakeRemoval(ctx context.Context, cur Removal, m Remover, reason string) (Removal, error) {
+	return s.takeRemoval(ctx, cur, m, reason, false)
+}
+
+// TakeOverRemoval is TakeRemoval for a token taken by force from a removal that is not
+// over (past the taker's bound): that removal joins the displaced ones, and the token
+// is handed back to it when m's removal ends (GiveBackRemoval).
+func (s *Store) TakeOverRemoval(ctx context.Context, cur Removal, m Remover, reason string) (Removal, error) {
+	return s.takeRemoval(ctx, cur, m, reason, true)
+}
+
+func (s *Store) takeRemoval(ctx context.Context, cur Removal, m Remover, reason string, displace bool) (Removal, error) {
 	now := s.stamp()
 	next := cur
 	next.Cluster, next.Slot, next.Kind, next.State, next.Version = s.cluster, RemovalSlot, RemovalKind, RemovalHeld, cur.Version+1
@@ -157,11 +193,25 @@ func (s *Store) TakeRemoval(ctx context.Context, cur Removal, m Remover, reason 
 		if cur.Held() {
 			next.LastHolder = cur.Holder
 		}
+		var displaced []Displaced
+		if displace && cur.Held() {
+			displaced = append(displaced, Displaced{HolderSlot: cur.HolderSlot, Holder: cur.Holder, LeaseVersion: cur.LeaseVersion, Stopped: cur.Stopped})
+		}
+		for _, d := range cur.Displaced {
+			if !d.Is(m) {
+				displaced = append(displaced, d)
+			}
+		}
+		next.Displaced = displaced
 	}
 	next.HolderSlot, next.Holder, next.LeaseVersion = m.Slot, m.Instance, m.LeaseVersion
 	next.Invocation, next.InvocationUntil, next.UpdatedAt = m.Invocation, m.Until.UTC().Format(time.RFC3339Nano), now
 	next.History = s.removalHistory(cur.History, RemovalEvent{At: now, Event: "taken", Slot: m.Slot, Instance: m.Instance, LeaseVersion: m.LeaseVersion, Reason: reason})
-	err := s.writeRemoval(ctx, cur, next, nil)
+	var removes []string
+	if len(next.Displaced) == 0 {
+		removes = []string{"displaced"}
+	}
+	err := s.writeRemoval(ctx, cur, next, removes)
 	if errors.Is(err, ErrFenced) {
 		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.HeldBy(m) {
 			return again, nil // our own write landed; its response was lost
@@ -173,9 +223,12 @@ func (s *Store) TakeRemoval(ctx context.Context, cur Removal, m Remover, reason 
 	return next, nil
 }
 
-// GiveBackRemoval frees the token cur describes, provided it is still as read. A give
-// back that already happened (free, one version on, with cur's holder as the last
-// holder) returns the freed token; a token that changed otherwise returns ErrFenced.
+// GiveBackRemoval ends the holding of the token cur describes, provided it is still as
+// read: it frees the token, or, while removals are displaced, hands it to the first of
+// them (held for it, with no invocation stamped: the next one working on that removal
+// carries it on, and others wait until that removal is over). A give back that already
+// happened (one version on, with cur's holder as the last holder) returns the token as
+// it left it; a token that changed otherwise returns ErrFenced.
 func (s *Store) GiveBackRemoval(ctx context.Context, cur Removal, reason string) (Removal, error) {
 	if !cur.Held() {
 		return cur, nil
@@ -184,10 +237,24 @@ func (s *Store) GiveBackRemoval(ctx context.Context, cur Removal, reason string)
 	next := cur
 	next.State, next.Version, next.UpdatedAt, next.LastHolder = RemovalFree, cur.Version+1, now, cur.Holder
 	next.HolderSlot, next.Holder, next.LeaseVersion, next.Invocation, next.InvocationUntil, next.TakenAt = 0, "", 0, "", "", ""
-	next.History = s.removalHistory(cur.History, RemovalEvent{At: now, Event: "given back", Slot: cur.HolderSlot, Instance: cur.Holder, LeaseVersion: cur.LeaseVersion, Reason: reason})
-	err := s.writeRemoval(ctx, cur, next, []string{"holder_slot", "holder", "lease_version", "invocation", "invocation_until", "taken_at"})
+	next.Stopped, next.Displaced = false, nil
+	removes := []string{"holder_slot", "holder", "lease_version", "invocation", "invocation_until", "taken_at", "displaced"}
+	event := RemovalEvent{At: now, Event: "given back", Slot: cur.HolderSlot, Instance: cur.Holder, LeaseVersion: cur.LeaseVersion, Reason: reason}
+	if len(cur.Displaced) > 0 {
+		d := cur.Displaced[0]
+		next.State, next.HolderSlot, next.Holder, next.LeaseVersion, next.Stopped, next.TakenAt = RemovalHeld, d.HolderSlot, d.Holder, d.LeaseVersion, d.Stopped, now
+		next.Displaced = slices.Clone(cur.Displaced[1:])
+		removes = []string{"invocation", "invocation_until"}
+		if len(next.Displaced) == 0 {
+			removes = append(removes, "displaced")
+		}
+		event.Reason = fmt.Sprintf("%s; handed back to the removal of slot %d (%s), whose token was taken by force while it was not over", reason, d.HolderSlot, d.Holder)
+	}
+	next.History = s.removalHistory(cur.History, event)
+	err := s.writeRemoval(ctx, cur, next, removes)
 	if errors.Is(err, ErrFenced) {
-		if again, gerr := s.GetRemoval(ctx); gerr == nil && !again.Held() && again.Version == cur.Version+1 && again.LastHolder == cur.Holder {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Version == cur.Version+1 && again.LastHolder == cur.Holder &&
+			again.Held() == next.Held() && again.Holder == next.Holder {
 			return again, nil
 		}
 	}
@@ -232,6 +299,35 @@ func (s *Store) MarkRemovalStopped(ctx context.Context, cur Removal, reason stri
 		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Held() && again.Stopped && again.HolderSlot == cur.HolderSlot &&
 			again.Holder == cur.Holder && again.LeaseVersion == cur.LeaseVersion {
 			return again, nil
+		}
+	}
+	if err != nil {
+		return Removal{}, fmt.Errorf("marking the removal of slot %d (%s) stopped on the removal token: %w", cur.HolderSlot, cur.Holder, err)
+	}
+	return next, nil
+}
+
+// MarkDisplacedStopped records on the token cur describes that m's removal, one of its
+// displaced removals, saw its broker stopped and its volume unmounted (as
+// MarkRemovalStopped does for the holder's). It is a no-op when m's removal is not
+// displaced or already marked.
+func (s *Store) MarkDisplacedStopped(ctx context.Context, cur Removal, m Remover, reason string) (Removal, error) {
+	i := slices.IndexFunc(cur.Displaced, func(d Displaced) bool { return d.Is(m) })
+	if i < 0 || cur.Displaced[i].Stopped {
+		return cur, nil
+	}
+	now := s.stamp()
+	next := cur
+	next.Displaced = slices.Clone(cur.Displaced)
+	next.Displaced[i].Stopped = true
+	next.Version, next.UpdatedAt = cur.Version+1, now
+	next.History = s.removalHistory(cur.History, RemovalEvent{At: now, Event: "stopped", Slot: m.Slot, Instance: m.Instance, LeaseVersion: m.LeaseVersion, Reason: reason + " (a displaced removal)"})
+	err := s.writeRemoval(ctx, cur, next, nil)
+	if errors.Is(err, ErrFenced) {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil {
+			if j := slices.IndexFunc(again.Displaced, func(d Displaced) bool { return d.Is(m) }); j >= 0 && again.Displaced[j].Stopped {
+				return again, nil
+			}
 		}
 	}
 	if err != nil {

@@ -186,6 +186,85 @@ func TestRemovalToken(t *testing.T) {
 		fenced(t, "marking from a stale view", err)
 	})
 
+	t.Run("a token taken by force goes back to the removal it was taken from", func(t *testing.T) {
+		// Seed 290 of the campaign: A holds the token and is not over; B takes it at its
+		// bound; B ends and gives it back. C must then find it held for A (A may still
+		// stop its broker), not free.
+		st := s.store("token-displaced")
+		a, b, c := remover(3, "i-a", "inv-a"), remover(2, "i-b", "inv-b"), remover(5, "i-c", "inv-c")
+		if _, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "first"); err != nil {
+			t.Fatal(err)
+		}
+		taken, err := st.TakeOverRemoval(t.Context(), getRemoval(t, st), b, "forced after the bound")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !taken.HeldBy(b) || !taken.DisplacedBy(a) || len(taken.Displaced) != 1 {
+			t.Fatalf("after the takeover: %+v, want held by b with a displaced", taken)
+		}
+		if r := getRemoval(t, st); !r.HeldBy(b) || !r.DisplacedBy(a) {
+			t.Fatalf("stored after the takeover: %+v", r)
+		}
+		// A sees its broker stopped while displaced: the mark lands on its entry.
+		if _, err := st.MarkDisplacedStopped(t.Context(), getRemoval(t, st), a, "broker 3 stopped"); err != nil {
+			t.Fatal(err)
+		}
+		if r := getRemoval(t, st); r.Stopped || len(r.Displaced) != 1 || !r.Displaced[0].Stopped {
+			t.Fatalf("after a's mark: %+v, want a's displaced entry stopped and b's removal not", r)
+		}
+		h.Inject(harness.Fault{Action: "UpdateItem", Kind: harness.LostResponse, Times: 1})
+		back, err := st.GiveBackRemoval(t.Context(), getRemoval(t, st), "slot 2 released")
+		h.ClearFaults()
+		if err != nil {
+			t.Fatalf("give back with a lost response: %v", err)
+		}
+		r := getRemoval(t, st)
+		if !r.Held() || !r.HeldFor(a) || r.HeldBy(a) || r.Invocation != "" || !r.Stopped || len(r.Displaced) != 0 || r.LastHolder != "i-b" {
+			t.Fatalf("after b gave it back: stored %+v (returned %+v), want held for a's removal, no invocation, stopped, nothing displaced", r, back)
+		}
+		if _, err := st.TakeRemoval(t.Context(), getRemoval(t, st), c, "stale: free?"); err != nil {
+			t.Fatal(err) // the store does what it is told; the decision is the caller's
+		}
+		if r := getRemoval(t, st); !r.HeldBy(c) || len(r.Displaced) != 0 {
+			t.Fatalf("c's take: %+v", r)
+		}
+		// A chain: d forced from c, e forced from d; e's give back hands it to d, d's
+		// to c, c's frees it.
+		d, e := remover(0, "i-d", "inv-d"), remover(1, "i-e", "inv-e")
+		for _, m := range []lease.Remover{d, e} {
+			if _, err := st.TakeOverRemoval(t.Context(), getRemoval(t, st), m, "forced"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, want := range []lease.Remover{d, c} {
+			if _, err := st.GiveBackRemoval(t.Context(), getRemoval(t, st), "over"); err != nil {
+				t.Fatal(err)
+			}
+			if r := getRemoval(t, st); !r.HeldFor(want) {
+				t.Fatalf("after a give back: held for %s (displaced %+v), want %s", r.Holder, r.Displaced, want.Instance)
+			}
+		}
+		if _, err := st.GiveBackRemoval(t.Context(), getRemoval(t, st), "over"); err != nil {
+			t.Fatal(err)
+		}
+		if r := getRemoval(t, st); r.Held() || len(r.Displaced) != 0 {
+			t.Fatalf("after the last give back: %+v, want free", r)
+		}
+		// A displaced removal that takes the token back leaves the list.
+		if _, err := st.TakeRemoval(t.Context(), getRemoval(t, st), a, "again"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.TakeOverRemoval(t.Context(), getRemoval(t, st), b, "forced"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.TakeOverRemoval(t.Context(), getRemoval(t, st), a, "forced back"); err != nil {
+			t.Fatal(err)
+		}
+		if r := getRemoval(t, st); !r.HeldBy(a) || r.DisplacedBy(a) || !r.DisplacedBy(b) || len(r.Displaced) != 1 {
+			t.Fatalf("a forced back: %+v, want held by a with only b displaced", r)
+		}
+	})
+
 	t.Run("a renewal moves the stamp on", func(t *testing.T) {
 		st := s.store("token-renew")
 		a := remover(1, "i-a", "inv-a")

@@ -22,6 +22,11 @@ import (
 // the bound, loudly. A removal whose broker could not be seen stopped keeps the token
 // until its instance no longer runs: its broker may still be in every ISR.
 //
+// A removal the token is taken from at the bound is not over: it may still stop its
+// broker. It stays on the token as displaced, and when the removal that took the token
+// ends, the token goes back to it (it is not freed), so that no third removal judges
+// its safety while that broker may still leave.
+//
 // The invocation working on a removal stamps the token with a short deadline (about
 // two heartbeat intervals) that it renews while it works, so that a delivery that died
 // silently (a crash, a timeout) is taken over by the next delivery within that time.
@@ -185,6 +190,16 @@ func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline ti
 			}
 			over, why := removalOver(tok, hl, states[tok.Holder])
 			switch {
+			case over && len(tok.Displaced) > 0:
+				// A removal the token was taken from by force may still stop its broker:
+				// the token goes back to it, and this removal waits for it in turn.
+				inv.tokMu.Lock()
+				_, err := inv.store.GiveBackRemoval(ctx, tok, "the removal holding it is over: "+why)
+				inv.tokMu.Unlock()
+				if err != nil && !errors.Is(err, lease.ErrFenced) {
+					return tokenResult{}, err
+				}
+				continue
 			case over:
 				reason = "taken over: " + why
 			case !wait:
@@ -208,8 +223,14 @@ func (inv *invocation) takeToken(ctx context.Context, l lease.Lease, deadline ti
 				l.Slot, cur.State, cur.Version, l.Holder, l.Version, lease.ErrFenced)
 		}
 		me.Until = inv.now().Add(inv.stampTTL())
+		take := inv.store.TakeRemoval
+		if forced {
+			// Taken from a removal that is not over: it stays accounted for (displaced),
+			// and gets the token back when this removal ends.
+			take = inv.store.TakeOverRemoval
+		}
 		inv.tokMu.Lock()
-		_, err = inv.store.TakeRemoval(ctx, tok, me, reason)
+		_, err = take(ctx, tok, me, reason)
 		inv.tokMu.Unlock()
 		if errors.Is(err, lease.ErrFenced) {
 			continue // someone else wrote it first: read it again
@@ -257,18 +278,27 @@ func (inv *invocation) keepStamp(ctx context.Context) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// markStopped records on the token, when it is held for l's removal, that its broker
-// was seen stopped and its volume unmounted.
+// markStopped records on the token, when it is held for l's removal or l's removal is
+// one of its displaced ones, that its broker was seen stopped and its volume
+// unmounted.
 func (inv *invocation) markStopped(ctx context.Context, l lease.Lease) error {
 	me := lease.Remover{Slot: l.Slot, Instance: l.Holder, LeaseVersion: l.Version}
 	inv.tokMu.Lock()
 	defer inv.tokMu.Unlock()
 	for range 3 {
 		tok, err := inv.store.GetRemoval(ctx)
-		if err != nil || !tok.HeldFor(me) || tok.Stopped {
+		if err != nil {
 			return err
 		}
-		_, err = inv.store.MarkRemovalStopped(ctx, tok, fmt.Sprintf("broker %d stopped and its data volume unmounted", inv.cfg.NodeID(l.Slot)))
+		why := fmt.Sprintf("broker %d stopped and its data volume unmounted", inv.cfg.NodeID(l.Slot))
+		switch {
+		case tok.HeldFor(me) && !tok.Stopped:
+			_, err = inv.store.MarkRemovalStopped(ctx, tok, why)
+		case tok.DisplacedBy(me):
+			_, err = inv.store.MarkDisplacedStopped(ctx, tok, me, why)
+		default:
+			return nil
+		}
 		if !errors.Is(err, lease.ErrFenced) {
 			return err
 		}
