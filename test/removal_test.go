@@ -1433,3 +1433,98 @@ func TestTokenTakenByForceGoesBackToTheRemovalItWasTakenFrom(t *testing.T) {
 	t.Logf("after B: token held for %s (slot %d), displaced %v; C waited (%s), then %s",
 		tok.Holder, tok.HolderSlot, tok.Displaced, shorten(recs[max(wait, 0)].Reason, 80), shorten(recs[max(held, 0)].Reason, 80))
 }
+
+// A displaced removal that ends before the removal holding the token does: its own
+// end takes it off the token (its broker was seen stopped), or, when nothing of it is
+// left to do so, the token's give back hands past it. Either way the token ends free
+// once every removal is over, instead of staying held for a removal nobody will end
+// (which would keep `slotctl roll` waiting).
+func TestDisplacedRemovalThatEndsFirstDoesNotKeepTheToken(t *testing.T) {
+	ctx := context.Background()
+	h := harness.Start(t)
+	k := newKafka(t, 3)
+	var cp atomic.Pointer[cluster]
+	stopsBrokers(h, &cp, k)
+
+	// setup: A (slot 0) held the token, B (slot 1) took it by force and its invocation
+	// died (its stamp expired), so B's redelivery will carry B's removal on.
+	setup := func(t *testing.T) (*cluster, []string, lease.Remover) {
+		c := newCluster(t, h, 3, nil)
+		cp.Store(c)
+		ids := []string{c.run(0), c.run(1), c.run(2)}
+		c.launchAll(ids...)
+		c.inGroup("Terminating:Wait", "Healthy", ids...)
+		holdToken(t, c, ids[0])
+		lb := c.lease(1)
+		tok, err := c.store.GetRemoval(ctx)
+		if err == nil {
+			_, err = c.store.TakeOverRemoval(ctx, tok, lease.Remover{Slot: 1, Instance: ids[1], LeaseVersion: lb.Version,
+				Invocation: "terminate/dead", Until: time.Now().Add(-time.Second)}, "test: forced at the bound")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, ids, lease.Remover{Slot: 0, Instance: ids[0], LeaseVersion: c.lease(0).Version}
+	}
+	endB := func(t *testing.T, c *cluster, ids []string) lease.Removal {
+		term := c.terminate(k.client(t))
+		term.SafetyMaxWait = 2 * time.Second
+		if rb, err := runTerminate(t, term, c.terminateEvent(ids[1]), "b-redelivery"); err != nil || rb.Outcome != terminate.OutcomeReleased {
+			t.Fatalf("B: %+v %v", rb, err)
+		}
+		tok, err := c.store.GetRemoval(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+
+	t.Run("its own end takes it off the token", func(t *testing.T) {
+		c, ids, a := setup(t)
+		// A passed its gate before it was displaced (its slot is draining); its
+		// redelivery goes on, stops its broker, releases the slot, and ends.
+		if _, err := c.store.Drain(ctx, c.lease(0), "test: A passed its gate"); err != nil {
+			t.Fatal(err)
+		}
+		term := c.terminate(k.client(t))
+		term.SafetyMaxWait = 2 * time.Second
+		if ra, err := runTerminate(t, term, c.terminateEvent(ids[0]), "a-redelivery"); err != nil || !ra.Stopped || ra.Outcome != terminate.OutcomeReleased {
+			t.Fatalf("A: %+v %v", ra, err)
+		}
+		tok, err := c.store.GetRemoval(ctx)
+		if err != nil || tok.DisplacedBy(a) || !tok.Held() || tok.HolderSlot != 1 {
+			t.Fatalf("token after A ended: %+v %v; want still B's, with A off the displaced list", tok, err)
+		}
+		if tok := endB(t, c, ids); tok.Held() || len(tok.Displaced) != 0 {
+			t.Fatalf("token after B ended: %+v; want free", tok)
+		}
+	})
+
+	t.Run("the give back hands past it", func(t *testing.T) {
+		c, ids, a := setup(t)
+		// A ends with nothing left to take it off the token: its stop was recorded on
+		// its entry, its slot released (as its invocation does before it gives back).
+		tok, err := c.store.GetRemoval(ctx)
+		if err == nil {
+			_, err = c.store.MarkDisplacedStopped(ctx, tok, a, "test: broker 0 stopped")
+		}
+		var dl lease.Lease
+		if err == nil {
+			dl, err = c.store.Drain(ctx, c.lease(0), "test")
+		}
+		if err == nil {
+			_, err = c.store.Release(ctx, dl, "test: A terminated")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok = endB(t, c, ids)
+		if tok.Held() || len(tok.Displaced) != 0 {
+			t.Fatalf("token after B ended: held=%v for %s (slot %d), displaced %v; want free: A's removal is over", tok.Held(), tok.Holder, tok.HolderSlot, tok.Displaced)
+		}
+		recs := c.records()
+		if i := first(recs, ids[1], "removal token given back"); i < 0 || !strings.Contains(c.logs.String(), "the removal it went back to is over") {
+			t.Errorf("no log of the token handed back to A and on past it (%d)", i)
+		}
+	})
+}

@@ -331,7 +331,38 @@ func (s *Store) MarkDisplacedStopped(ctx context.Context, cur Removal, m Remover
 		}
 	}
 	if err != nil {
-		return Removal{}, fmt.Errorf("marking the removal of slot %d (%s) stopped on the removal token: %w", cur.HolderSlot, cur.Holder, err)
+		return Removal{}, fmt.Errorf("marking the displaced removal of slot %d (%s) stopped on the removal token: %w", m.Slot, m.Instance, err)
+	}
+	return next, nil
+}
+
+// DropDisplaced takes d, a displaced removal that is over (its broker was seen stopped,
+// or its instance no longer runs), off the token cur describes, so that the token is
+// not handed back to a removal that nobody will give it back for. A drop that already
+// took effect (a lost response) is recognised; a token that changed otherwise returns
+// ErrFenced.
+func (s *Store) DropDisplaced(ctx context.Context, cur Removal, d Displaced, reason string) (Removal, error) {
+	m := Remover{Slot: d.HolderSlot, Instance: d.Holder, LeaseVersion: d.LeaseVersion}
+	if !cur.DisplacedBy(m) {
+		return cur, nil
+	}
+	now := s.stamp()
+	next := cur
+	next.Displaced = slices.DeleteFunc(slices.Clone(cur.Displaced), func(x Displaced) bool { return x.Is(m) })
+	next.Version, next.UpdatedAt = cur.Version+1, now
+	next.History = s.removalHistory(cur.History, RemovalEvent{At: now, Event: "given back", Slot: d.HolderSlot, Instance: d.Holder, LeaseVersion: d.LeaseVersion, Reason: reason + " (a displaced removal, over)"})
+	var removes []string
+	if len(next.Displaced) == 0 {
+		next.Displaced, removes = nil, []string{"displaced"}
+	}
+	err := s.writeRemoval(ctx, cur, next, removes)
+	if errors.Is(err, ErrFenced) {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Version == cur.Version+1 && !again.DisplacedBy(m) {
+			return again, nil
+		}
+	}
+	if err != nil {
+		return Removal{}, fmt.Errorf("taking the displaced removal of slot %d (%s) off the removal token: %w", d.HolderSlot, d.Holder, err)
 	}
 	return next, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -321,7 +322,37 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 		if err != nil {
 			return err
 		}
-		if !tok.Held() || tok.Holder != id {
+		if !tok.Held() {
+			return nil
+		}
+		if tok.Holder != id {
+			// The token was taken from this removal by force: once it is over, it leaves
+			// the displaced ones, or the token would come back to it with nobody to give
+			// it back.
+			i := slices.IndexFunc(tok.Displaced, func(d lease.Displaced) bool { return d.Holder == id })
+			if i < 0 {
+				return nil
+			}
+			d := tok.Displaced[i]
+			if !d.Stopped {
+				states, err := inv.res.InstanceStates(ctx, []string{id})
+				if err != nil {
+					return err
+				}
+				if st := states[id]; !slot.Halted(st) {
+					inv.o.Log.WarnContext(ctx, "removal token kept", obs.KeyReason, fmt.Sprintf("%s; the broker on %s was not seen stopped and the instance is %s: "+
+						"this removal stays displaced on the token (held by slot %d's) until it is stopped, terminated or gone", why, id, stateName(st), tok.HolderSlot),
+						"holder_slot", d.HolderSlot)
+					return nil
+				}
+			}
+			if _, err := inv.store.DropDisplaced(ctx, tok, d, why); errors.Is(err, lease.ErrFenced) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason,
+				fmt.Sprintf("%s (this removal was displaced; the token stays with slot %d's)", why, tok.HolderSlot), "holder_slot", d.HolderSlot)
 			return nil
 		}
 		if !tok.Stopped {
@@ -342,16 +373,53 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 				return nil
 			}
 		}
-		_, err = inv.store.GiveBackRemoval(ctx, tok, why)
+		next, err := inv.store.GiveBackRemoval(ctx, tok, why)
 		if errors.Is(err, lease.ErrFenced) {
 			continue // written meanwhile (another delivery re-stamped it): read again
 		}
-		if err == nil {
-			inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, why, "holder_slot", tok.HolderSlot)
+		if err != nil {
+			return err
 		}
-		return err
+		if !next.Held() {
+			inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, why, "holder_slot", tok.HolderSlot)
+			return nil
+		}
+		inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, fmt.Sprintf("%s; handed back to the removal of slot %d (%s), whose token was taken by force",
+			why, next.HolderSlot, next.Holder), "holder_slot", tok.HolderSlot)
+		return inv.handOnWhileOver(ctx, next)
 	}
 	return fmt.Errorf("giving back the removal token of %s: it kept changing", id)
+}
+
+// handOnWhileOver hands the token tok, just handed back to a displaced removal, on
+// again while the removal holding it is over (its broker seen stopped and its slot
+// released, or its instance halted): such a removal has no invocation left to give it
+// back. It stops at a removal that is not over, at a free token, or when someone else
+// wrote the token meanwhile (that writer carries on). inv.tokMu must be held.
+func (inv *invocation) handOnWhileOver(ctx context.Context, tok lease.Removal) error {
+	for tok.Held() {
+		hl, err := inv.store.Get(ctx, tok.HolderSlot)
+		if err != nil {
+			return err
+		}
+		states, err := inv.res.InstanceStates(ctx, []string{tok.Holder})
+		if err != nil {
+			return err
+		}
+		over, why := removalOver(tok, hl, states[tok.Holder])
+		if !over {
+			return nil
+		}
+		next, err := inv.store.GiveBackRemoval(ctx, tok, "the removal it went back to is over: "+why)
+		if errors.Is(err, lease.ErrFenced) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, "the removal it went back to is over: "+why, "holder_slot", tok.HolderSlot)
+		tok = next
+	}
+	return nil
 }
 
 // endInvocation marks this invocation's stamp on the token as ended, after a failure,
