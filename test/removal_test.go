@@ -1500,6 +1500,41 @@ func TestDisplacedRemovalThatEndsFirstDoesNotKeepTheToken(t *testing.T) {
 		}
 	})
 
+	t.Run("the last writer settles it", func(t *testing.T) {
+		c, ids, _ := setup(t)
+		// B's removal is over (its broker seen stopped, its slot released) but nothing
+		// of it is left to give the token back (its hand-on lost a race with A's write).
+		tok, err := c.store.GetRemoval(ctx)
+		if err == nil {
+			_, err = c.store.MarkRemovalStopped(ctx, tok, "test: broker 1 stopped")
+		}
+		var dl lease.Lease
+		if err == nil {
+			dl, err = c.store.Drain(ctx, c.lease(1), "test")
+		}
+		if err == nil {
+			_, err = c.store.Release(ctx, dl, "test: B terminated")
+		}
+		if err == nil {
+			_, err = c.store.Drain(ctx, c.lease(0), "test: A passed its gate")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A's instance stopped meanwhile (nothing runs there: its removal needs no gate,
+		// and is over). A's redelivery ends A's removal: it leaves the displaced list,
+		// and, as the last writer, hands the token on past B's removal, which is over.
+		h.SetInstanceState(ids[0], "stopped")
+		term := c.terminate(k.client(t))
+		term.SafetyMaxWait = 2 * time.Second
+		if ra, err := runTerminate(t, term, c.terminateEvent(ids[0]), "a-redelivery"); err != nil || ra.Outcome != terminate.OutcomeReleased {
+			t.Fatalf("A: %+v %v", ra, err)
+		}
+		if tok, err := c.store.GetRemoval(ctx); err != nil || tok.Held() || len(tok.Displaced) != 0 {
+			t.Fatalf("token after A ended: %+v %v; want free (B's removal is over)", tok, err)
+		}
+	})
+
 	t.Run("the give back hands past it", func(t *testing.T) {
 		c, ids, a := setup(t)
 		// A ends with nothing left to take it off the token: its stop was recorded on
@@ -1523,7 +1558,7 @@ func TestDisplacedRemovalThatEndsFirstDoesNotKeepTheToken(t *testing.T) {
 			t.Fatalf("token after B ended: held=%v for %s (slot %d), displaced %v; want free: A's removal is over", tok.Held(), tok.Holder, tok.HolderSlot, tok.Displaced)
 		}
 		recs := c.records()
-		if i := first(recs, ids[1], "removal token given back"); i < 0 || !strings.Contains(c.logs.String(), "the removal it went back to is over") {
+		if i := first(recs, ids[1], "removal token given back"); i < 0 || !strings.Contains(c.logs.String(), "the removal holding it is over") {
 			t.Errorf("no log of the token handed back to A and on past it (%d)", i)
 		}
 	})

@@ -357,7 +357,8 @@ func (s *Store) DropDisplaced(ctx context.Context, cur Removal, d Displaced, rea
 	}
 	err := s.writeRemoval(ctx, cur, next, removes)
 	if errors.Is(err, ErrFenced) {
-		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Version == cur.Version+1 && !again.DisplacedBy(m) {
+		if again, gerr := s.GetRemoval(ctx); gerr == nil && again.Version == cur.Version+1 && !again.DisplacedBy(m) &&
+			again.Held() && again.HolderSlot == cur.HolderSlot && again.Holder == cur.Holder && again.LeaseVersion == cur.LeaseVersion {
 			return again, nil
 		}
 	}

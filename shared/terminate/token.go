@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/slotkeeper/slotkeeper/shared/lease"
@@ -31,6 +30,11 @@ import (
 // The invocation working on a removal stamps the token with a short deadline (about
 // two heartbeat intervals) that it renews while it works, so that a delivery that died
 // silently (a crash, a timeout) is taken over by the next delivery within that time.
+
+// tokenRounds bounds the re-reads of the token's give back and hand-on loops: each
+// round's write frees the token, shortens its displaced list, or lost to another
+// writer (who then settles it).
+const tokenRounds = 16
 
 // errBusy means another delivery of the same lifecycle event is working on this
 // removal right now, and went on doing so until this invocation's gate deadline. This
@@ -317,7 +321,8 @@ func (inv *invocation) markStopped(ctx context.Context, l lease.Lease) error {
 func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error {
 	inv.tokMu.Lock()
 	defer inv.tokMu.Unlock()
-	for range 3 {
+	dropped := false
+	for range tokenRounds {
 		tok, err := inv.store.GetRemoval(ctx)
 		if err != nil {
 			return err
@@ -329,31 +334,28 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 			// The token was taken from this removal by force: once it is over, it leaves
 			// the displaced ones, or the token would come back to it with nobody to give
 			// it back.
-			i := slices.IndexFunc(tok.Displaced, func(d lease.Displaced) bool { return d.Holder == id })
-			if i < 0 {
+			d, kept, err := inv.overDisplaced(ctx, tok, id)
+			switch {
+			case err != nil:
+				return err
+			case d == nil && kept != "":
+				inv.o.Log.WarnContext(ctx, "removal token kept", obs.KeyReason, fmt.Sprintf("%s; %s", why, kept), "holder_slot", tok.HolderSlot)
+				return nil
+			case d == nil && dropped:
+				// The holder may be over meanwhile, with nobody left to give it back.
+				return inv.settle(ctx)
+			case d == nil:
 				return nil
 			}
-			d := tok.Displaced[i]
-			if !d.Stopped {
-				states, err := inv.res.InstanceStates(ctx, []string{id})
-				if err != nil {
-					return err
-				}
-				if st := states[id]; !slot.Halted(st) {
-					inv.o.Log.WarnContext(ctx, "removal token kept", obs.KeyReason, fmt.Sprintf("%s; the broker on %s was not seen stopped and the instance is %s: "+
-						"this removal stays displaced on the token (held by slot %d's) until it is stopped, terminated or gone", why, id, stateName(st), tok.HolderSlot),
-						"holder_slot", d.HolderSlot)
-					return nil
-				}
-			}
-			if _, err := inv.store.DropDisplaced(ctx, tok, d, why); errors.Is(err, lease.ErrFenced) {
+			if _, err := inv.store.DropDisplaced(ctx, tok, *d, why); errors.Is(err, lease.ErrFenced) {
 				continue
 			} else if err != nil {
 				return err
 			}
+			dropped = true
 			inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason,
 				fmt.Sprintf("%s (this removal was displaced; the token stays with slot %d's)", why, tok.HolderSlot), "holder_slot", d.HolderSlot)
-			return nil
+			continue // another entry of this instance, then the holder
 		}
 		if !tok.Stopped {
 			states, err := inv.res.InstanceStates(ctx, []string{id})
@@ -386,18 +388,50 @@ func (inv *invocation) giveBackToken(ctx context.Context, id, why string) error 
 		}
 		inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, fmt.Sprintf("%s; handed back to the removal of slot %d (%s), whose token was taken by force",
 			why, next.HolderSlot, next.Holder), "holder_slot", tok.HolderSlot)
-		return inv.handOnWhileOver(ctx, next)
+		return inv.settle(ctx)
 	}
 	return fmt.Errorf("giving back the removal token of %s: it kept changing", id)
 }
 
-// handOnWhileOver hands the token tok, just handed back to a displaced removal, on
-// again while the removal holding it is over (its broker seen stopped and its slot
-// released, or its instance halted): such a removal has no invocation left to give it
-// back. It stops at a removal that is not over, at a free token, or when someone else
-// wrote the token meanwhile (that writer carries on). inv.tokMu must be held.
-func (inv *invocation) handOnWhileOver(ctx context.Context, tok lease.Removal) error {
-	for tok.Held() {
+// overDisplaced returns the first displaced entry of instance id on tok whose removal
+// is over (its broker seen stopped, or the instance halted), or nil; when it has one
+// that is not over, kept says why it stays.
+func (inv *invocation) overDisplaced(ctx context.Context, tok lease.Removal, id string) (*lease.Displaced, string, error) {
+	var kept string
+	for _, d := range tok.Displaced {
+		if d.Holder != id {
+			continue
+		}
+		if d.Stopped {
+			return &d, "", nil
+		}
+		states, err := inv.res.InstanceStates(ctx, []string{id})
+		if err != nil {
+			return nil, "", err
+		}
+		if st := states[id]; slot.Halted(st) {
+			return &d, "", nil
+		} else {
+			kept = fmt.Sprintf("the broker on %s was not seen stopped and the instance is %s: this removal stays displaced on the token (held by slot %d's) until it is stopped, terminated or gone",
+				id, stateName(st), tok.HolderSlot)
+		}
+	}
+	return nil, kept, nil
+}
+
+// settle ends with the token free or held by a removal that may still be under way:
+// while it is held, with no live invocation, for a removal that is over (its broker
+// seen stopped and its slot released, or its instance halted: a displaced removal it
+// was handed back to, which has nobody left to give it back), it is handed on.
+// Whoever writes the token last (a give back, a displaced removal leaving the list)
+// settles it, so a concurrent writer cannot leave it held for a removal that is over.
+// inv.tokMu must be held.
+func (inv *invocation) settle(ctx context.Context) error {
+	for range tokenRounds {
+		tok, err := inv.store.GetRemoval(ctx)
+		if err != nil || !tok.Held() || tok.InvocationAlive(inv.now()) {
+			return err
+		}
 		hl, err := inv.store.Get(ctx, tok.HolderSlot)
 		if err != nil {
 			return err
@@ -410,14 +444,11 @@ func (inv *invocation) handOnWhileOver(ctx context.Context, tok lease.Removal) e
 		if !over {
 			return nil
 		}
-		next, err := inv.store.GiveBackRemoval(ctx, tok, "the removal it went back to is over: "+why)
-		if errors.Is(err, lease.ErrFenced) {
-			return nil
-		} else if err != nil {
+		if _, err := inv.store.GiveBackRemoval(ctx, tok, "the removal holding it is over: "+why); err != nil && !errors.Is(err, lease.ErrFenced) {
 			return err
+		} else if err == nil {
+			inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, "the removal holding it is over: "+why, "holder_slot", tok.HolderSlot)
 		}
-		inv.o.Log.InfoContext(ctx, "removal token given back", obs.KeyReason, "the removal it went back to is over: "+why, "holder_slot", tok.HolderSlot)
-		tok = next
 	}
 	return nil
 }
