@@ -142,6 +142,11 @@ type demo struct {
 	// behind until it has caught up again.
 	rolling bool
 	quorum  fakekafka.Quorum
+
+	// bg counts the story's delayed steps (a started broker catching up a second
+	// later): Run waits for them, so none writes to the output, or touches the
+	// stage, after the story ended.
+	bg sync.WaitGroup
 }
 
 // Run tells the story (see the package documentation) and reports it. The error is
@@ -182,6 +187,7 @@ func Run(ctx context.Context, opt Options) (Report, error) {
 	ctx, cancel := context.WithCancel(ctx) // stops the build, should the story end first
 	defer cancel()
 	err = d.story(ctx, &rep)
+	d.bg.Wait()
 	if cerr := d.r.finish(); cerr != nil && err == nil {
 		err = fmt.Errorf("after the story: %w", cerr)
 	}
@@ -723,7 +729,11 @@ func (d *demo) newGroup() error {
 		}
 		node := int32(d.st.Config.NodeID(s))
 		d.world(fmt.Sprintf("broker %d starts on %s", node, id), "registered; catching up")
-		time.AfterFunc(time.Second, func() { d.caughtUp(node) })
+		d.bg.Add(1)
+		time.AfterFunc(time.Second, func() {
+			defer d.bg.Done()
+			d.caughtUp(node)
+		})
 		return "continue", s, nil
 	}
 	d.group = g
