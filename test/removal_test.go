@@ -1371,6 +1371,19 @@ func TestDrainingRedeliveryRechecksSafety(t *testing.T) {
 	}
 }
 
+// leavingBrokers starts a cluster of three brokers, launched and bound, whose
+// instances are all Terminating:Wait in the group (each may be removed), with cp
+// pointing at it for stopsBrokers.
+func leavingBrokers(t *testing.T, h *harness.Harness, cp *atomic.Pointer[cluster]) (*cluster, []string) {
+	t.Helper()
+	c := newCluster(t, h, 3, nil)
+	cp.Store(c)
+	ids := []string{c.run(0), c.run(1), c.run(2)}
+	c.launchAll(ids...)
+	c.inGroup("Terminating:Wait", "Healthy", ids...)
+	return c, ids
+}
+
 // A removal the token was taken from by force is not over: when the removal that took
 // it ends, the token goes back to it, and a third removal waits for it instead of
 // finding the token free and judging its safety while that broker may still leave
@@ -1382,11 +1395,7 @@ func TestTokenTakenByForceGoesBackToTheRemovalItWasTakenFrom(t *testing.T) {
 	k := newKafka(t, 3)
 	var cp atomic.Pointer[cluster]
 	stopsBrokers(h, &cp, k)
-	c := newCluster(t, h, 3, nil)
-	cp.Store(c)
-	ids := []string{c.run(0), c.run(1), c.run(2)}
-	c.launchAll(ids...)
-	c.inGroup("Terminating:Wait", "Healthy", ids...)
+	c, ids := leavingBrokers(t, h, &cp)
 
 	// A: the removal of slot 0 holds the token, alive, and is not over (its instance
 	// runs, its broker was not seen stopped).
@@ -1449,11 +1458,7 @@ func TestDisplacedRemovalThatEndsFirstDoesNotKeepTheToken(t *testing.T) {
 	// setup: A (slot 0) held the token, B (slot 1) took it by force and its invocation
 	// died (its stamp expired), so B's redelivery will carry B's removal on.
 	setup := func(t *testing.T) (*cluster, []string, lease.Remover) {
-		c := newCluster(t, h, 3, nil)
-		cp.Store(c)
-		ids := []string{c.run(0), c.run(1), c.run(2)}
-		c.launchAll(ids...)
-		c.inGroup("Terminating:Wait", "Healthy", ids...)
+		c, ids := leavingBrokers(t, h, &cp)
 		holdToken(t, c, ids[0])
 		lb := c.lease(1)
 		tok, err := c.store.GetRemoval(ctx)
