@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 	"github.com/slotkeeper/slotkeeper/shared/lease"
 	"github.com/slotkeeper/slotkeeper/test/emulator"
 )
@@ -385,7 +386,8 @@ func (r *run) terminateAtMoto(in *instance) {
 		if n.Attachment == nil || aws.ToInt32(n.Attachment.DeviceIndex) == 0 {
 			continue
 		}
-		if _, err := r.d.ec2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: n.Attachment.AttachmentId, Force: aws.Bool(true)}); err != nil {
+		if _, err := r.d.ec2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: n.Attachment.AttachmentId, Force: aws.Bool(true)}); awsapi.IgnoreNotFound(err) != nil {
+			// Not found: a handler detached it since the describe.
 			r.simError(fmt.Errorf("detaching ENI %s from terminated %s: %w", aws.ToString(n.NetworkInterfaceId), in.id, err))
 		}
 	}

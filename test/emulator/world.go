@@ -11,6 +11,8 @@ import (
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/slotkeeper/slotkeeper/shared/awsapi"
 )
 
 // Subnet is one subnet of a World.
@@ -65,10 +67,16 @@ func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
 			CidrBlock:        aws.String(s.CIDR),
 			AvailabilityZone: aws.String(s.AZ),
 		})
+		if awsapi.Code(err) == "InvalidSubnet.Conflict" {
+			// The SDK retried a CreateSubnet whose first attempt took effect (its
+			// answer lost, moto slow under load): the subnet is ours, adopt it.
+			s.ID, err = subnetByCIDR(ctx, ec2c, w.VPCID, s.CIDR)
+		} else if err == nil {
+			s.ID = aws.ToString(out.Subnet.SubnetId)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("creating subnet %s in %s: %w", s.CIDR, s.AZ, err)
 		}
-		s.ID = aws.ToString(out.Subnet.SubnetId)
 		w.Subnets = append(w.Subnets, s)
 	}
 
@@ -194,4 +202,19 @@ func (e *Emulator) TerminateInstance(ctx context.Context, id string) error {
 		return fmt.Errorf("terminating instance %s: %w", id, err)
 	}
 	return nil
+}
+
+// subnetByCIDR finds the subnet of vpc with the CIDR block cidr.
+func subnetByCIDR(ctx context.Context, ec2c *ec2.Client, vpc, cidr string) (string, error) {
+	out, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []ec2types.Filter{
+		{Name: aws.String("vpc-id"), Values: []string{vpc}},
+		{Name: aws.String("cidr-block"), Values: []string{cidr}},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("finding subnet %s of %s: %w", cidr, vpc, err)
+	}
+	if len(out.Subnets) != 1 {
+		return "", fmt.Errorf("finding subnet %s of %s: %d subnets match", cidr, vpc, len(out.Subnets))
+	}
+	return aws.ToString(out.Subnets[0].SubnetId), nil
 }
