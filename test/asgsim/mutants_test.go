@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,6 +139,36 @@ func TestMutants(t *testing.T) {
 		})
 	}
 	t.Logf("mutants:\n%s", strings.Join(results, "\n"))
+}
+
+// TestMutantsApply runs in every `make test` (TestMutants runs only in `make
+// mutants`): each mutant's piece still occurs exactly once in its file, and the
+// mutated file still parses, so that a change to the product code cannot quietly
+// leave a mutant that no longer applies.
+func TestMutantsApply(t *testing.T) {
+	names := map[string]bool{}
+	for _, m := range mutants {
+		t.Run(m.name, func(t *testing.T) {
+			if names[m.name] {
+				t.Fatalf("two mutants are named %s", m.name)
+			}
+			names[m.name] = true
+			if len(m.invariants) == 0 || m.why == "" || (m.reach == nil) != (m.reaches == "") {
+				t.Fatalf("mutant %s: needs its invariants, its why, and a reach with its reaches (or neither)", m.name)
+			}
+			orig, err := os.ReadFile(filepath.Join("../..", m.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := bytes.Count(orig, []byte(m.old)); n != 1 {
+				t.Fatalf("the piece to replace occurs %d times in %s (it must occur once: update the mutant with the code)", n, m.file)
+			}
+			mutated := bytes.Replace(orig, []byte(m.old), []byte(m.new), 1)
+			if _, err := parser.ParseFile(token.NewFileSet(), m.file, mutated, parser.SkipObjectResolution); err != nil {
+				t.Fatalf("the mutated %s does not parse: %v", m.file, err)
+			}
+		})
+	}
 }
 
 var violationLine = regexp.MustCompile(`(?m)^VIOLATION seed (\d+): \[([a-z-]+)\] (.*)$|^  also: \[([a-z-]+)\]`)
