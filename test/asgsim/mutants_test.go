@@ -115,6 +115,32 @@ var mutants = []mutant{
 		old:     "\t\tif l.State == lease.Bound && known && h.State == slot.Running {",
 		new:     "\t\tif (l.State == lease.Bound && known && h.State == slot.Running) || l.State == lease.Free {",
 	},
+	{
+		name: "attach-in-use", file: "shared/resources/attach.go", invariants: []string{"one-attachment"},
+		reaches: "a failed stop, then a replacement (health, refresh, evict) that takes over the volume left attached while the old holder shuts down; or lost heartbeats",
+		reach:   failedStopThenHandover,
+		why:     "the attach trusts a stale description of the volume (available) and attaches it while another instance still has it (AWS refuses with VolumeInUse; moto lets the attach replace the first)",
+		old:     "\twaited := false\n\tif v.AttachedTo != \"\" && v.AttachedTo != instance {",
+		new:     "\twaited := false\n\tif v.AttachedTo != instance {\n\t\tv.AttachedTo, v.State = \"\", \"available\"\n\t}\n\tif v.AttachedTo != \"\" && v.AttachedTo != instance {",
+	},
+	{
+		name: "release-forgets-volume", file: "shared/lease/lease.go", invariants: []string{"identity"},
+		why: "a release removes the slot's recorded volume with its holder, so the slot's next claim makes a new blank volume instead of reattaching the broker's data",
+		old: "sets, []string{\"holder\", \"holder_az\"}, reason, now)",
+		new: "sets, []string{\"holder\", \"holder_az\", \"volume_id\"}, reason, now)",
+	},
+	{
+		name: "release-resets-version", file: "shared/lease/lease.go", invariants: []string{"lease-versions"},
+		why: "a release writes the lease back at version 0 (as a fresh item) instead of moving the version on: the fencing token starts over",
+		old: "\t\t\"version\":     num(l.Version + 1),",
+		new: "\t\t\"version\":     num(0),",
+	},
+	{
+		name: "alarm-of-slot-0", file: "shared/grow/alarm.go", invariants: []string{"converge-alarms"},
+		why: "every slot's disk alarm is written under slot 0's name (a copy-and-paste slip), so slot 0's alarm watches whichever holder was written last and the other slots have none",
+		old: "\t\tAlarmName: aws.String(AlarmName(cfg.Cluster, slot)),",
+		new: "\t\tAlarmName: aws.String(AlarmName(cfg.Cluster, 0)),",
+	},
 }
 
 // TestMutants builds each mutant (-mutants=all, or names) into the campaign and
