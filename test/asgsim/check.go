@@ -3,6 +3,7 @@ package asgsim
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,22 +47,75 @@ type snapshot struct {
 	vols   map[string]ec2types.Volume
 	enis   map[string]ec2types.NetworkInterface
 	// mapped: volume -> the instances not terminated whose block device mappings list
-	// it. Moto keeps one attachment per volume and lets an attach of an in-use volume
-	// replace it (AWS refuses: VolumeInUse), but the first instance keeps the volume
-	// in its mappings until a detach from it: the only trace of a double attach.
+	// it, in two reads of the instances, one before and one after the volumes were
+	// read (see instanceMappings). Moto keeps one attachment per volume and lets an
+	// attach of an in-use volume replace it (AWS refuses: VolumeInUse), but the first
+	// instance keeps the volume in its mappings until a detach from it (or its
+	// termination): the only trace of a double attach.
 	mapped map[string][]string
+	// terminated: the instances terminated at the first read.
+	terminated map[string]bool
+}
+
+// instanceMappings returns, for each volume, the instances not terminated whose
+// block device mappings list it, and the terminated instances.
+func instanceMappings(out *ec2.DescribeInstancesOutput) (mapped map[string][]string, terminated map[string]bool) {
+	mapped, terminated = map[string][]string{}, map[string]bool{}
+	for _, res := range out.Reservations {
+		for _, i := range res.Instances {
+			id := aws.ToString(i.InstanceId)
+			if i.State != nil && i.State.Name == ec2types.InstanceStateNameTerminated {
+				terminated[id] = true
+				continue
+			}
+			for _, m := range i.BlockDeviceMappings {
+				if m.Ebs != nil && m.Ebs.VolumeId != nil {
+					mapped[*m.Ebs.VolumeId] = append(mapped[*m.Ebs.VolumeId], id)
+				}
+			}
+		}
+	}
+	return mapped, terminated
+}
+
+// stillMapped returns the volume -> instance mappings of first that second has too.
+func stillMapped(first, second map[string][]string) map[string][]string {
+	out := map[string][]string{}
+	for id, on := range first {
+		for _, i := range on {
+			if slices.Contains(second[id], i) {
+				out[id] = append(out[id], i)
+			}
+		}
+	}
+	return out
+}
+
+// liveAttachments returns the instances volume id is attached to, as its attachments
+// and the instances' mappings say, leaving out terminated instances (moto lets a
+// volume be attached to a terminated instance; AWS refuses).
+func (sn *snapshot) liveAttachments(id string, v ec2types.Volume) []string {
+	var on []string
+	for _, i := range append(volumeAttachments(v), sn.mapped[id]...) {
+		if !sn.terminated[i] && !slices.Contains(on, i) {
+			on = append(on, i)
+		}
+	}
+	return on
 }
 
 // take reads the world: the group's instances, the cluster's volumes and ENIs, and
 // the leases.
 func (r *run) take(ctx context.Context) (*snapshot, error) {
 	sn := &snapshot{leases: map[int]lease.Lease{}, insts: map[string]map[string]string{}, vols: map[string]ec2types.Volume{},
-		enis: map[string]ec2types.NetworkInterface{}, mapped: map[string][]string{}}
-	ins, err := r.d.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("tag:" + resources.TagASGName), Values: []string{r.cfg.ASGName}}}})
+		enis: map[string]ec2types.NetworkInterface{}}
+	groupInstances := &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
+		{Name: aws.String("tag:" + resources.TagASGName), Values: []string{r.cfg.ASGName}}}}
+	ins, err := r.d.ec2.DescribeInstances(ctx, groupInstances)
 	if err != nil {
 		return nil, fmt.Errorf("instances: %w", err)
 	}
+	sn.mapped, sn.terminated = instanceMappings(ins)
 	for _, res := range ins.Reservations {
 		for _, i := range res.Instances {
 			tags := map[string]string{}
@@ -69,14 +123,6 @@ func (r *run) take(ctx context.Context) (*snapshot, error) {
 				tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
 			}
 			sn.insts[aws.ToString(i.InstanceId)] = tags
-			if i.State != nil && i.State.Name == ec2types.InstanceStateNameTerminated {
-				continue // AWS detaches a terminated instance's volumes (moto leaves them)
-			}
-			for _, m := range i.BlockDeviceMappings {
-				if m.Ebs != nil && m.Ebs.VolumeId != nil {
-					sn.mapped[*m.Ebs.VolumeId] = append(sn.mapped[*m.Ebs.VolumeId], aws.ToString(i.InstanceId))
-				}
-			}
 		}
 	}
 	cluster := []ec2types.Filter{{Name: aws.String("tag:" + resources.TagCluster), Values: []string{r.cfg.Cluster}}}
@@ -86,6 +132,18 @@ func (r *run) take(ctx context.Context) (*snapshot, error) {
 	}
 	for _, v := range vols.Volumes {
 		sn.vols[aws.ToString(v.VolumeId)] = v
+	}
+	// The handlers run while the world is read: a volume may have been detached from
+	// an instance and attached to another between the two reads. A volume that looks
+	// attached to two instances counts only the mappings that a second read of the
+	// instances, after the volumes, still shows; a real double attach stays.
+	if slices.ContainsFunc(slices.Collect(maps.Keys(sn.vols)), func(id string) bool { return len(sn.liveAttachments(id, sn.vols[id])) > 1 }) {
+		again, err := r.d.ec2.DescribeInstances(ctx, groupInstances)
+		if err != nil {
+			return nil, fmt.Errorf("instances again: %w", err)
+		}
+		mapped2, _ := instanceMappings(again)
+		sn.mapped = stillMapped(sn.mapped, mapped2)
 	}
 	enis, err := r.d.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: cluster})
 	if err != nil {
@@ -280,12 +338,7 @@ func (r *run) checkState(sn *snapshot) {
 		}
 	}
 	for id, v := range sn.vols {
-		on := volumeAttachments(v)
-		for _, i := range sn.mapped[id] {
-			if !slices.Contains(on, i) {
-				on = append(on, i)
-			}
-		}
+		on := sn.liveAttachments(id, v)
 		if len(on) > 1 {
 			r.violate("one-attachment", "volume %s is attached to %v", id, on)
 		}
@@ -293,6 +346,11 @@ func (r *run) checkState(sn *snapshot) {
 			r.violate("never-shrunk", "volume %s went from %d GiB to %d GiB", id, s.size[id], size)
 		} else {
 			s.size[id] = size
+		}
+		for _, to := range volumeAttachments(v) {
+			if !slices.Contains(on, to) {
+				on = append(on, to) // terminated: attach-to-holder still looks at it
+			}
 		}
 		for _, to := range on {
 			r.attachedOK(sn, recordedBy, lease.KindVolume, id, to)
