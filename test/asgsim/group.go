@@ -386,8 +386,9 @@ func (r *run) terminateAtMoto(in *instance) {
 		if n.Attachment == nil || aws.ToInt32(n.Attachment.DeviceIndex) == 0 {
 			continue
 		}
+		// Not found is not an error: a handler detached (or moved) the ENI since the
+		// describe.
 		if _, err := r.d.ec2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: n.Attachment.AttachmentId, Force: aws.Bool(true)}); awsapi.IgnoreNotFound(err) != nil {
-			// Not found: a handler detached it since the describe.
 			r.simError(fmt.Errorf("detaching ENI %s from terminated %s: %w", aws.ToString(n.NetworkInterfaceId), in.id, err))
 		}
 	}

@@ -70,7 +70,7 @@ func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
 		if awsapi.Code(err) == "InvalidSubnet.Conflict" {
 			// The SDK retried a CreateSubnet whose first attempt took effect (its
 			// answer lost, moto slow under load): the subnet is ours, adopt it.
-			s.ID, err = subnetByCIDR(ctx, ec2c, w.VPCID, s.CIDR)
+			s.ID, err = subnetByCIDR(ctx, ec2c, w.VPCID, s.CIDR, s.AZ)
 		} else if err == nil {
 			s.ID = aws.ToString(out.Subnet.SubnetId)
 		}
@@ -204,17 +204,18 @@ func (e *Emulator) TerminateInstance(ctx context.Context, id string) error {
 	return nil
 }
 
-// subnetByCIDR finds the subnet of vpc with the CIDR block cidr.
-func subnetByCIDR(ctx context.Context, ec2c *ec2.Client, vpc, cidr string) (string, error) {
+// subnetByCIDR finds the subnet of vpc with the CIDR block cidr in az.
+func subnetByCIDR(ctx context.Context, ec2c *ec2.Client, vpc, cidr, az string) (string, error) {
 	out, err := ec2c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []ec2types.Filter{
 		{Name: aws.String("vpc-id"), Values: []string{vpc}},
 		{Name: aws.String("cidr-block"), Values: []string{cidr}},
+		{Name: aws.String("availability-zone"), Values: []string{az}},
 	}})
 	if err != nil {
 		return "", fmt.Errorf("finding subnet %s of %s: %w", cidr, vpc, err)
 	}
 	if len(out.Subnets) != 1 {
-		return "", fmt.Errorf("finding subnet %s of %s: %d subnets match", cidr, vpc, len(out.Subnets))
+		return "", fmt.Errorf("finding subnet %s of %s in %s: %d subnets match", cidr, vpc, az, len(out.Subnets))
 	}
 	return aws.ToString(out.Subnets[0].SubnetId), nil
 }
