@@ -177,6 +177,10 @@ func (r *run) stopBroker(in *instance, mode, why string) {
 	n := r.nodes[in.node]
 	if mode == stopSSM || mode == stopForced {
 		r.checkRemoval(in, n, mode)
+	} else if in.expired {
+		// The group took the instance because its action expired: a removal whose
+		// verdict counted this broker may have been under way (failureGrace).
+		r.lastFailure = r.now()
 	}
 	clean := mode == stopSSM || mode == stopOS
 	n.on = nil
