@@ -15,7 +15,7 @@ import (
 // instance states, the brokers, SSM, EventBridge and Lambda) is scheduled in
 // simulated time; the real handlers run in real time against moto, with every wait
 // and bound they have configured at its production value divided by Scale (a
-// heartbeat every 60 simulated seconds is one every 0.6 real seconds). moto answers a
+// heartbeat every 30 simulated seconds is one every 0.3 real seconds). moto answers a
 // call in a few real milliseconds, which is a few hundred simulated milliseconds to
 // a few simulated seconds: a call is slow in simulated time, about as slow as a slow
 // AWS call, and faster than a throttled one.
