@@ -62,41 +62,90 @@ func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
 	w.VPCID = aws.ToString(vpc.Vpc.VpcId)
 
 	for _, s := range worldSubnets {
-		out, err := ec2c.CreateSubnet(ctx, &ec2.CreateSubnetInput{
-			VpcId:            vpc.Vpc.VpcId,
-			CidrBlock:        aws.String(s.CIDR),
-			AvailabilityZone: aws.String(s.AZ),
-		})
-		if awsapi.Code(err) == "InvalidSubnet.Conflict" {
-			// The SDK retried a CreateSubnet whose first attempt took effect (its
-			// answer lost, moto slow under load): the subnet is ours, adopt it.
-			s.ID, err = subnetByCIDR(ctx, ec2c, w.VPCID, s.CIDR, s.AZ)
-		} else if err == nil {
-			s.ID = aws.ToString(out.Subnet.SubnetId)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("creating subnet %s in %s: %w", s.CIDR, s.AZ, err)
+		if s.ID, err = createSubnet(ctx, ec2c, w.VPCID, s.CIDR, s.AZ); err != nil {
+			return nil, err
 		}
 		w.Subnets = append(w.Subnets, s)
 	}
 
-	sg, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
-		GroupName:   aws.String("slotkeeper-brokers"),
-		Description: aws.String("slotkeeper test brokers"),
-		VpcId:       vpc.Vpc.VpcId,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("creating security group in %s: %w", w.VPCID, err)
+	if w.SecurityGroupID, err = createSecurityGroup(ctx, ec2c, w.VPCID, "slotkeeper-brokers"); err != nil {
+		return nil, err
 	}
-	w.SecurityGroupID = aws.ToString(sg.GroupId)
 
 	w.AMI, err = pickAMI(ctx, ec2c)
 	if err != nil {
 		return nil, fmt.Errorf("%w", err)
 	}
 
-	ddb := dynamodb.NewFromConfig(cfg)
-	if _, err := ddb.CreateTable(ctx, &dynamodb.CreateTableInput{
+	if err := createLeaseTable(ctx, dynamodb.NewFromConfig(cfg), table); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// The world's creates are safe to retry. The SDK retries a call whose answer did not
+// come (moto slow under load, a connection reset), and the first attempt may have
+// taken effect: the retry then gets a conflict for what this world itself made. Each
+// create adopts its own thing on that conflict; the VPC is new to the world and table
+// names are unique per emulator, so what conflicts is the world's own.
+
+// createSubnet creates the subnet cidr of vpc in az, or adopts it when a retried
+// create finds it already made.
+func createSubnet(ctx context.Context, ec2c *ec2.Client, vpc, cidr, az string) (string, error) {
+	out, err := ec2c.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+		VpcId: aws.String(vpc), CidrBlock: aws.String(cidr), AvailabilityZone: aws.String(az),
+	})
+	var id string
+	if awsapi.Code(err) == "InvalidSubnet.Conflict" {
+		id, err = subnetByCIDR(ctx, ec2c, vpc, cidr, az)
+	} else if err == nil {
+		id = aws.ToString(out.Subnet.SubnetId)
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating subnet %s in %s: %w", cidr, az, err)
+	}
+	return id, nil
+}
+
+// createSecurityGroup creates the security group name in vpc, or adopts it when a
+// retried create finds it already made.
+func createSecurityGroup(ctx context.Context, ec2c *ec2.Client, vpc, name string) (string, error) {
+	out, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+		GroupName: aws.String(name), Description: aws.String("slotkeeper test brokers"), VpcId: aws.String(vpc),
+	})
+	var id string
+	if awsapi.Code(err) == "InvalidGroup.Duplicate" {
+		id, err = securityGroupByName(ctx, ec2c, vpc, name)
+	} else if err == nil {
+		id = aws.ToString(out.GroupId)
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating security group in %s: %w", vpc, err)
+	}
+	return id, nil
+}
+
+// createLeaseTable creates the lease table (leaseTableInput), or adopts it when a retried create finds it already made, and
+// waits until it is active.
+func createLeaseTable(ctx context.Context, ddb *dynamodb.Client, table string) error {
+	_, err := ddb.CreateTable(ctx, leaseTableInput(table))
+	if err != nil && awsapi.Code(err) != "ResourceInUseException" {
+		return fmt.Errorf("creating lease table %s: %w", table, err)
+	}
+	// moto creates tables ACTIVE at once; the waiter keeps this correct if that changes.
+	if err := dynamodb.NewTableExistsWaiter(ddb, func(o *dynamodb.TableExistsWaiterOptions) {
+		o.MinDelay = 50 * time.Millisecond
+		o.MaxDelay = 200 * time.Millisecond
+	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, SetupTimeout); err != nil {
+		return fmt.Errorf("waiting for lease table %s: %w", table, err)
+	}
+	return nil
+}
+
+// leaseTableInput is the lease table's definition: PAY_PER_REQUEST, key "cluster" (S)
+// HASH, "slot" (N) RANGE.
+func leaseTableInput(table string) *dynamodb.CreateTableInput {
+	return &dynamodb.CreateTableInput{
 		TableName:   aws.String(table),
 		BillingMode: ddbtypes.BillingModePayPerRequest,
 		AttributeDefinitions: []ddbtypes.AttributeDefinition{
@@ -107,17 +156,7 @@ func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
 			{AttributeName: aws.String("cluster"), KeyType: ddbtypes.KeyTypeHash},
 			{AttributeName: aws.String("slot"), KeyType: ddbtypes.KeyTypeRange},
 		},
-	}); err != nil {
-		return nil, fmt.Errorf("creating lease table %s: %w", table, err)
 	}
-	// moto creates tables ACTIVE at once; the waiter keeps this correct if that changes.
-	if err := dynamodb.NewTableExistsWaiter(ddb, func(o *dynamodb.TableExistsWaiterOptions) {
-		o.MinDelay = 50 * time.Millisecond
-		o.MaxDelay = 200 * time.Millisecond
-	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, SetupTimeout); err != nil {
-		return nil, fmt.Errorf("waiting for lease table %s: %w", table, err)
-	}
-	return w, nil
 }
 
 // pickAMI returns one of moto's built-in images: an Amazon Linux 2 one if present
@@ -218,4 +257,19 @@ func subnetByCIDR(ctx context.Context, ec2c *ec2.Client, vpc, cidr, az string) (
 		return "", fmt.Errorf("finding subnet %s of %s in %s: %d subnets match", cidr, vpc, az, len(out.Subnets))
 	}
 	return aws.ToString(out.Subnets[0].SubnetId), nil
+}
+
+// securityGroupByName finds the security group called name in vpc.
+func securityGroupByName(ctx context.Context, ec2c *ec2.Client, vpc, name string) (string, error) {
+	out, err := ec2c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []ec2types.Filter{
+		{Name: aws.String("vpc-id"), Values: []string{vpc}},
+		{Name: aws.String("group-name"), Values: []string{name}},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("finding security group %s of %s: %w", name, vpc, err)
+	}
+	if len(out.SecurityGroups) != 1 {
+		return "", fmt.Errorf("finding security group %s of %s: %d groups match", name, vpc, len(out.SecurityGroups))
+	}
+	return aws.ToString(out.SecurityGroups[0].GroupId), nil
 }
