@@ -89,47 +89,62 @@ func (e *Emulator) NewWorld(ctx context.Context, table string) (*World, error) {
 // create adopts its own thing on that conflict; the VPC is new to the world and table
 // names are unique per emulator, so what conflicts is the world's own.
 
-// createSubnet creates the subnet cidr of vpc in az, or adopts it when a retried
-// create finds it already made.
-func createSubnet(ctx context.Context, ec2c *ec2.Client, vpc, cidr, az string) (string, error) {
-	out, err := ec2c.CreateSubnet(ctx, &ec2.CreateSubnetInput{
-		VpcId: aws.String(vpc), CidrBlock: aws.String(cidr), AvailabilityZone: aws.String(az),
-	})
-	var id string
-	if awsapi.Code(err) == "InvalidSubnet.Conflict" {
-		id, err = subnetByCIDR(ctx, ec2c, vpc, cidr, az)
-	} else if err == nil {
-		id = aws.ToString(out.Subnet.SubnetId)
+// alreadyExists are the codes a create answers when what it makes is there already.
+var alreadyExists = map[string]bool{
+	"InvalidSubnet.Conflict": true, // CreateSubnet: the CIDR is taken in the VPC
+	"InvalidGroup.Duplicate": true, // CreateSecurityGroup: the name is taken in the VPC
+	"ResourceInUseException": true, // DynamoDB CreateTable: the table exists
+}
+
+// createOrAdopt runs create; when it fails because what it makes already exists,
+// find returns the id of that.
+func createOrAdopt(create, find func() (string, error)) (string, error) {
+	id, err := create()
+	if alreadyExists[awsapi.Code(err)] {
+		return find()
 	}
+	return id, err
+}
+
+// createSubnet creates the subnet cidr of vpc in az, or adopts it (createOrAdopt).
+func createSubnet(ctx context.Context, ec2c *ec2.Client, vpc, cidr, az string) (string, error) {
+	id, err := createOrAdopt(func() (string, error) {
+		out, err := ec2c.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+			VpcId: aws.String(vpc), CidrBlock: aws.String(cidr), AvailabilityZone: aws.String(az),
+		})
+		if err != nil {
+			return "", err
+		}
+		return aws.ToString(out.Subnet.SubnetId), nil
+	}, func() (string, error) { return subnetByCIDR(ctx, ec2c, vpc, cidr, az) })
 	if err != nil {
 		return "", fmt.Errorf("creating subnet %s in %s: %w", cidr, az, err)
 	}
 	return id, nil
 }
 
-// createSecurityGroup creates the security group name in vpc, or adopts it when a
-// retried create finds it already made.
+// createSecurityGroup creates the security group name in vpc, or adopts it
+// (createOrAdopt).
 func createSecurityGroup(ctx context.Context, ec2c *ec2.Client, vpc, name string) (string, error) {
-	out, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
-		GroupName: aws.String(name), Description: aws.String("slotkeeper test brokers"), VpcId: aws.String(vpc),
-	})
-	var id string
-	if awsapi.Code(err) == "InvalidGroup.Duplicate" {
-		id, err = securityGroupByName(ctx, ec2c, vpc, name)
-	} else if err == nil {
-		id = aws.ToString(out.GroupId)
-	}
+	id, err := createOrAdopt(func() (string, error) {
+		out, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+			GroupName: aws.String(name), Description: aws.String("slotkeeper test brokers"), VpcId: aws.String(vpc),
+		})
+		if err != nil {
+			return "", err
+		}
+		return aws.ToString(out.GroupId), nil
+	}, func() (string, error) { return securityGroupByName(ctx, ec2c, vpc, name) })
 	if err != nil {
 		return "", fmt.Errorf("creating security group in %s: %w", vpc, err)
 	}
 	return id, nil
 }
 
-// createLeaseTable creates the lease table (leaseTableInput), or adopts it when a retried create finds it already made, and
-// waits until it is active.
+// createLeaseTable creates the lease table (leaseTableInput), or adopts it when it
+// exists already, and waits until it is active.
 func createLeaseTable(ctx context.Context, ddb *dynamodb.Client, table string) error {
-	_, err := ddb.CreateTable(ctx, leaseTableInput(table))
-	if err != nil && awsapi.Code(err) != "ResourceInUseException" {
+	if _, err := ddb.CreateTable(ctx, leaseTableInput(table)); err != nil && !alreadyExists[awsapi.Code(err)] {
 		return fmt.Errorf("creating lease table %s: %w", table, err)
 	}
 	// moto creates tables ACTIVE at once; the waiter keeps this correct if that changes.
