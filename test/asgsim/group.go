@@ -57,10 +57,6 @@ type instance struct {
 	refresh bool
 	// dead: died without a lifecycle hook.
 	dead bool
-	// expired: its terminate lifecycle action expired (lost heartbeats, or no
-	// delivery in time), so the group terminates it whatever slotkeeper was doing:
-	// its broker leaving is a failure, as a death is.
-	expired bool
 	// The broker: its Kafka process, the slot (node) it runs as, the volume it has
 	// mounted, whether it caught up, whether a start is scheduled, whether systemd
 	// restarts it.
@@ -242,7 +238,6 @@ func (r *run) expire(a *action, lost bool) {
 		r.launchEnded(a.inst, resultAbandon)
 	} else {
 		a.result = resultContinue
-		a.inst.expired = true
 		r.terminateEnded(a.inst)
 	}
 }

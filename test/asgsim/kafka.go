@@ -177,9 +177,11 @@ func (r *run) stopBroker(in *instance, mode, why string) {
 	n := r.nodes[in.node]
 	if mode == stopSSM || mode == stopForced {
 		r.checkRemoval(in, n, mode)
-	} else if in.expired {
-		// The group took the instance because its action expired: a removal whose
-		// verdict counted this broker may have been under way (failureGrace).
+	} else if a := r.actions[actionKey{r.cfg.TerminateHook, in.id}]; a != nil && a.expired {
+		// The group took the instance because its terminate action expired (lost
+		// heartbeats, or no delivery in time), whatever slotkeeper was doing: its
+		// broker leaving is a failure, as a death is, and a removal whose verdict
+		// counted this broker may have been under way (failureGrace).
 		r.lastFailure = r.now()
 	}
 	clean := mode == stopSSM || mode == stopOS
